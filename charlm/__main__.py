@@ -1,0 +1,4 @@
+"""Entry point for `python -m charlm`."""
+from charlm.cli import main
+
+main()

@@ -1,0 +1,193 @@
+"""The command line: train, generate and eval. The only module that talks to the terminal.
+
+MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
+import functools
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from . import __version__, config as configs
+from .errors import CharlmError
+
+RUNS_DIR = click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+                        help="directory that holds run directories and the `latest` pointer")
+GPU = click.option("--gpu", is_flag=True, help="run on mx.gpu(0) (needs MXNet's CUDA build)")
+RUN = click.option("--run", "run_dir", type=click.Path(), default=None,
+                   help="run directory  [default: the latest run in --runs-dir]")
+
+
+def _user_errors(command):
+    """Turn CharlmError into click's one-line error (exit 1); --debug shows the traceback instead."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CharlmError as e:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+def _config_options(command):
+    """Add one flag per config key (`--hidden-size` for model.hidden_size), showing its default."""
+    types = {int: int, float: float, str: str, typing.Optional[str]: click.Path(dir_okay=True)}
+    for section, f in reversed(configs.keys()):
+        flag = configs.flag_name(f)
+        if not flag:
+            continue
+        dest, help = f"{section}__{f.name}", f"{f.metadata['help']}  [{section}.{f.name}]"
+        if f.type is bool:
+            option = click.option(f"--{flag}/--no-{flag}", dest, default=f.default, show_default=True, help=help)
+        else:
+            kind = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else types[f.type]
+            option = click.option(f"--{flag}", dest, type=kind, default=f.default,
+                                  show_default=f.default is not None, help=help)
+        command = option(command)
+    return command
+
+
+def _typed_flags(kwargs):
+    """The config flags the user actually typed, as {(section, name): value}."""
+    ctx = click.get_current_context()
+    return {tuple(k.split("__")): v for k, v in kwargs.items()
+            if "__" in k and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="charlm")
+@click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors")
+def main(debug):
+    """Character-level language models on MXNet Gluon: train, generate, eval."""
+
+
+@main.command()
+@click.option("-c", "--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
+              help="YAML config file (sections data, model, train); repeat it, later files win")
+@_config_options
+@RUNS_DIR
+@click.option("--name", default=None, help="run directory name  [default: the start time, YYYYmmdd-HHMMSS]")
+@GPU
+@_user_errors
+def train(config_files, runs_dir, name, gpu, **kwargs):
+    """Train a model; defaults train an LSTM on the bundled Time Machine."""
+    cfg = configs.resolve(config_files, _typed_flags(kwargs))
+    if cfg.data.path:
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())  # the run reproduces from any directory
+    from . import engine, train as training
+    from .run import Run
+
+    s = training.setup(cfg, engine.context(gpu))
+    run = Run.create(runs_dir, name)
+    run.start(cfg, s.vocab)
+    click.echo(f"run {run.path} | {cfg.model.cell} | {sum(p.data().size for p in s.model.collect_params().values()):,}"
+               f" parameters | {len(s.vocab)} characters | {len(s.train_ids):,} train / {len(s.val_ids):,} val")
+    bar = _ProgressBar()
+    best = training.fit(s, run, on_batch=bar.update, on_epoch=lambda r, samples: _epoch_done(bar, r, samples))
+    run.finish()
+    metric = "val" if len(s.val_ids) else "train"
+    click.echo(f"done | best {metric} ppl {training.perplexity(best):.3f} | {run.path}")
+
+
+class _ProgressBar:
+    """A tqdm bar per epoch on stderr (off when stderr is not a terminal); reads the loss once a second."""
+
+    def __init__(self):
+        self.bar, self.last = None, 0.0
+
+    def update(self, done, total, tokens, running_loss):
+        from tqdm import tqdm
+        from .train import perplexity
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, file=sys.stderr, leave=False, unit="batch", disable=None)
+            self.start, self.tokens0 = time.perf_counter(), tokens  # rate counted from the first batch's end
+        self.bar.update(1)
+        if self.bar.disable or time.perf_counter() - self.last < 1.0 or done == 1:
+            return
+        loss = running_loss()  # a host sync: waits for the queued batches, so the rate below is real
+        self.last = time.perf_counter()
+        rate = (tokens - self.tokens0) / (self.last - self.start)
+        self.bar.set_postfix_str(f"loss {loss:.3f} ppl {perplexity(loss):.2f} {rate / 1e3:.1f}k tok/s")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+
+
+def _epoch_done(bar, r, samples):
+    bar.close()
+    val = f" | val ppl {r['val_ppl']:.3f}" if "val_ppl" in r else ""
+    click.echo(f"epoch {r['epoch']} | train ppl {r['train_ppl']:.3f}{val} | {r['tokens_per_s'] / 1e3:.1f}k tok/s"
+               f" | {r['elapsed_s']:.1f} s")
+    for text in samples:
+        click.echo(f"  > {text!r}")
+
+
+@main.command()
+@click.argument("prefix")
+@click.option("--length", default=100, show_default=True, help="characters to generate")
+@click.option("--temperature", type=float, default=None,
+              help="sample with this softmax temperature  [default: greedy argmax]")
+@click.option("--top-k", type=int, default=None, help="sample only from the k likeliest characters")
+@click.option("--seed", type=int, default=None, help="random seed for sampling")
+@RUN
+@RUNS_DIR
+@GPU
+@_user_errors
+def generate(prefix, length, temperature, top_k, seed, run_dir, runs_dir, gpu):
+    """Continue PREFIX with the run's best model; prints only the text."""
+    from . import engine, generate as generation
+    from .run import find
+
+    if length < 1:
+        raise CharlmError(f"--length must be at least 1, got {length}")
+    if temperature is not None and temperature <= 0:
+        raise CharlmError(f"--temperature must be positive, got {temperature}")
+    run = find(run_dir, runs_dir)
+    vocab = run.vocab()
+    if top_k is not None and not 1 <= top_k <= len(vocab):
+        raise CharlmError(f"--top-k must be between 1 and the vocabulary size {len(vocab)}, got {top_k}")
+    ids = generation.encode_prefix(prefix, vocab, run.config().data)
+    ctx = engine.context(gpu)
+    text = generation.complete(run.load_model(ctx), vocab, ids, length, ctx, temperature, top_k, seed)
+    click.echo(text)
+
+
+@main.command("eval")
+@click.option("--data", "data_path", type=click.Path(), default=None,
+              help="text file to score  [default: the run's validation split]")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object: loss, ppl, bpc, tokens")
+@RUN
+@RUNS_DIR
+@GPU
+@_user_errors
+def evaluate(data_path, as_json, run_dir, runs_dir, gpu):
+    """Loss (nats), perplexity and bits per character of the run's best model."""
+    from . import data, engine, train as training
+    from .run import find
+
+    run = find(run_dir, runs_dir)
+    cfg, vocab = run.config(), run.vocab()
+    d = cfg.data
+    if data_path:
+        ids = vocab.encode(data.read_text(data_path, d.lowercase, d.strip_newlines))
+    else:
+        if not d.val_frac:
+            raise CharlmError(f"{run.path} has no validation split (val_frac 0): pass --data FILE")
+        ids = data.split(vocab.encode(data.read_text(d.path, d.lowercase, d.strip_newlines, d.max_chars)),
+                         d.val_frac)[1]
+    ctx = engine.context(gpu)
+    nll, tokens = training.evaluate(run.load_model(ctx), ids, d.batch_size, d.seq_len, ctx)
+    result = {**training.scores("", nll / tokens), "tokens": tokens}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"loss {result['loss']:.4f} | ppl {result['ppl']:.3f} | bpc {result['bpc']:.3f}"
+                   f" | {tokens:,} tokens")

@@ -1,0 +1,172 @@
+"""Settings: dataclass defaults < YAML files < flags the user typed, one name per setting.
+
+A key is `section.name` in YAML and `--name-with-dashes` on the command line."""
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from .errors import CharlmError
+
+CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
+
+
+def _opt(default, help, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class DataConfig:
+    path: typing.Optional[str] = _opt(None, "UTF-8 text file to train on (default: the bundled Time Machine)", flag="data")
+    lowercase: bool = _opt(True, "lowercase the text, as the tutorial does")
+    strip_newlines: bool = _opt(False, "delete newlines, as the tutorial does")
+    max_chars: int = _opt(0, "keep only the first N characters after normalising (0 = all)")
+    val_frac: float = _opt(0.1, "fraction of the corpus held out as the validation tail")
+    iterator: str = _opt("sequential", "batching: random windows or sequential streams", choices=("random", "sequential"))
+    seq_len: int = _opt(64, "time steps per batch (T)")
+    batch_size: int = _opt(32, "sequences per batch (N)")
+
+
+@dataclass
+class ModelConfig:
+    cell: str = _opt("lstm", "recurrent cell", choices=CELLS)
+    embed_size: int = _opt(64, "embedding size for Gluon cells (0 = one-hot input)")
+    hidden_size: int = _opt(512, "hidden units per layer")
+    num_layers: int = _opt(2, "stacked layers (Gluon cells)")
+    dropout: float = _opt(0.25, "dropout on embeddings, between layers and on outputs (Gluon cells)")
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = _opt("adam", "optimizer", choices=("sgd", "adam"))
+    lr: float = _opt(3e-3, "learning rate")
+    lr_decay: float = _opt(0.9, "multiply the learning rate by this after each epoch (1 = constant)")
+    grad_clip: float = _opt(1.0, "rescale gradients whose global L2 norm exceeds this (0 = off)")
+    loss_reduction: str = _opt("mean", "loss the gradient is taken of: mean or sum over the batch's tokens",
+                               choices=("mean", "sum"))
+    epochs: int = _opt(20, "passes over the training text")
+    seed: int = _opt(0, "random seed for initialisation, dropout and batch order")
+    sample_every: int = _opt(5, "print greedy samples every N epochs (0 = never)")
+    sample_length: int = _opt(100, "characters per sample")
+    sample_prefixes: typing.List[str] = _opt(("the time ma", "the medical man rose, came to the lamp,"),
+                                             "prefixes to sample from", flag=None)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+
+
+def keys():
+    """Every setting as (section, dataclass field)."""
+    return [(s, f) for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def flag_name(f):
+    """The command-line flag of a field (without dashes), or None when it has none."""
+    flag = f.metadata.get("flag", f.name)
+    return flag and flag.replace("_", "-")
+
+
+def _check_type(key, f, value):
+    """Return value converted to the field's type, or raise a CharlmError naming the key."""
+    kind = f.type
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        typing.Optional[str]: value is None or isinstance(value, str),
+        typing.List[str]: isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+    }[kind]
+    if not ok:
+        name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+        raise CharlmError(f"{key}: expected {name}, got {value!r}")
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        raise CharlmError(f"{key}: {value!r} is not one of {', '.join(f.metadata['choices'])}")
+    if kind is float:
+        return float(value)
+    if kind == typing.List[str]:
+        return list(value)
+    return value
+
+
+def _set(cfg, section, name, value, where):
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    if name not in fields:
+        raise CharlmError(f"{where}unknown key {section}.{name}; valid keys in {section}: {', '.join(fields)}")
+    setattr(getattr(cfg, section), name, _check_type(f"{where}{section}.{name}", fields[name], value))
+
+
+def apply_yaml(cfg, path):
+    """Apply the settings of one YAML file to cfg; unknown keys and wrong types are errors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise CharlmError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise CharlmError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', None) or e}") from None
+    if doc is None:
+        return cfg
+    if not isinstance(doc, dict):
+        raise CharlmError(f"{path}: expected sections {', '.join(SECTIONS)}, got {type(doc).__name__}")
+    for section, values in doc.items():
+        if section not in SECTIONS:
+            raise CharlmError(f"{path}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise CharlmError(f"{path}: section {section} must be a mapping of keys to values")
+        for name, value in values.items():
+            _set(cfg, section, name, value, f"{path}: ")
+    return cfg
+
+
+def resolve(files=(), flags=None):
+    """Defaults, then each YAML file in order, then flags given as {(section, name): value}."""
+    cfg = Config()
+    for path in files:
+        apply_yaml(cfg, path)
+    for (section, name), value in (flags or {}).items():
+        _set(cfg, section, name, value, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    """Raise a CharlmError for values no run can use."""
+    positive = [("data", "seq_len"), ("data", "batch_size"), ("model", "hidden_size"), ("model", "num_layers"),
+                ("train", "epochs"), ("train", "sample_length")]
+    for section, name in positive:
+        if getattr(getattr(cfg, section), name) < 1:
+            raise CharlmError(f"{section}.{name} must be at least 1, got {getattr(getattr(cfg, section), name)}")
+    for section, name in [("data", "max_chars"), ("model", "embed_size"), ("train", "grad_clip"),
+                          ("train", "sample_every")]:
+        if getattr(getattr(cfg, section), name) < 0:
+            raise CharlmError(f"{section}.{name} must not be negative")
+    if not 0 <= cfg.data.val_frac < 1:
+        raise CharlmError(f"data.val_frac must be in [0, 1), got {cfg.data.val_frac}")
+    if not 0 <= cfg.model.dropout < 1:
+        raise CharlmError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.train.lr <= 0:
+        raise CharlmError(f"train.lr must be positive, got {cfg.train.lr}")
+    if not 0 < cfg.train.lr_decay <= 1:
+        raise CharlmError(f"train.lr_decay must be in (0, 1], got {cfg.train.lr_decay}")
+
+
+def to_dict(cfg):
+    """The config as nested plain dicts, in field order."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg):
+    """The config as YAML text that apply_yaml reads back to the same config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+

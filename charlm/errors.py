@@ -1,0 +1,5 @@
+"""The one exception type for bad user input; cli.py turns it into a one-line error."""
+
+
+class CharlmError(Exception):
+    """A problem with the user's input, files or settings, stated in one line."""

@@ -1,0 +1,49 @@
+"""Continuing a prefix: greedy (the tutorial's predict), or sampling with temperature and top-k."""
+from .engine import mx, nd
+from .errors import CharlmError
+
+
+def normalise(prefix, data_cfg):
+    """Apply the training text's normalisations to a prefix."""
+    if data_cfg.lowercase:
+        prefix = prefix.lower()
+    if data_cfg.strip_newlines:
+        prefix = prefix.replace("\n", "")
+    return prefix
+
+
+def encode_prefix(prefix, vocab, data_cfg):
+    """Normalise and encode a prefix; empty or out-of-vocabulary prefixes are errors."""
+    prefix = normalise(prefix, data_cfg)
+    if not prefix:
+        raise CharlmError("the prefix is empty: give at least one character to continue")
+    unknown = vocab.unknown(prefix)
+    if unknown:
+        raise CharlmError(f"prefix characters not in the model's vocabulary: {''.join(unknown)!r}")
+    return vocab.encode(prefix)
+
+
+def _choose(logits, temperature, top_k):
+    """Next ids (1,) from logits (1, V): argmax, or a draw from the tempered, top-k-cut softmax."""
+    if temperature is None and top_k is None:
+        return logits.argmax(axis=-1)
+    if top_k is not None:
+        kth = nd.topk(logits, k=top_k, ret_typ="value")[:, -1:]  # (1, 1), the k-th largest
+        logits = nd.where(nd.broadcast_greater_equal(logits, kth), logits, nd.full_like(logits, -1e30))
+    probs = nd.softmax(logits / (temperature or 1.0), axis=-1)
+    return nd.sample_multinomial(probs).astype("float32")
+
+
+def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None, seed=None):
+    """The prefix followed by `length` generated characters, as text."""
+    if seed is not None:
+        mx.random.seed(seed)
+    state = model.begin_state(1, ctx)
+    logits, state = model(nd.array(prefix_ids, ctx=ctx).reshape((-1, 1)), state)  # the prefix in one call
+    chosen = []
+    for i in range(length):
+        chosen.append(_choose(logits[-1], temperature, top_k))  # on the device: no host sync per character
+        if i + 1 < length:
+            logits, state = model(chosen[-1].reshape((1, 1)), state)
+    ids = nd.concat(*chosen, dim=0).asnumpy() if chosen else []
+    return vocab.decode(prefix_ids) + vocab.decode(ids)

@@ -1,0 +1,106 @@
+"""Character language models behind one interface:
+`begin_state(batch_size, ctx)` and `model(X, state) -> (logits (T, N, V), state)`."""
+from .engine import gluon, mx
+
+GATES = {"scratch-rnn": 1, "scratch-lstm": 4, "scratch-gru": 3}
+LAYERS = {"rnn": gluon.rnn.RNN, "lstm": gluon.rnn.LSTM, "gru": gluon.rnn.GRU}
+
+
+def _rnn_step(F, x, state, W_hh, b_hn):
+    h = F.tanh(x + F.dot(state[0], W_hh))  # H = tanh(X·Wxh + bh + H·Whh)
+    return h, [h]
+
+
+def _lstm_step(F, x, state, W_hh, b_hn):
+    h, c = state
+    i, f, g, o = F.split(x + F.dot(h, W_hh), num_outputs=4, axis=-1)  # MXNet's fused gate order
+    c = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)  # forget gate keeps, input gate writes the candidate
+    h = F.sigmoid(o) * F.tanh(c)
+    return h, [h, c]
+
+
+def _gru_step(F, x, state, W_hh, b_hn):
+    h = state[0]
+    xr, xz, xn = F.split(x, num_outputs=3, axis=-1)
+    hr, hz, hn = F.split(F.dot(h, W_hh), num_outputs=3, axis=-1)
+    r, z = F.sigmoid(xr + hr), F.sigmoid(xz + hz)  # reset and update gates
+    # The reset gate scales H·Whn after the product (cuDNN's and MXNet's fused GRU), hence its own bias.
+    n = F.tanh(xn + r * F.broadcast_add(hn, b_hn))
+    h = (1 - z) * n + z * h
+    return h, [h]
+
+
+STEPS = {"scratch-rnn": _rnn_step, "scratch-lstm": _lstm_step, "scratch-gru": _gru_step}
+
+
+class ScratchLM(gluon.HybridBlock):
+    """The tutorial's model: one-hot input, the cell's equations written out, a linear output layer."""
+
+    def __init__(self, cell, vocab_size, hidden_size, **kwargs):
+        super().__init__(**kwargs)
+        self.cell, self.hidden_size = cell, hidden_size
+        width = GATES[cell] * hidden_size
+        normal = mx.init.Normal(0.01)  # the tutorial's N(0, 1) * 0.01
+        with self.name_scope():
+            self.W_xh = self.params.get("W_xh", shape=(vocab_size, width), init=normal)
+            self.W_hh = self.params.get("W_hh", shape=(hidden_size, width), init=normal)
+            self.b_h = self.params.get("b_h", shape=(width,), init="zeros")
+            if cell == "scratch-gru":
+                self.b_hn = self.params.get("b_hn", shape=(hidden_size,), init="zeros")
+            self.W_hq = self.params.get("W_hq", shape=(hidden_size, vocab_size), init=normal)
+            self.b_q = self.params.get("b_q", shape=(vocab_size,), init="zeros")
+
+    def begin_state(self, batch_size, ctx):
+        """Zero hidden state (and cell state for the LSTM), each (N, H)."""
+        n = 2 if self.cell == "scratch-lstm" else 1
+        return [mx.nd.zeros((batch_size, self.hidden_size), ctx=ctx) for _ in range(n)]
+
+    def hybrid_forward(self, F, X, state, W_xh, W_hh, b_h, W_hq, b_q, b_hn=None):
+        # one_hot(X)·Wxh selects rows of Wxh: take() is the same product and gradient without a V-wide GEMM.
+        x = F.broadcast_add(F.take(W_xh, X), b_h)  # (T, N, G*H)
+        step = STEPS[self.cell]
+        H, state = F.contrib.foreach(lambda x_t, s: step(F, x_t, s, W_hh, b_hn), x, list(state))
+        return F.broadcast_add(F.dot(H, W_hq), b_q), state  # logits: (T, N, V)
+
+
+class RNNLM(gluon.HybridBlock):
+    """Embedding (or one-hot) -> Gluon's fused RNN/LSTM/GRU layers -> Dense, with dropout."""
+
+    def __init__(self, cell, vocab_size, embed_size, hidden_size, num_layers, dropout, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        extra = {"activation": "tanh"} if cell == "rnn" else {}  # Gluon's RNN defaults to relu
+        with self.name_scope():
+            self.embedding = gluon.nn.Embedding(vocab_size, embed_size) if embed_size else None
+            self.drop = gluon.nn.Dropout(dropout)
+            self.rnn = LAYERS[cell](hidden_size, num_layers, dropout=dropout, input_size=embed_size or vocab_size,
+                                    **extra)
+            self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size)
+
+    def begin_state(self, batch_size, ctx):
+        """Zero states of the rnn layer, each (layers, N, H)."""
+        return self.rnn.begin_state(batch_size=batch_size, ctx=ctx)
+
+    def hybrid_forward(self, F, X, state):
+        x = self.embedding(X) if self.embedding else F.one_hot(X, self.vocab_size)  # (T, N, E)
+        out, state = self.rnn(self.drop(x), state)  # (T, N, H)
+        return self.decoder(self.drop(out)), state  # logits: (T, N, V)
+
+
+class TokenNLL(gluon.HybridBlock):
+    """Negative log-likelihood of each target character, in nats: (T, N, V), (T, N) -> (T, N)."""
+
+    def hybrid_forward(self, F, logits, Y):
+        return -F.pick(F.log_softmax(logits, axis=-1), Y, axis=-1)
+
+
+def build(model_cfg, vocab_size, ctx):
+    """A hybridized, initialised model for a ModelConfig."""
+    if model_cfg.cell in GATES:
+        model = ScratchLM(model_cfg.cell, vocab_size, model_cfg.hidden_size)
+    else:
+        model = RNNLM(model_cfg.cell, vocab_size, model_cfg.embed_size, model_cfg.hidden_size,
+                      model_cfg.num_layers, model_cfg.dropout)
+    model.initialize(mx.init.Xavier(), ctx=ctx)
+    model.hybridize(static_alloc=True, static_shape=True)
+    return model

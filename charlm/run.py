@@ -1,0 +1,146 @@
+"""The run directory: config, vocabulary, checkpoints, state and metrics, each file written atomically."""
+import json
+import os
+import time
+from pathlib import Path
+
+from . import __version__, config as configs
+from .data import Vocab
+from .errors import CharlmError
+
+CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
+PARAMS = {"best": "params-best.params", "last": "params-last.params"}
+TRAINER = "trainer-last.states"
+LATEST = "latest"
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), fsync, then rename over path: readers see the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CharlmError(f"cannot write {path}: {e.strerror}") from None
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+class Run:
+    """One run directory under a runs directory."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, runs_dir, name=None):
+        """Make a new, empty run directory; an existing one is never reused."""
+        runs_dir = Path(runs_dir)
+        if name is not None and (not name or name != Path(name).name or name in (LATEST, ".", "..")):
+            raise CharlmError(f"--name {name!r}: give a plain directory name (not {LATEST!r}, no slashes)")
+        base = name or time.strftime("%Y%m%d-%H%M%S")
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            for n in range(1, 100):
+                path = runs_dir / (base if n == 1 else f"{base}-{n}")
+                try:
+                    path.mkdir()
+                    return cls(path)
+                except FileExistsError:
+                    if name:
+                        raise CharlmError(f"run directory {path} already exists: choose another --name") from None
+        except OSError as e:
+            raise CharlmError(f"cannot create a run directory in {runs_dir}: {e.strerror}") from None
+        raise CharlmError(f"too many runs named {base}* in {runs_dir}")
+
+    def start(self, cfg, vocab):
+        """Write the resolved config, the vocabulary and a fresh state, and point `latest` here."""
+        write_text(self.path / CONFIG, configs.to_yaml(cfg))
+        write_text(self.path / VOCAB, vocab.to_json())
+        self.write_state({"epoch": 0, "status": "running"})
+        latest = self.path.parent / LATEST
+        tmp = self.path.parent / f".{LATEST}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(self.path.name, tmp)
+        os.replace(tmp, latest)
+
+    def write_state(self, state):
+        """Write state.json with the versions that wrote it."""
+        import mxnet  # already imported by whoever trains; only the version is read
+        state = {**state, "versions": {"charlm": __version__, "mxnet": mxnet.__version__}}
+        write_text(self.path / STATE, json.dumps(state, indent=2) + "\n")
+
+    def save_checkpoint(self, model, trainer, record, is_best):
+        """Save last (and, when is_best, best) parameters, trainer state, state.json and a metrics line."""
+        atomic_write(self.path / PARAMS["last"], model.save_parameters)
+        atomic_write(self.path / TRAINER, trainer.save_states)
+        if is_best:
+            atomic_write(self.path / PARAMS["best"], model.save_parameters)
+        previous = self.read_state()
+        best_epoch = record["epoch"] if is_best else previous.get("best_epoch")
+        self.write_state({"epoch": record["epoch"], "status": "running", "best_epoch": best_epoch})
+        with open(self.path / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self):
+        """Mark the run finished in state.json."""
+        self.write_state({**self.read_state(), "status": "finished"})
+
+    def read_state(self):
+        """state.json as a dict."""
+        return json.loads((self.path / STATE).read_text(encoding="utf-8"))
+
+    def metrics(self):
+        """Every metrics.jsonl record, in order."""
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def config(self):
+        """The run's resolved config."""
+        return configs.resolve([self.path / CONFIG])
+
+    def vocab(self):
+        """The run's vocabulary."""
+        return Vocab.from_json((self.path / VOCAB).read_text(encoding="utf-8"))
+
+    def load_model(self, ctx, which="best"):
+        """Rebuild the model from config.yaml and vocab.json and load its `which` parameters."""
+        from . import model as models
+        from .engine import mx
+
+        params = self.path / PARAMS[which]
+        if not params.exists():
+            raise CharlmError(f"{self.path} has no {PARAMS[which]}: it has not finished an epoch yet")
+        model = models.build(self.config().model, len(self.vocab()), ctx)
+        try:
+            model.load_parameters(str(params), ctx=ctx)
+        except (mx.base.MXNetError, AssertionError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CharlmError(f"{params} cannot be loaded into the model of its config.yaml: {first}") from None
+        return model
+
+
+def find(run=None, runs_dir="runs"):
+    """The run directory given, or the one `runs_dir/latest` points to; checked to be a run."""
+    path = Path(run) if run else Path(runs_dir) / LATEST
+    if not run and not path.exists():
+        raise CharlmError(f"no runs yet in {runs_dir}/: train one with `charlm train`, or pass --run DIR")
+    if not (path / CONFIG).is_file() or not (path / VOCAB).is_file():
+        raise CharlmError(f"{path} is not a run directory (no {CONFIG} and {VOCAB})")
+    return Run(path.resolve())

@@ -1,0 +1,138 @@
+"""Training: setup -> fit -> train_epoch -> train_step, and evaluate; losses in nats per token."""
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import data, generate, model as models
+from .engine import autograd, gluon, mx, nd
+from .errors import CharlmError
+
+
+def perplexity(loss):
+    """Perplexity of a mean NLL in nats: exp(total NLL / total tokens)."""
+    return math.exp(min(loss, 700.0))  # beyond e^700 a float overflows; such a model is lost anyway
+
+
+def bits_per_char(loss):
+    """Bits per character of a mean NLL in nats."""
+    return loss / math.log(2)
+
+
+def scores(prefix, loss):
+    """Metrics of a mean NLL in nats: {prefix}loss, {prefix}ppl, {prefix}bpc."""
+    return {f"{prefix}loss": loss, f"{prefix}ppl": perplexity(loss), f"{prefix}bpc": bits_per_char(loss)}
+
+
+@dataclass
+class Setup:
+    """Everything a training run starts from."""
+    cfg: object
+    vocab: data.Vocab
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    model: object
+    ctx: object
+
+
+def setup(cfg, ctx):
+    """Seed, read and split the corpus, check it fills a batch, and build the model."""
+    d = cfg.data
+    text = data.read_text(d.path, d.lowercase, d.strip_newlines, d.max_chars)
+    vocab = data.Vocab.build(text)
+    train_ids, val_ids = data.split(vocab.encode(text), d.val_frac)
+    data.check_trainable(len(train_ids), d.batch_size, d.seq_len)
+    if d.val_frac and len(val_ids) < 2:
+        raise CharlmError(f"validation split has {len(val_ids)} characters; need at least 2: raise --val-frac")
+    mx.random.seed(cfg.train.seed)
+    model = models.build(cfg.model, len(vocab), ctx)
+    return Setup(cfg, vocab, train_ids, val_ids, model, ctx)
+
+
+def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg):
+    """One update: forward, backward, clip by global norm, step. Returns (NLL sum, norm, state) on device."""
+    with autograd.record():
+        logits, state = model(X, state)
+        nll = loss_fn(logits, Y)  # (T, N)
+        total = nll.sum()
+        # "sum" is the tutorial's scaling: lr and clip apply to the gradient of the summed loss.
+        loss = total if tcfg.loss_reduction == "sum" else total / nll.size
+    loss.backward()
+    # No isfinite check: it would force a host sync every step; divergence is caught per epoch.
+    norm = gluon.utils.clip_global_norm(grads, tcfg.grad_clip or float("inf"), check_isfinite=False)
+    trainer.step(1)
+    return total, norm, state
+
+
+def train_epoch(s, loss_fn, trainer, batches, on_batch=None):
+    """One pass over batches; returns {train_loss, grad_norm, tokens, train_s}."""
+    grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
+    nll_sum, norm_sum = nd.zeros(1, ctx=s.ctx), nd.zeros(1, ctx=s.ctx)
+    tokens, state, start = 0, None, time.perf_counter()
+    for i, (X, Y) in enumerate(batches):
+        X, Y = nd.array(X, ctx=s.ctx), nd.array(Y, ctx=s.ctx)
+        if state is None or not batches.carries_state:
+            state = s.model.begin_state(X.shape[1], s.ctx)
+        else:
+            state = [h.detach() for h in state]  # truncated BPTT: keep the values, cut the graph
+        total, norm, state = train_step(s.model, loss_fn, trainer, grads, X, Y, state, s.cfg.train)
+        nll_sum += total
+        norm_sum += norm
+        tokens += X.size
+        if on_batch:
+            on_batch(i + 1, len(batches), tokens, lambda t=tokens: nll_sum.asscalar() / t)
+    nll = float(nll_sum.asscalar())  # the one host sync of the epoch, so the timing below is honest
+    seconds = time.perf_counter() - start
+    return {"train_loss": nll / tokens, "grad_norm": float(norm_sum.asscalar()) / len(batches),
+            "tokens": tokens, "train_s": seconds}
+
+
+def evaluate(model, ids, batch_size, seq_len, ctx):
+    """Summed NLL and token count of ids, read as carried-state streams with dropout off."""
+    loss_fn = models.TokenNLL()
+    batches = data.eval_batches(ids, batch_size, seq_len)
+    nll_sum, tokens, state = nd.zeros(1, ctx=ctx), 0, model.begin_state(batches.x.shape[1], ctx)
+    for X, Y in batches:
+        logits, state = model(nd.array(X, ctx=ctx), state)
+        nll_sum += loss_fn(logits, nd.array(Y, ctx=ctx)).sum()
+        tokens += X.size
+    return float(nll_sum.asscalar()), tokens
+
+
+def make_trainer(model, tcfg):
+    """A Gluon Trainer for the configured optimizer and learning rate."""
+    return gluon.Trainer(model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr})
+
+
+def fit(s, run, on_batch=None, on_epoch=None):
+    """Train for cfg.train.epochs, evaluating, checkpointing and sampling after each epoch."""
+    tcfg, dcfg = s.cfg.train, s.cfg.data
+    rng = np.random.default_rng(tcfg.seed)
+    trainer, loss_fn = make_trainer(s.model, tcfg), models.TokenNLL()
+    loss_fn.hybridize(static_alloc=True, static_shape=True)
+    best, start = math.inf, time.perf_counter()
+    for epoch in range(1, tcfg.epochs + 1):
+        trainer.set_learning_rate(tcfg.lr * tcfg.lr_decay ** (epoch - 1))
+        batches = data.ITERATORS[dcfg.iterator](s.train_ids, dcfg.batch_size, dcfg.seq_len, rng)
+        stats = train_epoch(s, loss_fn, trainer, batches, on_batch)
+        record = {"epoch": epoch, **scores("train_", stats["train_loss"]), "lr": trainer.learning_rate,
+                  "grad_norm": stats["grad_norm"], "tokens_per_s": stats["tokens"] / stats["train_s"]}
+        if len(s.val_ids):
+            nll, tokens = evaluate(s.model, s.val_ids, dcfg.batch_size, dcfg.seq_len, s.ctx)
+            record.update(scores("val_", nll / tokens))
+        record["elapsed_s"] = time.perf_counter() - start
+        if not math.isfinite(record["train_loss"]):
+            raise CharlmError(f"training diverged in epoch {epoch} (loss {record['train_loss']}); the best "
+                              f"checkpoint is kept: lower --lr or set --grad-clip")
+        metric = record.get("val_loss", record["train_loss"])
+        run.save_checkpoint(s.model, trainer, record, is_best=metric < best)
+        best = min(best, metric)
+        samples = []
+        if tcfg.sample_every and epoch % tcfg.sample_every == 0:
+            samples = [generate.complete(s.model, s.vocab, generate.encode_prefix(p, s.vocab, dcfg),
+                                         tcfg.sample_length, s.ctx) for p in tcfg.sample_prefixes
+                       if not s.vocab.unknown(generate.normalise(p, dcfg))]
+        if on_epoch:
+            on_epoch(record, samples)
+    return best

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny corpus and tiny settings, so every test runs in seconds on a CPU."""
+import pytest
+
+from charlm import config
+
+
+
+def pytest_configure(config):
+    # MXNet 1.9.1 itself trips numpy's and distutils' deprecation warnings at import.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mxnet.*")
+
+
+TEXT = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs!\n" * 30
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_cfg(corpus):
+    """A Config for a model small enough to train in a second."""
+    cfg = config.Config()
+    cfg.data.path, cfg.data.seq_len, cfg.data.batch_size = str(corpus), 8, 4
+    cfg.model.hidden_size, cfg.model.embed_size, cfg.model.num_layers = 16, 8, 1
+    cfg.train.epochs, cfg.train.sample_every = 2, 0
+    return cfg

@@ -1,0 +1,117 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from charlm.cli import main
+
+TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
+        "--epochs", "2", "--sample-every", "1"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def trained(corpus, tmp_path):
+    runs = tmp_path / "runs"
+    result = invoke("train", "--data", corpus, "--runs-dir", runs, "--name", "r1", *TINY)
+    assert result.exit_code == 0, result.output
+    return runs, result
+
+
+def test_train_prints_one_summary_line_per_epoch(trained):
+    _, result = trained
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and "train ppl" in lines[0] and "val ppl" in lines[0] and "tok/s" in lines[0]
+    assert "best val ppl" in result.stdout.splitlines()[-1]
+
+
+def test_train_writes_metrics_for_every_epoch(trained):
+    runs, _ = trained
+    records = [json.loads(line) for line in (runs / "r1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(r["tokens_per_s"] > 0 for r in records)
+
+
+def test_generate_prints_only_the_text(trained):
+    runs, _ = trained
+    result = invoke("generate", "The quick", "--length", 20, "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("the quick")
+    assert len(result.stdout) == len("the quick") + 20 + 1  # text and a newline, nothing else
+
+
+def test_eval_json_on_the_validation_split_and_on_a_file(trained, corpus):
+    runs, _ = trained
+    result = invoke("eval", "--json", "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert set(scores) == {"loss", "ppl", "bpc", "tokens"}
+    last = json.loads((runs / "r1" / "metrics.jsonl").read_text().splitlines()[-1])
+    best = min(json.loads(line)["val_loss"] for line in (runs / "r1" / "metrics.jsonl").read_text().splitlines())
+    assert scores["loss"] == pytest.approx(best, rel=1e-5) and scores["tokens"] > 0
+    assert last["epoch"] == 2
+    other = invoke("eval", "--json", "--run", runs / "r1", "--data", corpus)
+    assert json.loads(other.stdout)["tokens"] > scores["tokens"]
+
+
+def test_train_from_a_runs_config_reproduces_it(trained, tmp_path):
+    runs, _ = trained
+    again = invoke("train", "-c", runs / "r1" / "config.yaml", "--runs-dir", runs, "--name", "r2")
+    assert again.exit_code == 0, again.output
+
+    def losses(name):
+        lines = (runs / name / "metrics.jsonl").read_text().splitlines()
+        return [(r["train_loss"], r["val_loss"]) for r in map(json.loads, lines)]
+    assert losses("r1") == losses("r2")
+
+
+def test_typed_flags_override_config_files(corpus, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {hidden_size: 12, cell: gru}\ntrain: {epochs: 1}\n")
+    result = invoke("train", "-c", cfg, "--data", corpus, "--runs-dir", tmp_path / "runs", "--name", "x",
+                    *TINY[:-4], "--hidden-size", "10", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "runs" / "x" / "config.yaml").read_text()
+    assert "hidden_size: 10" in written and "cell: gru" in written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--gpu"], "MXNet sees no GPU"),
+    (["train", "--seq-len", "0"], "data.seq_len must be at least 1"),
+    (["train", "--data", "/no/such/file.txt"], "data file not found"),
+    (["generate", "abc", "--runs-dir", "/no/such/runs"], "no runs yet"),
+])
+def test_bad_input_is_one_line_and_exit_1(args, message, tmp_path):
+    result = invoke(*args, "--runs-dir", tmp_path / "runs") if args[0] == "train" else invoke(*args)
+    assert result.exit_code == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["abc@"], "not in the model's vocabulary: '@'"),
+    (["abc", "--length", "0"], "--length must be at least 1"),
+    (["abc", "--temperature", "0"], "--temperature must be positive"),
+    (["abc", "--top-k", "999"], "--top-k must be between 1"),
+])
+def test_bad_generate_options_are_clear_errors(trained, args, message):
+    runs, _ = trained
+    result = invoke("generate", *args, "--runs-dir", runs)
+    assert result.exit_code == 1 and message in result.output
+
+
+def test_help_does_not_import_mxnet():
+    code = ("import sys; from click.testing import CliRunner; from charlm.cli import main; "
+            "r = CliRunner().invoke(main, ['train', '--help']); assert r.exit_code == 0, r.output; "
+            "assert '--hidden-size' in r.output and 'mxnet' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_python_m_charlm_runs():
+    out = subprocess.run([sys.executable, "-m", "charlm", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("charlm, version")

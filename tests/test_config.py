@@ -1,0 +1,71 @@
+import pytest
+
+from charlm import config
+from charlm.errors import CharlmError
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_later_files_win_and_flags_win_over_files(tmp_path):
+    a = write(tmp_path, "a.yaml", "model: {hidden_size: 64, cell: gru}\ntrain: {lr: 0.5}\n")
+    b = write(tmp_path, "b.yaml", "model: {hidden_size: 32}\n")
+    cfg = config.resolve([a, b], {("train", "lr"): 0.25})
+    assert (cfg.model.hidden_size, cfg.model.cell, cfg.train.lr) == (32, "gru", 0.25)
+    assert cfg.data.seq_len == config.DataConfig().seq_len
+
+
+def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
+    path = write(tmp_path, "c.yaml", "model: {hiden_size: 64}\n")
+    with pytest.raises(CharlmError, match=r"model\.hiden_size.*hidden_size"):
+        config.resolve([path])
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    with pytest.raises(CharlmError, match="unknown section 'optim'"):
+        config.resolve([write(tmp_path, "c.yaml", "optim: {lr: 1}\n")])
+
+
+@pytest.mark.parametrize("text, key", [
+    ("model: {hidden_size: big}\n", "model.hidden_size"),
+    ("data: {lowercase: 1}\n", "data.lowercase"),
+    ("model: {cell: transformer}\n", "model.cell"),
+])
+def test_wrong_type_or_choice_names_the_key(tmp_path, text, key):
+    with pytest.raises(CharlmError, match=key.replace(".", r"\.")):
+        config.resolve([write(tmp_path, "c.yaml", text)])
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "c.yaml", "model:\n  hidden_size: 64\n  cell: [lstm\n")
+    with pytest.raises(CharlmError, match=r"c\.yaml: line \d+ malformed YAML"):
+        config.resolve([path])
+
+
+@pytest.mark.parametrize("section, name, value", [
+    ("data", "seq_len", 0), ("data", "batch_size", -1), ("train", "epochs", 0),
+    ("model", "hidden_size", 0), ("data", "val_frac", 1.0), ("train", "lr", 0.0),
+])
+def test_values_no_run_can_use_are_rejected(section, name, value):
+    with pytest.raises(CharlmError, match=f"{section}.{name}"):
+        config.resolve([], {(section, name): value})
+
+
+def test_yaml_round_trip_reproduces_the_config(tmp_path):
+    cfg = config.resolve([], {("model", "cell"): "scratch-gru", ("train", "sample_prefixes"): ["ab"]})
+    again = config.resolve([write(tmp_path, "r.yaml", config.to_yaml(cfg))])
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "tutorial-scratch.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+    config.resolve([Path(__file__).parent.parent / "configs" / name])
+
+
+def test_shipped_default_config_spells_out_the_defaults():
+    from pathlib import Path
+    assert config.resolve([Path(__file__).parent.parent / "configs" / "default.yaml"]) == config.Config()

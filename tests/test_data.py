@@ -1,0 +1,118 @@
+import hashlib
+
+import numpy as np
+import pytest
+
+from charlm import data
+from charlm.errors import CharlmError
+
+
+def test_vocab_is_sorted_and_round_trips():
+    text = "hello, world"
+    vocab = data.Vocab.build(text)
+    assert vocab.chars == sorted(set(text))
+    ids = vocab.encode(text)
+    assert vocab.decode(ids) == text
+    assert ids.dtype == np.uint8
+
+
+def test_vocab_handles_any_unicode_and_picks_wider_ids():
+    text = "".join(chr(0x4E00 + i) for i in range(300)) + "孟子見梁惠王。\n"
+    vocab = data.Vocab.build(text)
+    assert len(vocab) == len(set(text))
+    assert vocab.encode(text).dtype == np.uint16
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+def test_vocab_json_round_trip():
+    vocab = data.Vocab.build("abc\n\"é✓")
+    again = data.Vocab.from_json(vocab.to_json())
+    assert again.chars == vocab.chars
+
+
+def test_vocab_encode_names_unknown_characters():
+    vocab = data.Vocab.build("abc")
+    with pytest.raises(CharlmError, match="'xz'"):
+        vocab.encode("abzcx")
+
+
+def test_bundled_corpus_is_the_tutorials_file():
+    raw = data.corpus_path(None).read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516"
+
+
+def test_read_text_applies_tutorial_normalisation_in_order(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("AB\nCD\r\nEF", encoding="utf-8")
+    assert data.read_text(path) == "AB\nCD\nEF"
+    # The tutorial lowercases, removes newlines, then keeps the first max_chars characters.
+    assert data.read_text(path, lowercase=True, strip_newlines=True, max_chars=5) == "abcde"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    (b"", "holds no text"),
+    (b"abc\xff\xfedef", "byte 0xff at offset 3"),
+])
+def test_read_text_bad_files_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "bad.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CharlmError, match=message):
+        data.read_text(path)
+
+
+def test_read_text_directory_is_an_error(tmp_path):
+    with pytest.raises(CharlmError, match="directory"):
+        data.read_text(tmp_path)
+
+
+def test_split_keeps_a_contiguous_tail():
+    ids = np.arange(100)
+    train, val = data.split(ids, 0.1)
+    assert np.array_equal(train, ids[:90]) and np.array_equal(val, ids[90:])
+    assert len(data.split(ids, 0.0)[1]) == 0
+
+
+@pytest.mark.parametrize("iterator", ["random", "sequential"])
+def test_batches_have_shape_t_n_and_targets_shifted_by_one(iterator):
+    ids = np.arange(1000) % 251
+    batches = data.ITERATORS[iterator](ids, 4, 7, np.random.default_rng(0))
+    assert len(batches) == 999 // 28
+    for X, Y in batches:
+        assert X.shape == Y.shape == (7, 4)
+        assert np.array_equal(Y[:-1], X[1:])  # inside a window, the target is the next input
+        assert np.array_equal(Y % 251, (X + 1) % 251)
+
+
+def test_random_batches_windows_do_not_overlap_and_offsets_vary():
+    ids = np.arange(2000)
+    starts = set()
+    for seed in range(20):
+        batches = data.RandomBatches(ids, 5, 10, np.random.default_rng(seed))
+        firsts = np.concatenate([X[0] for X, _ in batches])
+        assert len(set(firsts)) == len(firsts)
+        assert len(set(firsts % 10)) == 1  # one offset per epoch, windows seq_len apart
+        starts.add(int(firsts[0] % 10))
+    assert len(starts) > 1
+
+
+def test_sequential_batches_continue_each_stream():
+    ids = np.arange(1000)
+    batches = list(data.SequentialBatches(ids, 4, 6, np.random.default_rng(1)))
+    for (X0, _), (X1, _) in zip(batches, batches[1:]):
+        assert np.array_equal(X1[0], X0[-1] + 1)  # row n of the next batch continues row n
+
+
+@pytest.mark.parametrize("iterator", ["random", "sequential"])
+def test_too_short_corpus_says_how_many_characters_are_needed(iterator):
+    with pytest.raises(CharlmError, match="needs at least 33"):
+        data.ITERATORS[iterator](np.arange(32), 4, 8, np.random.default_rng(0))
+
+
+def test_eval_batches_cover_every_stream_position():
+    ids = np.arange(103)
+    batches = data.eval_batches(ids, 4, 10)
+    xs = np.concatenate([X for X, _ in batches])
+    assert xs.shape == (102 // 4, 4)  # the last window is shorter, nothing of the streams dropped
+    assert sorted(xs.T.ravel()) == list(range(100))

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from charlm import model as models
+from charlm.config import CELLS, ModelConfig
+from charlm.engine import gluon, mx, nd
+
+T, N, V, H = 3, 2, 6, 5  # torch-rnn's habit: tiny, all different, so a transposed shape cannot pass
+
+
+def ids(seed=0):
+    return nd.array(np.random.default_rng(seed).integers(0, V, size=(T, N)))
+
+
+def build(cell, **kw):
+    return models.build(ModelConfig(cell=cell, hidden_size=H, embed_size=4, num_layers=2, **kw), V, mx.cpu())
+
+
+def randomize(model, seed=1):
+    rng = np.random.default_rng(seed)
+    for p in model.collect_params().values():
+        p.set_data(nd.array(rng.normal(0, 0.5, size=p.shape)))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_cell_has_the_same_interface(cell):
+    model = build(cell)
+    state = model.begin_state(N, mx.cpu())
+    logits, new_state = model(ids(), state)
+    assert logits.shape == (T, N, V)
+    assert [s.shape for s in new_state] == [s.shape for s in state]
+
+
+def test_scratch_rnn_equals_numpy_loop():
+    model = build("scratch-rnn")
+    randomize(model)
+    p = {name: getattr(model, name).data().asnumpy() for name in ["W_xh", "W_hh", "b_h", "W_hq", "b_q"]}
+    X = ids()
+    h0 = np.random.default_rng(2).normal(size=(N, H)).astype(np.float32)
+    logits, (h,) = model(X, [nd.array(h0)])
+    ref_h, ref = h0, []
+    for x in X.asnumpy().astype(int):
+        onehot = np.eye(V, dtype=np.float32)[x]  # the tutorial's one-hot input
+        ref_h = np.tanh(onehot @ p["W_xh"] + ref_h @ p["W_hh"] + p["b_h"])
+        ref.append(ref_h @ p["W_hq"] + p["b_q"])
+    np.testing.assert_allclose(logits.asnumpy(), np.stack(ref), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h.asnumpy(), ref_h, rtol=1e-5, atol=1e-5)
+
+
+def test_scratch_init_is_the_tutorials_normal_001():
+    model = models.build(ModelConfig(cell="scratch-rnn", hidden_size=256), 40, mx.cpu())
+    w = model.W_hh.data().asnumpy()
+    assert abs(w.std() - 0.01) < 0.001 and abs(w.mean()) < 0.001
+    assert not model.b_h.data().asnumpy().any()
+
+
+@pytest.mark.parametrize("cell, layer_cls", [("scratch-lstm", gluon.rnn.LSTM), ("scratch-gru", gluon.rnn.GRU)])
+def test_scratch_gated_cells_equal_the_fused_layer(cell, layer_cls):
+    """Loaded with a fused layer's weights, the written-out equations give the fused layer's outputs."""
+    layer = layer_cls(H, input_size=V)
+    layer.initialize(mx.init.Uniform(0.5))
+    model = build(cell)
+    randomize(model)
+    w = {k: getattr(layer, f"l0_{k}").data().asnumpy() for k in ["i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias"]}
+    model.W_xh.set_data(nd.array(w["i2h_weight"].T))
+    model.W_hh.set_data(nd.array(w["h2h_weight"].T))
+    if cell == "scratch-gru":
+        h2h_rz = np.concatenate([w["h2h_bias"][:2 * H], np.zeros(H, np.float32)])
+        model.b_h.set_data(nd.array(w["i2h_bias"] + h2h_rz))
+        model.b_hn.set_data(nd.array(w["h2h_bias"][2 * H:]))
+    else:
+        model.b_h.set_data(nd.array(w["i2h_bias"] + w["h2h_bias"]))
+    X = ids()
+    rng = np.random.default_rng(3)
+    scratch_state = [nd.array(rng.normal(size=(N, H))) for _ in model.begin_state(N, mx.cpu())]
+    out, fused_state = layer(nd.one_hot(X, V), [s.expand_dims(0) for s in scratch_state])
+    logits, state = model(X, scratch_state)
+    W_hq, b_q = model.W_hq.data().asnumpy(), model.b_q.data().asnumpy()
+    np.testing.assert_allclose(logits.asnumpy(), out.asnumpy() @ W_hq + b_q, rtol=1e-5, atol=1e-5)
+    for s, f in zip(state, fused_state):
+        np.testing.assert_allclose(s.asnumpy(), f[0].asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_hybridized_equals_imperative(cell):
+    model = build(cell, dropout=0.3)  # dropout is off outside training, in both modes
+    randomize(model)
+    X, state = ids(), model.begin_state(N, mx.cpu())
+    hybrid, hybrid_state = model(X, state)
+    model.hybridize(active=False)
+    plain, plain_state = model(X, state)
+    np.testing.assert_allclose(hybrid.asnumpy(), plain.asnumpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(hybrid_state, plain_state):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_token_nll_is_minus_log_softmax_of_the_target():
+    rng = np.random.default_rng(4)
+    logits, Y = rng.normal(size=(T, N, V)), rng.integers(0, V, size=(T, N))
+    nll = models.TokenNLL()(nd.array(logits), nd.array(Y)).asnumpy()
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(nll, -np.take_along_axis(log_probs, Y[..., None], -1)[..., 0], rtol=1e-5)
