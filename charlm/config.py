@@ -2,6 +2,7 @@
 
 A key is `section.name` in YAML and `--name-with-dashes` on the command line."""
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -13,7 +14,10 @@ CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
 
 
 def _opt(default, help, **meta):
-    return field(default=default, metadata={"help": help, **meta})
+    meta = {"help": help, **meta}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -24,24 +28,24 @@ class DataConfig:
     max_chars: int = _opt(0, "keep only the first N characters after normalising (0 = all)")
     val_frac: float = _opt(0.1, "fraction of the corpus held out as the validation tail")
     iterator: str = _opt("sequential", "batching: random windows or sequential streams", choices=("random", "sequential"))
-    seq_len: int = _opt(64, "time steps per batch (T)")
-    batch_size: int = _opt(32, "sequences per batch (N)")
+    seq_len: int = _opt(32, "time steps per batch (T)")
+    batch_size: int = _opt(16, "sequences per batch (N)")
 
 
 @dataclass
 class ModelConfig:
     cell: str = _opt("lstm", "recurrent cell", choices=CELLS)
     embed_size: int = _opt(64, "embedding size for Gluon cells (0 = one-hot input)")
-    hidden_size: int = _opt(512, "hidden units per layer")
+    hidden_size: int = _opt(256, "hidden units per layer")
     num_layers: int = _opt(2, "stacked layers (Gluon cells)")
-    dropout: float = _opt(0.25, "dropout on embeddings, between layers and on outputs (Gluon cells)")
+    dropout: float = _opt(0.5, "dropout on embeddings, between layers and on outputs (Gluon cells)")
 
 
 @dataclass
 class TrainConfig:
     optimizer: str = _opt("adam", "optimizer", choices=("sgd", "adam"))
     lr: float = _opt(3e-3, "learning rate")
-    lr_decay: float = _opt(0.9, "multiply the learning rate by this after each epoch (1 = constant)")
+    lr_decay: float = _opt(0.93, "multiply the learning rate by this after each epoch (1 = constant)")
     grad_clip: float = _opt(1.0, "rescale gradients whose global L2 norm exceeds this (0 = off)")
     loss_reduction: str = _opt("mean", "loss the gradient is taken of: mean or sum over the batch's tokens",
                                choices=("mean", "sum"))
@@ -49,7 +53,7 @@ class TrainConfig:
     seed: int = _opt(0, "random seed for initialisation, dropout and batch order")
     sample_every: int = _opt(5, "print greedy samples every N epochs (0 = never)")
     sample_length: int = _opt(100, "characters per sample")
-    sample_prefixes: typing.List[str] = _opt(("the time ma", "the medical man rose, came to the lamp,"),
+    sample_prefixes: typing.List[str] = _opt(["the time ma", "the medical man rose, came to the lamp,"],
                                              "prefixes to sample from", flag=None)
 
 
@@ -155,8 +159,8 @@ def validate(cfg):
         raise CharlmError(f"data.val_frac must be in [0, 1), got {cfg.data.val_frac}")
     if not 0 <= cfg.model.dropout < 1:
         raise CharlmError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
-    if cfg.train.lr <= 0:
-        raise CharlmError(f"train.lr must be positive, got {cfg.train.lr}")
+    if not 0 < cfg.train.lr < math.inf:
+        raise CharlmError(f"train.lr must be a positive number, got {cfg.train.lr}")
     if not 0 < cfg.train.lr_decay <= 1:
         raise CharlmError(f"train.lr_decay must be in (0, 1], got {cfg.train.lr_decay}")
 

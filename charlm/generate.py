@@ -29,7 +29,7 @@ def _choose(logits, temperature, top_k):
         return logits.argmax(axis=-1)
     if top_k is not None:
         kth = nd.topk(logits, k=top_k, ret_typ="value")[:, -1:]  # (1, 1), the k-th largest
-        logits = nd.where(nd.broadcast_greater_equal(logits, kth), logits, nd.full_like(logits, -1e30))
+        logits = nd.where(nd.broadcast_greater_equal(logits, kth), logits, nd.zeros_like(logits) - 1e30)
     probs = nd.softmax(logits / (temperature or 1.0), axis=-1)
     return nd.sample_multinomial(probs).astype("float32")
 

@@ -100,6 +100,18 @@ def evaluate(model, ids, batch_size, seq_len, ctx):
     return float(nll_sum.asscalar()), tokens
 
 
+def _samples(s):
+    """Greedy continuations of the configured prefixes that the vocabulary can encode."""
+    texts = []
+    for prefix in s.cfg.train.sample_prefixes:
+        try:
+            ids = generate.encode_prefix(prefix, s.vocab, s.cfg.data)
+        except CharlmError:
+            continue  # the default prefixes are English; another corpus may lack their characters
+        texts.append(generate.complete(s.model, s.vocab, ids, s.cfg.train.sample_length, s.ctx))
+    return texts
+
+
 def make_trainer(model, tcfg):
     """A Gluon Trainer for the configured optimizer and learning rate."""
     return gluon.Trainer(model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr})
@@ -122,17 +134,13 @@ def fit(s, run, on_batch=None, on_epoch=None):
             nll, tokens = evaluate(s.model, s.val_ids, dcfg.batch_size, dcfg.seq_len, s.ctx)
             record.update(scores("val_", nll / tokens))
         record["elapsed_s"] = time.perf_counter() - start
-        if not math.isfinite(record["train_loss"]):
+        if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
             raise CharlmError(f"training diverged in epoch {epoch} (loss {record['train_loss']}); the best "
                               f"checkpoint is kept: lower --lr or set --grad-clip")
         metric = record.get("val_loss", record["train_loss"])
         run.save_checkpoint(s.model, trainer, record, is_best=metric < best)
         best = min(best, metric)
-        samples = []
-        if tcfg.sample_every and epoch % tcfg.sample_every == 0:
-            samples = [generate.complete(s.model, s.vocab, generate.encode_prefix(p, s.vocab, dcfg),
-                                         tcfg.sample_length, s.ctx) for p in tcfg.sample_prefixes
-                       if not s.vocab.unknown(generate.normalise(p, dcfg))]
+        samples = _samples(s) if tcfg.sample_every and epoch % tcfg.sample_every == 0 else []
         if on_epoch:
             on_epoch(record, samples)
     return best

@@ -115,3 +115,12 @@ def test_help_does_not_import_mxnet():
 def test_python_m_charlm_runs():
     out = subprocess.run([sys.executable, "-m", "charlm", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("charlm, version")
+
+
+def test_any_unicode_text_trains_and_generates(tmp_path):
+    corpus = tmp_path / "mengzi.txt"
+    corpus.write_text("孟子見梁惠王。王曰：「叟不遠千里而來，亦將有以利吾國乎？」\n" * 40, encoding="utf-8")
+    runs = tmp_path / "runs"
+    assert invoke("train", "--data", corpus, "--runs-dir", runs, *TINY).exit_code == 0
+    result = invoke("generate", "孟子", "--length", 5, "--runs-dir", runs)
+    assert result.exit_code == 0 and result.stdout.startswith("孟子") and len(result.stdout) == 2 + 5 + 1

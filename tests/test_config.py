@@ -1,7 +1,13 @@
+import dataclasses
+from pathlib import Path
+
 import pytest
+import yaml
 
 from charlm import config
 from charlm.errors import CharlmError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path, name, text):
@@ -62,10 +68,16 @@ def test_yaml_round_trip_reproduces_the_config(tmp_path):
 
 @pytest.mark.parametrize("name", ["default.yaml", "tutorial-scratch.yaml"])
 def test_shipped_configs_load(name):
-    from pathlib import Path
-    config.resolve([Path(__file__).parent.parent / "configs" / name])
+    config.resolve([ROOT / "configs" / name])
 
 
 def test_shipped_default_config_spells_out_the_defaults():
-    from pathlib import Path
-    assert config.resolve([Path(__file__).parent.parent / "configs" / "default.yaml"]) == config.Config()
+    assert config.resolve([ROOT / "configs" / "default.yaml"]) == config.Config()
+
+
+def test_readme_documents_every_key_with_its_default():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for section, f in config.keys():
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        assert f"| `{section}.{f.name}` | `{shown}` |" in readme, f"{section}.{f.name}"

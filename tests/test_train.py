@@ -110,6 +110,9 @@ def test_same_seed_gives_the_same_run(tiny_cfg):
 
 def test_divergence_stops_with_a_clear_error(tiny_cfg):
     from charlm.errors import CharlmError
-    tiny_cfg.train.optimizer, tiny_cfg.train.lr, tiny_cfg.train.grad_clip = "sgd", float("inf"), 0
+    s = train.setup(tiny_cfg, mx.cpu())
+    s.model.decoder.bias.set_data(nd.full(s.model.decoder.bias.shape, float("nan")))  # a NaN, as overflow makes
+    run = NoRun()
     with pytest.raises(CharlmError, match="diverged in epoch 1"):
-        train.fit(train.setup(tiny_cfg, mx.cpu()), NoRun())
+        train.fit(s, run)
+    assert run.records == []  # nothing written over the checkpoints of earlier epochs

@@ -1,0 +1,80 @@
+"""Measure the README's quality figures by running the real commands: wall time, perplexity, samples.
+
+    python scripts/targets.py                 # both: the default `charlm train` and the tutorial config
+    python scripts/targets.py default         # only `charlm train` (+ `charlm generate "the time ma"`)
+    python scripts/targets.py tutorial --seeds 0 1 2
+
+Runs go to runs/targets/; the table is printed as Markdown. Run nothing else heavy at the same time:
+on 2 cores a second job more than halves the speed of both."""
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "targets"
+
+
+def charlm(*args):
+    """Run a charlm command; return (stdout, wall seconds)."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "charlm", *map(str, args)], cwd=ROOT, check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return out.stdout, time.perf_counter() - start
+
+
+def metrics(name):
+    return [json.loads(line) for line in (RUNS / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def default():
+    name = time.strftime("default-%Y%m%d-%H%M%S")
+    _, seconds = charlm("train", "--runs-dir", RUNS, "--name", name)
+    records = metrics(name)
+    best = min(records, key=lambda r: r["val_loss"])
+    text, gen_seconds = charlm("generate", "the time ma", "--run", RUNS / name, "--length", 200)
+    print("| command | wall time | best val ppl (epoch) | val bpc | train tok/s |")
+    print("|---|---|---|---|---|")
+    print(f"| `charlm train` | {seconds / 60:.1f} min | {best['val_ppl']:.3f} ({best['epoch']}/{len(records)}) "
+          f"| {best['val_bpc']:.3f} | {sum(r['tokens_per_s'] for r in records) / len(records) / 1e3:.1f}k |")
+    print(f"\n`charlm generate \"the time ma\" --length 200` ({gen_seconds:.1f} s end to end):\n")
+    print("```\n" + text.rstrip("\n") + "\n```")
+
+
+def tutorial(seeds):
+    print("| command | seed | wall time | train ppl at epoch 200 |")
+    print("|---|---|---|---|")
+    samples = {}
+    for seed in seeds:
+        name = time.strftime(f"tutorial-seed{seed}-%Y%m%d-%H%M%S")
+        out, seconds = charlm("train", "-c", "configs/tutorial-scratch.yaml", "--seed", seed,
+                              "--runs-dir", RUNS, "--name", name)
+        last = metrics(name)[-1]
+        print(f"| `charlm train -c configs/tutorial-scratch.yaml --seed {seed}` | {seed} | {seconds / 60:.1f} min "
+              f"| {last['train_ppl']:.3f} |")
+        lines = out.splitlines()
+        at = max(i for i, line in enumerate(lines) if line.startswith(f"epoch {last['epoch']} "))
+        samples[seed] = "\n".join(line for line in lines[at + 1:] if line.startswith("  > "))
+    for seed, text in samples.items():
+        print(f"\nSamples at epoch 200, seed {seed}:\n\n```\n{text}\n```")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="?", choices=["default", "tutorial", "all"], default="all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args()
+    print(f"_{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+          f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}_\n")
+    if args.which in ("default", "all"):
+        default()
+    if args.which in ("tutorial", "all"):
+        print()
+        tutorial(args.seeds)
+
+
+if __name__ == "__main__":
+    main()
