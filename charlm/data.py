@@ -8,12 +8,9 @@ import numpy as np
 
 from .errors import CharlmError
 
-BUNDLED = "timemachine"  # data.path value (and default) meaning the bundled Time Machine
-
-
 def corpus_path(path):
-    """Resolve a data.path setting to a file, `None` or BUNDLED meaning the bundled corpus."""
-    if path in (None, "", BUNDLED):
+    """Resolve a data.path setting to a file; None (or empty) means the bundled Time Machine."""
+    if not path:
         return Path(str(resources.files("charlm").joinpath("corpora", "timemachine.txt")))
     return Path(path).expanduser()
 
@@ -126,7 +123,7 @@ class RandomBatches:
 
     def __init__(self, ids, batch_size, seq_len, rng):
         check_trainable(len(ids), batch_size, seq_len)
-        self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
+        self.ids, self.seq_len = ids, seq_len
         offset, self.num_batches = _offset(len(ids) - 1, batch_size, seq_len, rng)
         starts = offset + seq_len * rng.permutation(self.num_batches * batch_size)
         self.starts = starts.reshape(self.num_batches, batch_size)

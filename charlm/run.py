@@ -66,15 +66,17 @@ class Run:
         raise CharlmError(f"too many runs named {base}* in {runs_dir}")
 
     def start(self, cfg, vocab):
-        """Write the resolved config, the vocabulary and a fresh state, and point `latest` here."""
+        """Write the resolved config, the vocabulary and a fresh state."""
         write_text(self.path / CONFIG, configs.to_yaml(cfg))
         write_text(self.path / VOCAB, vocab.to_json())
         self.write_state({"epoch": 0, "status": "running"})
-        latest = self.path.parent / LATEST
+
+    def _point_latest(self):
+        """Point runs_dir/latest at this run, replacing the old link in one rename."""
         tmp = self.path.parent / f".{LATEST}.tmp"
         tmp.unlink(missing_ok=True)
         os.symlink(self.path.name, tmp)
-        os.replace(tmp, latest)
+        os.replace(tmp, self.path.parent / LATEST)
 
     def write_state(self, state):
         """Write state.json with the versions that wrote it."""
@@ -95,6 +97,8 @@ class Run:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if record["epoch"] == 1:
+            self._point_latest()  # from its first checkpoint on, a run has a model to generate from
 
     def finish(self):
         """Mark the run finished in state.json."""

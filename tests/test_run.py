@@ -39,6 +39,9 @@ def test_latest_points_at_the_newest_run_and_find_uses_it(saved, tiny_cfg, tmp_p
     assert runs.find(runs_dir=tmp_path / "runs").path == r.path.resolve()
     r2 = runs.Run.create(tmp_path / "runs")
     r2.start(tiny_cfg, r.vocab())
+    assert os.readlink(tmp_path / "runs" / "latest") == r.path.name  # r2 has no model yet
+    s = train.setup(tiny_cfg, mx.cpu())
+    r2.save_checkpoint(s.model, train.make_trainer(s.model, tiny_cfg.train), {"epoch": 1}, True)
     assert os.readlink(tmp_path / "runs" / "latest") == r2.path.name
 
 
