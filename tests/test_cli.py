@@ -93,6 +93,22 @@ def test_bad_input_is_one_line_and_exit_1(args, message, tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_eval_on_text_with_unknown_characters_names_them(trained, tmp_path):
+    runs, _ = trained
+    other = tmp_path / "other.txt"
+    other.write_text("the lazy dog ate 42 €\n", encoding="utf-8")
+    result = invoke("eval", "--data", other, "--runs-dir", runs)
+    assert result.exit_code == 1 and "'24€'" in result.output
+
+
+def test_corpus_too_short_for_a_batch_says_what_is_needed(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words\n", encoding="utf-8")
+    result = invoke("train", "--data", short, "--runs-dir", tmp_path / "runs", *TINY)
+    assert result.exit_code == 1 and "needs at least 33" in result.output
+    assert not (tmp_path / "runs").exists()  # nothing half-made is left behind
+
+
 @pytest.mark.parametrize("args, message", [
     (["abc@"], "not in the model's vocabulary: '@'"),
     (["abc", "--length", "0"], "--length must be at least 1"),
