@@ -17,6 +17,10 @@ from .errors import CharlmError
 RUNS_DIR = click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
                         help="directory that holds run directories and the `latest` pointer")
 GPU = click.option("--gpu", is_flag=True, help="run on mx.gpu(0) (needs MXNet's CUDA build)")
+CONFIG = click.option("-c", "--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
+                      help="YAML config file (sections data, model, train); repeat it, later files win")
+SET = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                   help="override one setting last of all, the value read as YAML; repeatable")
 RUN = click.option("--run", "run_dir", type=click.Path(), default=None,
                    help="run directory  [default: the latest run in --runs-dir]")
 
@@ -67,16 +71,16 @@ def main(debug):
 
 
 @main.command()
-@click.option("-c", "--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
-              help="YAML config file (sections data, model, train); repeat it, later files win")
+@CONFIG
 @_config_options
+@SET
 @RUNS_DIR
 @click.option("--name", default=None, help="run directory name  [default: the start time, YYYYmmdd-HHMMSS]")
 @GPU
 @_user_errors
-def train(config_files, runs_dir, name, gpu, **kwargs):
+def train(config_files, sets, runs_dir, name, gpu, **kwargs):
     """Train a model; defaults train an LSTM on the bundled Time Machine."""
-    cfg = configs.resolve(config_files, _typed_flags(kwargs))
+    cfg = configs.resolve(config_files, _typed_flags(kwargs), sets)
     if cfg.data.path:
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())  # the run reproduces from any directory
     from . import engine, train as training
@@ -92,6 +96,20 @@ def train(config_files, runs_dir, name, gpu, **kwargs):
     run.finish()
     metric = "val" if len(s.val_ids) else "train"
     click.echo(f"done | best {metric} ppl {training.perplexity(best):.3f} | {run.path}")
+
+
+@main.group("config")
+def config_group():
+    """Inspect settings."""
+
+
+@config_group.command("show")
+@CONFIG
+@SET
+@_user_errors
+def config_show(config_files, sets):
+    """Print the resolved config (defaults < files < --set) as YAML."""
+    click.echo(configs.to_yaml(configs.resolve(config_files, sets=sets)), nl=False)
 
 
 class _ProgressBar:

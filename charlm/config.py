@@ -1,10 +1,11 @@
-"""Settings: dataclass defaults < YAML files < flags the user typed, one name per setting.
+"""Settings: dataclass defaults < YAML files < flags the user typed < --set, one name per setting.
 
 A key is `section.name` in YAML and `--name-with-dashes` on the command line."""
 import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -108,13 +109,26 @@ def _set(cfg, section, name, value, where):
     setattr(getattr(cfg, section), name, _check_type(f"{where}{section}.{name}", fields[name], value))
 
 
+def _key_lines(text):
+    """1-based line of each `section` and `section.key` in a YAML mapping of mappings."""
+    lines, root = {}, yaml.compose(text)
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            lines[key.value] = key.start_mark.line + 1
+            if isinstance(value, yaml.MappingNode):
+                lines.update({(key.value, k.value): k.start_mark.line + 1 for k, _ in value.value})
+    return lines
+
+
 def apply_yaml(cfg, path):
     """Apply the settings of one YAML file to cfg; unknown keys and wrong types are errors."""
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+        text = Path(path).read_text(encoding="utf-8")
+        doc, lines = yaml.safe_load(text), _key_lines(text)
     except OSError as e:
         raise CharlmError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise CharlmError(f"config {path} is not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -124,22 +138,40 @@ def apply_yaml(cfg, path):
     if not isinstance(doc, dict):
         raise CharlmError(f"{path}: expected sections {', '.join(SECTIONS)}, got {type(doc).__name__}")
     for section, values in doc.items():
+        where = f"{path}:{lines.get(section, '?')}: "
         if section not in SECTIONS:
-            raise CharlmError(f"{path}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+            raise CharlmError(f"{where}unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
-            raise CharlmError(f"{path}: section {section} must be a mapping of keys to values")
+            raise CharlmError(f"{where}section {section} must be a mapping of keys to values")
         for name, value in values.items():
-            _set(cfg, section, name, value, f"{path}: ")
+            _set(cfg, section, name, value, f"{path}:{lines.get((section, name), '?')}: ")
     return cfg
 
 
-def resolve(files=(), flags=None):
-    """Defaults, then each YAML file in order, then flags given as {(section, name): value}."""
+def parse_set(assignment):
+    """`section.key=value` to ((section, key), value), the value parsed as YAML."""
+    key, eq, text = assignment.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not (eq and dot and section and name):
+        raise CharlmError(f"--set expects section.key=value, got {assignment!r}")
+    if section not in SECTIONS:
+        raise CharlmError(f"--set {assignment}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+    try:
+        return (section, name), yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise CharlmError(f"--set {assignment}: the value is not valid YAML") from None
+
+
+def resolve(files=(), flags=None, sets=()):
+    """Defaults < each YAML file in order < flags {(section, name): value} < `--set section.key=value`s."""
     cfg = Config()
     for path in files:
         apply_yaml(cfg, path)
     for (section, name), value in (flags or {}).items():
         _set(cfg, section, name, value, "")
+    for assignment in sets:
+        (section, name), value = parse_set(assignment)
+        _set(cfg, section, name, value, "--set ")
     validate(cfg)
     return cfg
 

@@ -120,12 +120,14 @@ def make_trainer(model, tcfg):
 def fit(s, run, on_batch=None, on_epoch=None):
     """Train for cfg.train.epochs, evaluating, checkpointing and sampling after each epoch."""
     tcfg, dcfg = s.cfg.train, s.cfg.data
-    rng = np.random.default_rng(tcfg.seed)
     trainer, loss_fn = make_trainer(s.model, tcfg), models.TokenNLL()
     loss_fn.hybridize(static_alloc=True, static_shape=True)
     best, start = math.inf, time.perf_counter()
     for epoch in range(1, tcfg.epochs + 1):
         trainer.set_learning_rate(tcfg.lr * tcfg.lr_decay ** (epoch - 1))
+        # Batch order and dropout are drawn from (seed, epoch) alone, so an epoch replays exactly.
+        rng = np.random.default_rng([tcfg.seed, epoch])
+        mx.random.seed(int(rng.integers(2**31)))
         batches = data.ITERATORS[dcfg.iterator](s.train_ids, dcfg.batch_size, dcfg.seq_len, rng)
         stats = train_epoch(s, loss_fn, trainer, batches, on_batch)
         record = {"epoch": epoch, **scores("train_", stats["train_loss"]), "lr": trainer.learning_rate,

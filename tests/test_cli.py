@@ -3,9 +3,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from charlm.cli import main
+from charlm.config import DataConfig
 
 TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
         "--epochs", "2", "--sample-every", "1"]
@@ -78,6 +80,10 @@ def test_typed_flags_override_config_files(corpus, tmp_path):
     assert result.exit_code == 0, result.output
     written = (tmp_path / "runs" / "x" / "config.yaml").read_text()
     assert "hidden_size: 10" in written and "cell: gru" in written
+    again = invoke("train", "-c", cfg, "--data", corpus, "--runs-dir", tmp_path / "runs", "--name", "y",
+                   *TINY[:-4], "--hidden-size", "10", "--epochs", "1", "--set", "model.hidden_size=8")
+    assert again.exit_code == 0, again.output
+    assert "hidden_size: 8" in (tmp_path / "runs" / "y" / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -140,3 +146,13 @@ def test_any_unicode_text_trains_and_generates(tmp_path):
     assert invoke("train", "--data", corpus, "--runs-dir", runs, *TINY).exit_code == 0
     result = invoke("generate", "孟子", "--length", 5, "--runs-dir", runs)
     assert result.exit_code == 0 and result.stdout.startswith("孟子") and len(result.stdout) == 2 + 5 + 1
+
+
+def test_config_show_prints_the_resolved_config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {cell: gru, hidden_size: 64}\n")
+    result = invoke("config", "show", "-c", cfg, "--set", "model.hidden_size=128")
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.stdout)
+    assert shown["model"]["cell"] == "gru" and shown["model"]["hidden_size"] == 128
+    assert shown["data"]["seq_len"] == DataConfig().seq_len

@@ -24,9 +24,28 @@ def test_later_files_win_and_flags_win_over_files(tmp_path):
     assert cfg.data.seq_len == config.DataConfig().seq_len
 
 
-def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
-    path = write(tmp_path, "c.yaml", "model: {hiden_size: 64}\n")
-    with pytest.raises(CharlmError, match=r"model\.hiden_size.*hidden_size"):
+def test_set_wins_over_flags_and_files_and_parses_yaml(tmp_path):
+    a = write(tmp_path, "a.yaml", "model: {hidden_size: 64}\n")
+    cfg = config.resolve([a], {("model", "hidden_size"): 32},
+                         ["model.hidden_size=16", "train.sample_prefixes=[ab, cd]", "data.path=null"])
+    assert cfg.model.hidden_size == 16 and cfg.train.sample_prefixes == ["ab", "cd"] and cfg.data.path is None
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("model.hidden_size", "expects section.key=value"),
+    ("hidden_size=3", "expects section.key=value"),
+    ("modle.hidden_size=3", "unknown section 'modle'"),
+    ("model.hiden_size=3", r"unknown key model\.hiden_size"),
+    ("model.hidden_size=[1", "not valid YAML"),
+])
+def test_bad_set_is_a_clear_error(assignment, message):
+    with pytest.raises(CharlmError, match=message):
+        config.resolve([], sets=[assignment])
+
+
+def test_unknown_key_names_it_its_line_and_the_valid_keys(tmp_path):
+    path = write(tmp_path, "c.yaml", "data:\n  seq_len: 8\nmodel:\n  cell: gru\n  hiden_size: 64\n")
+    with pytest.raises(CharlmError, match=r"c\.yaml:5: unknown key model\.hiden_size.*hidden_size"):
         config.resolve([path])
 
 
