@@ -14,6 +14,9 @@ setup(
         "tqdm>=4.60",
         "PyYAML>=6.0",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    extras_require={
+        "plot": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "matplotlib>=3.5"],  # matplotlib so that the plot test runs too
+    },
     entry_points={"console_scripts": ["charlm = charlm.cli:main"]},
 )

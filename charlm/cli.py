@@ -76,23 +76,47 @@ def main(debug):
 @SET
 @RUNS_DIR
 @click.option("--name", default=None, help="run directory name  [default: the start time, YYYYmmdd-HHMMSS]")
+@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[RUN_DIR]",
+              help="continue a run from its last checkpoint (RUN_DIR defaults to the latest run); "
+                   "--epochs then raises its target")
 @GPU
 @_user_errors
-def train(config_files, sets, runs_dir, name, gpu, **kwargs):
+def train(config_files, sets, runs_dir, name, resume, gpu, **kwargs):
     """Train a model; defaults train an LSTM on the bundled Time Machine."""
-    cfg = configs.resolve(config_files, _typed_flags(kwargs), sets)
-    if cfg.data.path:
-        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())  # the run reproduces from any directory
     from . import engine, train as training
-    from .run import Run
+    from .run import Run, find
 
-    s = training.setup(cfg, engine.context(gpu))
-    run = Run.create(runs_dir, name)
-    run.start(cfg, s.vocab)
+    typed = _typed_flags(kwargs)
+    if resume is not None:
+        if config_files or sets or name or set(typed) - {("train", "epochs")}:
+            raise CharlmError("--resume continues a run with its own config.yaml: only --epochs may be given")
+        run = find(resume or None, runs_dir)
+        cfg = run.config()
+        cfg.train.epochs = typed.get(("train", "epochs"), cfg.train.epochs)
+        done = run.read_state().get("epoch", 0)
+        if done >= cfg.train.epochs:
+            click.echo(f"{run.path} has trained {done} of {cfg.train.epochs} epochs: give --epochs to extend it")
+            return
+        s = training.setup(cfg, engine.context(gpu))
+        if s.vocab.chars != run.vocab().chars:
+            raise CharlmError(f"the text of {run.path} has changed since the run started (other characters)")
+        run.start(cfg, s.vocab, fresh=False)
+        trainer = training.make_trainer(s.model, cfg.train)
+        progress = training.restore(s, run, trainer)
+    else:
+        cfg = configs.resolve(config_files, typed, sets)
+        if cfg.data.path:
+            cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())  # reproducible from any directory
+        s = training.setup(cfg, engine.context(gpu))
+        run = Run.create(runs_dir, name)
+        run.start(cfg, s.vocab)
+        trainer, progress = None, None
     click.echo(f"run {run.path} | {cfg.model.cell} | {sum(p.data().size for p in s.model.collect_params().values()):,}"
-               f" parameters | {len(s.vocab)} characters | {len(s.train_ids):,} train / {len(s.val_ids):,} val")
+               f" parameters | {len(s.vocab)} characters | {len(s.train_ids):,} train / {len(s.val_ids):,} val"
+               + (f" | resuming after epoch {progress.epoch}" if progress else ""))
     bar = _ProgressBar()
-    best = training.fit(s, run, on_batch=bar.update, on_epoch=lambda r, samples: _epoch_done(bar, r, samples))
+    best = training.fit(s, run, trainer, progress, on_batch=bar.update,
+                        on_epoch=lambda r, samples: _epoch_done(bar, r, samples))
     run.finish()
     metric = "val" if len(s.val_ids) else "train"
     click.echo(f"done | best {metric} ppl {training.perplexity(best):.3f} | {run.path}")
@@ -110,6 +134,58 @@ def config_group():
 def config_show(config_files, sets):
     """Print the resolved config (defaults < files < --set) as YAML."""
     click.echo(configs.to_yaml(configs.resolve(config_files, sets=sets)), nl=False)
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="list the planned runs and their status, then exit")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+              help="runs at once (each gets cores/jobs threads; on 2 cores one at a time is usually right)")
+@RUNS_DIR
+@_user_errors
+def sweep(sweep_file, dry_run, jobs, runs_dir):
+    """Run a grid or random sweep of configs; re-running resumes it."""
+    from . import sweep as sweeps
+
+    plan = sweeps.load(sweep_file)
+    sweep_dir = Path(runs_dir) / plan.name
+    if dry_run:
+        for name, _ in sweeps.plan(plan):
+            click.echo(f"{sweeps.status(sweep_dir / name, {}):12} {sweep_dir / name}")
+        return
+    finished = []
+
+    def done(row):
+        finished.append(row["run"])
+        best = row.get(f"best_{plan.metric}")
+        result = f"best {plan.metric} {best:.4g} at epoch {row['best_epoch']}" if best is not None else row["error"]
+        click.echo(f"[{len(finished)}] {row['run']}: {row['status']} | {result}")
+
+    rows = sweeps.execute(plan, sweep_dir, jobs, on_done=done)
+    click.echo(_table(rows, sweeps.columns(rows)))
+    click.echo(f"summary: {sweep_dir / 'summary.csv'}")
+
+
+def _table(rows, names):
+    """Rows as an aligned text table, floats to 4 significant digits."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    cells = [names] + [[cell(r.get(n, "")) for n in names] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(names))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="PNG to write  [default: ppl.png in the one directory given, else in the current directory]")
+@_user_errors
+def plot(paths, output):
+    """Plot train/validation perplexity per epoch of runs (RUN_DIR... or a sweep directory)."""
+    from .plot import plot as draw
+
+    output = output or str(Path(paths[0] if len(paths) == 1 else ".") / "ppl.png")
+    click.echo(draw(paths, output))
 
 
 class _ProgressBar:

@@ -82,6 +82,11 @@ def flag_name(f):
 def _check_type(key, f, value):
     """Return value converted to the field's type, or raise a CharlmError naming the key."""
     kind = f.type
+    if kind is float and isinstance(value, str):
+        try:
+            value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

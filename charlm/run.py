@@ -65,11 +65,11 @@ class Run:
             raise CharlmError(f"cannot create a run directory in {runs_dir}: {e.strerror}") from None
         raise CharlmError(f"too many runs named {base}* in {runs_dir}")
 
-    def start(self, cfg, vocab):
-        """Write the resolved config, the vocabulary and a fresh state."""
+    def start(self, cfg, vocab, fresh=True):
+        """Write the resolved config and the vocabulary, and a new state.json when fresh."""
         write_text(self.path / CONFIG, configs.to_yaml(cfg))
         write_text(self.path / VOCAB, vocab.to_json())
-        self.write_state({"epoch": 0, "status": "running"})
+        self.write_state({"epoch": 0, "status": "running"} if fresh else {**self.read_state(), "status": "running"})
 
     def _point_latest(self):
         """Point runs_dir/latest at this run, replacing the old link in one rename."""
@@ -90,13 +90,14 @@ class Run:
         atomic_write(self.path / TRAINER, trainer.save_states)
         if is_best:
             atomic_write(self.path / PARAMS["best"], model.save_parameters)
-        previous = self.read_state()
-        best_epoch = record["epoch"] if is_best else previous.get("best_epoch")
-        self.write_state({"epoch": record["epoch"], "status": "running", "best_epoch": best_epoch})
         with open(self.path / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        previous = self.read_state()
+        best_epoch = record["epoch"] if is_best else previous.get("best_epoch")
+        # state.json is written last: its epoch says which checkpoint is complete.
+        self.write_state({"epoch": record["epoch"], "status": "running", "best_epoch": best_epoch})
         if record["epoch"] == 1:
             self._point_latest()  # from its first checkpoint on, a run has a model to generate from
 
@@ -109,11 +110,21 @@ class Run:
         return json.loads((self.path / STATE).read_text(encoding="utf-8"))
 
     def metrics(self):
-        """Every metrics.jsonl record, in order."""
+        """The metrics.jsonl records, in order, ignoring a line cut short by a crash."""
         path = self.path / METRICS
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def keep_metrics(self, last_epoch):
+        """Drop metrics lines past last_epoch (from a checkpoint that never completed); return the rest."""
+        records = [r for r in self.metrics() if r["epoch"] <= last_epoch]
+        write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+        return records
 
     def config(self):
         """The run's resolved config."""
@@ -123,20 +134,32 @@ class Run:
         """The run's vocabulary."""
         return Vocab.from_json((self.path / VOCAB).read_text(encoding="utf-8"))
 
-    def load_model(self, ctx, which="best"):
-        """Rebuild the model from config.yaml and vocab.json and load its `which` parameters."""
-        from . import model as models
+    def load_params(self, model, which, ctx):
+        """Load the run's `which` ("best" or "last") parameters into model."""
         from .engine import mx
 
         params = self.path / PARAMS[which]
         if not params.exists():
             raise CharlmError(f"{self.path} has no {PARAMS[which]}: it has not finished an epoch yet")
-        model = models.build(self.config().model, len(self.vocab()), ctx)
         try:
             model.load_parameters(str(params), ctx=ctx)
         except (mx.base.MXNetError, AssertionError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CharlmError(f"{params} cannot be loaded into the model of its config.yaml: {first}") from None
+
+    def load_trainer(self, trainer):
+        """Load the optimizer state of the last checkpoint into trainer."""
+        try:
+            trainer.load_states(str(self.path / TRAINER))
+        except Exception as e:  # MXNet unpickles it: any failure means the file is damaged
+            raise CharlmError(f"{self.path / TRAINER} cannot be loaded: {type(e).__name__}") from None
+
+    def load_model(self, ctx, which="best"):
+        """Rebuild the model from config.yaml and vocab.json and load its `which` parameters."""
+        from . import model as models
+
+        model = models.build(self.config().model, len(self.vocab()), ctx)
+        self.load_params(model, which, ctx)
         return model
 
 

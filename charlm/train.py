@@ -117,13 +117,39 @@ def make_trainer(model, tcfg):
     return gluon.Trainer(model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr})
 
 
-def fit(s, run, on_batch=None, on_epoch=None):
-    """Train for cfg.train.epochs, evaluating, checkpointing and sampling after each epoch."""
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, best checkpoint metric (a loss), training seconds spent."""
+    epoch: int = 0
+    best: float = math.inf
+    elapsed: float = 0.0
+
+
+def checkpoint_metric(record):
+    """The loss that picks the best checkpoint: validation loss, or training loss without validation."""
+    return record.get("val_loss", record["train_loss"])
+
+
+def restore(s, run, trainer):
+    """Load the run's last checkpoint into s.model and trainer; return where it stands."""
+    done = run.read_state().get("epoch", 0)
+    if not done:
+        return Progress()
+    run.load_params(s.model, "last", s.ctx)
+    run.load_trainer(trainer)
+    records = run.keep_metrics(done)
+    return Progress(done, min(map(checkpoint_metric, records)), records[-1]["elapsed_s"])
+
+
+def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None):
+    """Train up to cfg.train.epochs (from `progress` when resuming), evaluating, checkpointing and
+    sampling after each epoch; return the best checkpoint metric."""
     tcfg, dcfg = s.cfg.train, s.cfg.data
-    trainer, loss_fn = make_trainer(s.model, tcfg), models.TokenNLL()
+    trainer, progress = trainer or make_trainer(s.model, tcfg), progress or Progress()
+    loss_fn = models.TokenNLL()
     loss_fn.hybridize(static_alloc=True, static_shape=True)
-    best, start = math.inf, time.perf_counter()
-    for epoch in range(1, tcfg.epochs + 1):
+    best, start = progress.best, time.perf_counter() - progress.elapsed
+    for epoch in range(progress.epoch + 1, tcfg.epochs + 1):
         trainer.set_learning_rate(tcfg.lr * tcfg.lr_decay ** (epoch - 1))
         # Batch order and dropout are drawn from (seed, epoch) alone, so an epoch replays exactly.
         rng = np.random.default_rng([tcfg.seed, epoch])
@@ -139,7 +165,7 @@ def fit(s, run, on_batch=None, on_epoch=None):
         if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
             raise CharlmError(f"training diverged in epoch {epoch} (loss {record['train_loss']}); the best "
                               f"checkpoint is kept: lower --lr or set --grad-clip")
-        metric = record.get("val_loss", record["train_loss"])
+        metric = checkpoint_metric(record)
         run.save_checkpoint(s.model, trainer, record, is_best=metric < best)
         best = min(best, metric)
         samples = _samples(s) if tcfg.sample_every and epoch % tcfg.sample_every == 0 else []

@@ -156,3 +156,34 @@ def test_config_show_prints_the_resolved_config(tmp_path):
     shown = yaml.safe_load(result.stdout)
     assert shown["model"]["cell"] == "gru" and shown["model"]["hidden_size"] == 128
     assert shown["data"]["seq_len"] == DataConfig().seq_len
+
+
+def test_resume_extends_a_run_exactly_as_if_never_stopped(corpus, tmp_path):
+    runs = tmp_path / "runs"
+    tiny = [a for a in TINY if a not in ("--epochs", "2")] + ["--dropout", "0.3"]
+    assert invoke("train", "--data", corpus, "--runs-dir", runs, "--name", "whole", *tiny, "--epochs", 4).exit_code == 0
+    assert invoke("train", "--data", corpus, "--runs-dir", runs, "--name", "cut", *tiny, "--epochs", 2).exit_code == 0
+    result = invoke("train", "--resume", runs / "cut", "--epochs", 4)
+    assert result.exit_code == 0, result.output
+    assert "resuming after epoch 2" in result.stdout
+
+    def records(name):
+        return [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+    whole, cut = records("whole"), records("cut")
+    assert [r["epoch"] for r in cut] == [1, 2, 3, 4]
+    for a, b in zip(whole, cut):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+    assert "epochs: 4" in (runs / "cut" / "config.yaml").read_text()
+
+
+def test_resume_of_a_finished_run_says_how_to_extend_it(trained):
+    runs, _ = trained
+    result = invoke("train", "--resume", "--runs-dir", runs)
+    assert result.exit_code == 0 and "give --epochs to extend it" in result.stdout
+
+
+def test_resume_refuses_other_settings(trained):
+    runs, _ = trained
+    result = invoke("train", "--resume", "--runs-dir", runs, "--hidden-size", "32")
+    assert result.exit_code == 1 and "only --epochs may be given" in result.output

@@ -1,0 +1,60 @@
+"""Training and validation perplexity per epoch of one or more runs, as a PNG (matplotlib is optional)."""
+from pathlib import Path
+
+from .errors import CharlmError
+from .run import CONFIG, Run, atomic_write, find
+
+
+def runs_in(paths):
+    """Run directories named by paths: a run directory itself, or the runs inside a sweep directory."""
+    found = []
+    for path in map(Path, paths):
+        if (path / CONFIG).exists():
+            found.append(find(path))
+        elif path.is_dir():
+            found += [Run(p) for p in sorted(path.iterdir()) if (p / CONFIG).exists() and not p.is_symlink()]
+        else:
+            raise CharlmError(f"{path} is not a run directory or a directory of runs")
+    if not found:
+        raise CharlmError(f"no run directories in {', '.join(map(str, paths))}")
+    return found
+
+
+def _flat(cfg):
+    return {f"{s}.{k}": v for s, section in cfg.items() for k, v in section.items()}
+
+
+def labels(runs):
+    """A label per run from the settings that differ between them (the directory name if none do)."""
+    from .config import to_dict
+    flats = [_flat(to_dict(r.config())) for r in runs]
+    differ = [k for k in flats[0] if len({repr(f[k]) for f in flats}) > 1]
+    return [", ".join(f"{k.split('.')[-1]}={f[k]}" for k in differ) or r.path.name for r, f in zip(runs, flats)]
+
+
+def plot(paths, output):
+    """Write a log-scale plot of train (dashed) and validation (solid) perplexity per epoch; return its path."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CharlmError("charlm plot needs matplotlib: pip install 'charlm[plot]' (or pip install matplotlib)") from None
+    runs = runs_in(paths)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for i, (run, label) in enumerate(zip(runs, labels(runs))):
+        records, color = run.metrics(), f"C{i % 10}"
+        epochs = [r["epoch"] for r in records]
+        if records and "val_ppl" in records[0]:
+            ax.plot(epochs, [r["val_ppl"] for r in records], color=color, label=f"{label} (val)")
+        ax.plot(epochs, [r["train_ppl"] for r in records], color=color, linestyle="--", alpha=0.6,
+                label=f"{label} (train)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small", ncol=2 if len(runs) > 4 else 1)
+    fig.tight_layout()
+    atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return Path(output)

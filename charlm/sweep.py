@@ -1,0 +1,241 @@
+"""Config sweeps: a W&B-style sweep file expanded into runs (grid or random), run as `charlm train`
+processes, resumed when re-run, and summarised by the chosen metric."""
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import config as configs
+from .errors import CharlmError
+from .run import CONFIG, Run, write_text
+
+METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
+DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
+FAILURES = "failures.json"
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file."""
+    name: str
+    base: list
+    method: str
+    metric: str
+    goal: str
+    run_cap: int
+    seed: int
+    parameters: dict  # "section.key" -> spec
+
+
+def _check_key(key, path):
+    valid = {f"{s}.{f.name}" for s, f in configs.keys()}
+    if key not in valid:
+        raise CharlmError(f"{path}: unknown parameter {key!r}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _check_spec(key, spec, method, path):
+    where = f"{path}: parameters.{key}"
+    if not isinstance(spec, dict):
+        raise CharlmError(f"{where} must be a mapping with values, value or distribution")
+    if "value" in spec:
+        spec = {"values": [spec["value"]]}
+    if "values" in spec:
+        if not isinstance(spec["values"], list) or not spec["values"]:
+            raise CharlmError(f"{where}.values must be a non-empty list")
+        return {"values": spec["values"]}
+    if method == "grid":
+        raise CharlmError(f"{where}: a grid sweep takes only values, not a distribution (use method: random)")
+    dist = spec.get("distribution")
+    if dist not in DISTRIBUTIONS:
+        raise CharlmError(f"{where}.distribution must be one of {', '.join(DISTRIBUTIONS)}, got {dist!r}")
+    low, high = spec.get("min"), spec.get("max")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low <= high:
+        raise CharlmError(f"{where} needs numbers min <= max, got min {low!r}, max {high!r}")
+    if dist == "log_uniform_values" and low <= 0:
+        raise CharlmError(f"{where}: log_uniform_values needs min > 0")
+    return {"distribution": dist, "min": low, "max": high}
+
+
+def load(path):
+    """Read and check a sweep file; its name is the file's stem."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CharlmError(f"cannot read sweep file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise CharlmError(f"{path}:{mark.line + 1 if mark else '?'}: malformed YAML") from None
+    if not isinstance(doc, dict):
+        raise CharlmError(f"{path}: a sweep file is a mapping with base, method, metric and parameters")
+    known = {"base", "method", "metric", "run_cap", "seed", "parameters"}
+    if set(doc) - known:
+        raise CharlmError(f"{path}: unknown key {sorted(set(doc) - known)[0]!r}; valid keys: {', '.join(sorted(known))}")
+    method = doc.get("method", "grid")
+    if method not in ("grid", "random"):
+        raise CharlmError(f"{path}: method must be grid or random, got {method!r}")
+    metric = doc.get("metric") or {}
+    name, goal = metric.get("name", "val_ppl"), metric.get("goal", "minimize")
+    if name not in METRICS or goal not in ("minimize", "maximize"):
+        raise CharlmError(f"{path}: metric needs name in {', '.join(METRICS)} and goal minimize or maximize")
+    run_cap = doc.get("run_cap")
+    if run_cap is None and method == "random":
+        raise CharlmError(f"{path}: a random sweep needs run_cap (how many runs to draw)")
+    if run_cap is not None and (not isinstance(run_cap, int) or run_cap < 1):
+        raise CharlmError(f"{path}: run_cap must be a positive integer, got {run_cap!r}")
+    params = doc.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise CharlmError(f"{path}: parameters must map section.key to values or a distribution")
+    for key in params:
+        _check_key(key, path)
+    base = doc.get("base") or []
+    base = [base] if isinstance(base, str) else base
+    for file in base:
+        if not Path(file).is_file():
+            raise CharlmError(f"{path}: base config {file} not found (paths are relative to the current directory)")
+    return Sweep(path.stem, base, method, name, goal, run_cap, doc.get("seed", 0),
+                 {k: _check_spec(k, v, method, path) for k, v in params.items()})
+
+
+def _draw(spec, rng):
+    if "values" in spec:
+        return spec["values"][int(rng.integers(len(spec["values"])))]
+    low, high = spec["min"], spec["max"]
+    if spec["distribution"] == "int_uniform":
+        return int(rng.integers(low, high + 1))
+    if spec["distribution"] == "log_uniform_values":
+        return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    return float(rng.uniform(low, high))
+
+
+def _fmt(value):
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return text.replace("/", "_").replace(" ", "_")
+
+
+def plan(sweep):
+    """The sweep's runs in order, as [(run name, {key: value})]."""
+    keys = list(sweep.parameters)
+    if sweep.method == "grid":
+        points = itertools.product(*(sweep.parameters[k]["values"] for k in keys))
+        points = [dict(zip(keys, p)) for p in itertools.islice(points, sweep.run_cap)]
+    else:
+        rng = np.random.default_rng(sweep.seed)
+        points = [{k: _draw(sweep.parameters[k], rng) for k in keys} for _ in range(sweep.run_cap)]
+    # Names show what varies; settings fixed with a single value would only make them long.
+    varying = [k for k in keys if len(sweep.parameters[k].get("values", [0, 1])) > 1]
+    return [(f"{i:03d}-" + ",".join(f"{k.split('.')[-1]}={_fmt(p[k])}" for k in varying), p)
+            for i, p in enumerate(points)]
+
+
+def status(run_dir, failures):
+    """finished, failed, interrupted (resumable) or new."""
+    if run_dir.name in failures:
+        return "failed"
+    if not (run_dir / CONFIG).exists():
+        return "new"
+    return "finished" if Run(run_dir).read_state().get("status") == "finished" else "interrupted"
+
+
+def _yaml_value(value):
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def command(sweep, sweep_dir, name, point, state):
+    """The `charlm train` command line of one run: a new run, or --resume of an interrupted one."""
+    if state == "interrupted":
+        return [sys.executable, "-m", "charlm", "train", "--resume", str(sweep_dir / name)]
+    sets = [arg for k, v in point.items() for arg in ("--set", f"{k}={_yaml_value(v)}")]
+    files = [arg for f in sweep.base for arg in ("-c", f)]
+    return [sys.executable, "-m", "charlm", "train", *files, *sets, "--runs-dir", str(sweep_dir), "--name", name]
+
+
+def _last_error(log):
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    return (errors or lines or ["exited without output"])[-1].removeprefix("Error: ")
+
+
+def execute(sweep, sweep_dir, jobs=1, on_done=None):
+    """Run every planned run that is not finished, `jobs` at a time; failures are recorded, not raised."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "logs").mkdir(exist_ok=True)
+    failures_path = sweep_dir / FAILURES
+    failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    todo = [(n, p, status(sweep_dir / n, {})) for n, p in plan(sweep)]
+    todo = [(n, p, s) for n, p, s in todo if s != "finished"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}
+    running = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            name, point, state = todo.pop(0)
+            failures.pop(name, None)  # a re-run retries failed runs
+            log = sweep_dir / "logs" / f"{name}.log"
+            with open(log, "a", encoding="utf-8") as out:
+                proc = subprocess.Popen(command(sweep, sweep_dir, name, point, state), stdout=out,
+                                        stderr=subprocess.STDOUT, env=env)
+            running.append((proc, name, log))
+        done = next((job for job in running if job[0].poll() is not None), None)
+        if done is None:
+            time.sleep(0.2)
+            continue
+        running.remove(done)
+        proc, name, log = done
+        if proc.returncode != 0:
+            failures[name] = _last_error(log)
+        write_text(failures_path, json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
+        rows = summary(sweep, sweep_dir)
+        write_summary(rows, sweep_dir)
+        if on_done:
+            on_done(next(r for r in rows if r["run"] == name))
+    return summary(sweep, sweep_dir)
+
+
+def summary(sweep, sweep_dir):
+    """One row per planned run, best first by the sweep's metric; unfinished and failed runs last."""
+    failures_path = sweep_dir / FAILURES
+    failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    rows = []
+    for name, point in plan(sweep):
+        run_dir = sweep_dir / name
+        row = {"run": name, **point, "status": status(run_dir, failures), "error": failures.get(name, "")}
+        records = Run(run_dir).metrics() if (run_dir / CONFIG).exists() else []
+        records = [r for r in records if sweep.metric in r]
+        if records:
+            pick = min if sweep.goal == "minimize" else max
+            best = pick(records, key=lambda r: r[sweep.metric])
+            row.update({f"best_{sweep.metric}": best[sweep.metric], "best_epoch": best["epoch"],
+                        "train_ppl": best["train_ppl"],
+                        "tokens_per_s": sum(r["tokens_per_s"] for r in records) / len(records),
+                        "wall_s": records[-1]["elapsed_s"]})
+        rows.append(row)
+    sign = 1 if sweep.goal == "minimize" else -1
+    return sorted(rows, key=lambda r: (f"best_{sweep.metric}" not in r, sign * r.get(f"best_{sweep.metric}", 0)))
+
+
+def columns(rows):
+    """Column names of summary rows, in a stable order."""
+    names = []
+    for row in rows:
+        names += [k for k in row if k not in names]
+    tail = ["status", "error"]
+    return [n for n in names if n not in tail] + tail
+
+
+def write_summary(rows, sweep_dir):
+    """Write summary.csv atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(rows))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(sweep_dir / "summary.csv", buf.getvalue())

@@ -1,0 +1,129 @@
+import csv
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from charlm import sweep as sweeps
+from charlm.cli import main
+from charlm.errors import CharlmError
+
+
+def sweep_file(tmp_path, doc, name="s"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def test_grid_runs_every_combination_in_order(tmp_path):
+    doc = {"method": "grid", "parameters": {"model.cell": {"values": ["lstm", "gru", "rnn"]},
+                                            "model.hidden_size": {"values": [8, 16]},
+                                            "train.epochs": {"value": 1}}}
+    planned = sweeps.plan(sweeps.load(sweep_file(tmp_path, doc)))
+    assert len(planned) == 3 * 2
+    assert planned[0] == ("000-cell=lstm,hidden_size=8", {"model.cell": "lstm", "model.hidden_size": 8,
+                                                          "train.epochs": 1})
+    assert len({name for name, _ in planned}) == 6
+
+
+def test_grid_run_cap_keeps_the_first_runs(tmp_path):
+    doc = {"run_cap": 4, "parameters": {"model.hidden_size": {"values": [1, 2, 3, 4, 5, 6]}}}
+    assert [p["model.hidden_size"] for _, p in sweeps.plan(sweeps.load(sweep_file(tmp_path, doc)))] == [1, 2, 3, 4]
+
+
+def test_random_respects_run_cap_seed_and_bounds(tmp_path):
+    def points(seed):
+        doc = {"method": "random", "run_cap": 7, "seed": seed,
+               "parameters": {"train.lr": {"distribution": "log_uniform_values", "min": 1.0e-4, "max": 3.0e-3},
+                              "model.hidden_size": {"distribution": "int_uniform", "min": 8, "max": 12},
+                              "model.cell": {"values": ["lstm", "gru"]}}}
+        return [p for _, p in sweeps.plan(sweeps.load(sweep_file(tmp_path, doc)))]
+    first = points(0)
+    assert len(first) == 7 and first == points(0) and first != points(1)
+    assert all(1e-4 <= p["train.lr"] <= 3e-3 and 8 <= p["model.hidden_size"] <= 12 for p in first)
+    assert {p["model.cell"] for p in first} <= {"lstm", "gru"}
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"method": "grid", "parameters": {"train.lr": {"distribution": "uniform", "min": 0.1, "max": 1}}},
+     "grid sweep takes only values"),
+    ({"method": "random", "parameters": {"train.lr": {"values": [0.1]}}}, "needs run_cap"),
+    ({"parameters": {"model.hiden_size": {"values": [1]}}}, "unknown parameter 'model.hiden_size'"),
+    ({"parameters": {"model.hidden_size": {"values": [1]}}, "methd": "grid"}, "unknown key 'methd'"),
+    ({"parameters": {"model.hidden_size": {"values": []}}}, "non-empty list"),
+    ({"metric": {"name": "accuracy"}, "parameters": {"model.hidden_size": {"values": [1]}}}, "metric needs"),
+    ({"base": "no/such.yaml", "parameters": {"model.hidden_size": {"values": [1]}}}, "base config"),
+])
+def test_bad_sweep_files_are_clear_errors(tmp_path, doc, message):
+    with pytest.raises(CharlmError, match=message):
+        sweeps.load(sweep_file(tmp_path, doc))
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path, corpus):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "data": {"path": str(corpus), "seq_len": 8, "batch_size": 4},
+        "model": {"embed_size": 8, "num_layers": 1},
+        "train": {"epochs": 2, "sample_every": 0}}))
+    doc = {"base": str(base), "method": "grid", "metric": {"name": "val_ppl", "goal": "minimize"},
+           "parameters": {"model.hidden_size": {"values": [4, 16, "big"]}}}
+    return sweep_file(tmp_path, doc, "tiny"), tmp_path / "runs"
+
+
+def test_sweep_runs_records_failures_and_sorts_by_metric(tiny_sweep):
+    path, runs = tiny_sweep
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    with open(runs / "tiny" / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["finished", "finished", "failed"]
+    ppls = [float(r["best_val_ppl"]) for r in rows[:2]]
+    assert ppls == sorted(ppls)
+    assert "model.hidden_size: expected int" in rows[2]["error"]
+    table = result.stdout.splitlines()[-5:-1]  # the printed table: a header and a line per run
+    assert table[0].split()[:3] == ["run", "model.hidden_size", "best_val_ppl"]
+    assert [line.split()[0] for line in table[1:]] == [r["run"] for r in rows]
+    assert json.loads((runs / "tiny" / "failures.json").read_text()) == {"002-hidden_size=big": rows[2]["error"]}
+
+
+def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(tiny_sweep, monkeypatch):
+    path, runs = tiny_sweep
+    sweep = sweeps.load(path)
+    sweeps.execute(sweep, runs / "tiny")
+    # What a kill after epoch 1 leaves: the checkpoint of epoch 1 committed, epoch 2 never written.
+    interrupted = runs / "tiny" / "001-hidden_size=16"
+    state = json.loads((interrupted / "state.json").read_text())
+    (interrupted / "state.json").write_text(json.dumps({**state, "epoch": 1, "status": "running"}))
+    started = []
+    real = sweeps.subprocess.Popen
+    monkeypatch.setattr(sweeps.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or real(cmd, **kw))
+    rows = sweeps.execute(sweep, runs / "tiny")
+    assert len(started) == 2  # the interrupted run and the failed one; the finished run is skipped
+    assert started[0][-2:] == ["--resume", str(interrupted)]
+    assert [r["epoch"] for r in map(json.loads, (interrupted / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    assert {r["run"]: r["status"] for r in rows}["001-hidden_size=16"] == "finished"
+
+
+def test_dry_run_lists_the_plan_and_runs_nothing(tiny_sweep):
+    path, runs = tiny_sweep
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs), "--dry-run"])
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3 and "new" in result.stdout
+    assert not runs.exists()
+
+
+def test_plot_writes_a_png_of_a_sweep(tiny_sweep):
+    pytest.importorskip("matplotlib")
+    path, runs = tiny_sweep
+    sweeps.execute(sweeps.load(path), runs / "tiny")
+    result = CliRunner().invoke(main, ["plot", str(runs / "tiny")])
+    assert result.exit_code == 0, result.output
+    png = runs / "tiny" / "ppl.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    result = CliRunner().invoke(main, ["plot", str(tmp_path)])
+    assert result.exit_code == 1 and "pip install 'charlm[plot]'" in result.output
