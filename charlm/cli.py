@@ -1,4 +1,5 @@
-"""The command line: train, generate and eval. The only module that talks to the terminal.
+"""The command line: train, generate, eval, config, sweep and plot.
+The only module that talks to the terminal.
 
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
 import functools
@@ -67,7 +68,7 @@ def _typed_flags(kwargs):
 @click.version_option(__version__, prog_name="charlm")
 @click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors")
 def main(debug):
-    """Character-level language models on MXNet Gluon: train, generate, eval."""
+    """Character-level language models on MXNet Gluon: train, generate, eval, sweep, plot."""
 
 
 @main.command()
@@ -162,7 +163,8 @@ def sweep(sweep_file, dry_run, jobs, runs_dir):
         click.echo(f"[{len(finished)}] {row['run']}: {row['status']} | {result}")
 
     rows = sweeps.execute(plan, sweep_dir, jobs, on_done=done)
-    click.echo(_table(rows, sweeps.columns(rows)))
+    fixed = {k for k in plan.parameters if len({repr(r[k]) for r in rows}) == 1}  # summary.csv keeps them
+    click.echo(_table(rows, [c for c in sweeps.columns(rows) if c not in fixed]))
     click.echo(f"summary: {sweep_dir / 'summary.csv'}")
 
 

@@ -38,6 +38,7 @@ def plot(paths, output):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import ScalarFormatter
     except ImportError:
         raise CharlmError("charlm plot needs matplotlib: pip install 'charlm[plot]' (or pip install matplotlib)") from None
     runs = runs_in(paths)
@@ -50,6 +51,8 @@ def plot(paths, output):
         ax.plot(epochs, [r["train_ppl"] for r in records], color=color, linestyle="--", alpha=0.6,
                 label=f"{label} (train)")
     ax.set_yscale("log")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(ScalarFormatter())  # 4, 5, 6 rather than 4x10^0
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity (log scale)")
     ax.grid(True, which="both", alpha=0.3)

@@ -36,12 +36,16 @@ def default():
     records = metrics(name)
     best = min(records, key=lambda r: r["val_loss"])
     text, gen_seconds = charlm("generate", "the time ma", "--run", RUNS / name, "--length", 200)
+    sampled, _ = charlm("generate", "the time ma", "--run", RUNS / name, "--length", 200,
+                        "--temperature", 0.7, "--seed", 1)
     print("| command | wall time | best val ppl (epoch) | val bpc | train tok/s |")
     print("|---|---|---|---|---|")
     print(f"| `charlm train` | {seconds / 60:.1f} min | {best['val_ppl']:.3f} ({best['epoch']}/{len(records)}) "
           f"| {best['val_bpc']:.3f} | {sum(r['tokens_per_s'] for r in records) / len(records) / 1e3:.1f}k |")
     print(f"\n`charlm generate \"the time ma\" --length 200` ({gen_seconds:.1f} s end to end):\n")
     print("```\n" + text.rstrip("\n") + "\n```")
+    print("\n`charlm generate \"the time ma\" --length 200 --temperature 0.7 --seed 1`:\n")
+    print("```\n" + sampled.rstrip("\n") + "\n```")
 
 
 def tutorial(seeds):

@@ -106,6 +106,15 @@ def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(tiny_sweep, monk
     assert {r["run"]: r["status"] for r in rows}["001-hidden_size=16"] == "finished"
 
 
+def test_jobs_run_side_by_side_to_the_same_result(tiny_sweep, tmp_path):
+    path, runs = tiny_sweep
+    one = sweeps.execute(sweeps.load(path), runs / "one", jobs=1)
+    two = sweeps.execute(sweeps.load(path), runs / "two", jobs=2)
+    assert [(r["run"], r["status"]) for r in one] == [(r["run"], r["status"]) for r in two]
+    for a, b in zip(one[:2], two[:2]):  # one thread per job instead of two: sums may round differently
+        assert a["best_val_ppl"] == pytest.approx(b["best_val_ppl"], rel=1e-4)
+
+
 def test_dry_run_lists_the_plan_and_runs_nothing(tiny_sweep):
     path, runs = tiny_sweep
     result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs), "--dry-run"])
