@@ -156,15 +156,15 @@ def sweep(sweep_file, dry_run, jobs, runs_dir):
         return
     finished = []
 
-    def done(row):
+    def done(row, rows):
         finished.append(row["run"])
         best = row.get(f"best_{plan.metric}")
         result = f"best {plan.metric} {best:.4g} at epoch {row['best_epoch']}" if best is not None else row["error"]
         click.echo(f"[{len(finished)}] {row['run']}: {row['status']} | {result}")
+        fixed = {k for k in plan.parameters if len({repr(r[k]) for r in rows}) == 1}  # summary.csv keeps them
+        click.echo(_table(rows, [c for c in sweeps.columns(rows) if c not in fixed]) + "\n")
 
-    rows = sweeps.execute(plan, sweep_dir, jobs, on_done=done)
-    fixed = {k for k in plan.parameters if len({repr(r[k]) for r in rows}) == 1}  # summary.csv keeps them
-    click.echo(_table(rows, [c for c in sweeps.columns(rows) if c not in fixed]))
+    sweeps.execute(plan, sweep_dir, jobs, on_done=done)
     click.echo(f"summary: {sweep_dir / 'summary.csv'}")
 
 

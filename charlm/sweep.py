@@ -167,7 +167,9 @@ def _last_error(log):
 
 
 def execute(sweep, sweep_dir, jobs=1, on_done=None):
-    """Run every planned run that is not finished, `jobs` at a time; failures are recorded, not raised."""
+    """Run every planned run that is not finished, `jobs` at a time; failures are recorded, not raised.
+
+    After each run, summary.csv is rewritten and on_done(its row, all rows) is called."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "logs").mkdir(exist_ok=True)
     failures_path = sweep_dir / FAILURES
@@ -197,7 +199,7 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
         rows = summary(sweep, sweep_dir)
         write_summary(rows, sweep_dir)
         if on_done:
-            on_done(next(r for r in rows if r["run"] == name))
+            on_done(next(r for r in rows if r["run"] == name), rows)
     return summary(sweep, sweep_dir)
 
 

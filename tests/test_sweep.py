@@ -82,7 +82,7 @@ def test_sweep_runs_records_failures_and_sorts_by_metric(tiny_sweep):
     ppls = [float(r["best_val_ppl"]) for r in rows[:2]]
     assert ppls == sorted(ppls)
     assert "model.hidden_size: expected int" in rows[2]["error"]
-    table = result.stdout.splitlines()[-5:-1]  # the printed table: a header and a line per run
+    table = result.stdout.splitlines()[-6:-2]  # the last printed table: a header and a line per run
     assert table[0].split()[:3] == ["run", "model.hidden_size", "best_val_ppl"]
     assert [line.split()[0] for line in table[1:]] == [r["run"] for r in rows]
     assert json.loads((runs / "tiny" / "failures.json").read_text()) == {"002-hidden_size=big": rows[2]["error"]}
