@@ -4,6 +4,7 @@ The only module that talks to the terminal.
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
 import functools
 import json
+import signal
 import sys
 import time
 import typing
@@ -115,9 +116,18 @@ def train(config_files, sets, runs_dir, name, resume, gpu, **kwargs):
     click.echo(f"run {run.path} | {cfg.model.cell} | {sum(p.data().size for p in s.model.collect_params().values()):,}"
                f" parameters | {len(s.vocab)} characters | {len(s.train_ids):,} train / {len(s.val_ids):,} val"
                + (f" | resuming after epoch {progress.epoch}" if progress else ""))
-    bar = _ProgressBar()
-    best = training.fit(s, run, trainer, progress, on_batch=bar.update,
-                        on_epoch=lambda r, samples: _epoch_done(bar, r, samples))
+    bar, stop = _ProgressBar(), _StopRequest()
+    try:
+        best = training.fit(s, run, trainer, progress, on_batch=stop.check_then(bar.update),
+                            on_epoch=lambda r, samples: _epoch_done(bar, r, samples))
+    except _Stopped:
+        bar.close()
+        done = run.read_state().get("epoch", 0)
+        click.echo(f"stopped by {stop.name} in epoch {done + 1}; the checkpoint of epoch {done} is kept. "
+                   f"Resume with: charlm train --resume {run.path}", err=True)
+        sys.exit(128 + stop.signum)
+    finally:
+        stop.restore()
     run.finish()
     metric = "val" if len(s.val_ids) else "train"
     click.echo(f"done | best {metric} ppl {training.perplexity(best):.3f} | {run.path}")
@@ -188,6 +198,35 @@ def plot(paths, output):
 
     output = output or str(Path(paths[0] if len(paths) == 1 else ".") / "ppl.png")
     click.echo(draw(paths, output))
+
+
+class _Stopped(Exception):
+    """Raised between two batches after Ctrl-C or SIGTERM."""
+
+
+class _StopRequest:
+    """Catch SIGINT and SIGTERM and stop at the next batch boundary, never inside a checkpoint write."""
+
+    def __init__(self):
+        self.signum, self.name = None, None
+        self.previous = {sig: signal.signal(sig, self._note) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _note(self, signum, frame):
+        self.signum, self.name = signum, signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    def check_then(self, callback):
+        """Wrap an on_batch callback: raise _Stopped first if a stop was asked for."""
+        def wrapped(*args):
+            if self.signum is not None:
+                raise _Stopped()
+            callback(*args)
+        return wrapped
+
+    def restore(self):
+        """Put back the signal handlers found at the start."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 class _ProgressBar:

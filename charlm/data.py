@@ -23,6 +23,8 @@ def read_text(path, lowercase=False, strip_newlines=False, max_chars=0):
     if path.is_dir():
         raise CharlmError(f"data path is a directory, not a text file: {path}")
     raw = path.read_bytes()
+    if b"\x00" in raw[:1 << 20]:  # text never holds NUL; its first megabyte is enough to tell
+        raise CharlmError(f"{path} looks like a binary file (it contains NUL bytes), not UTF-8 text")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

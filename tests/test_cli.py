@@ -1,6 +1,8 @@
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -187,3 +189,23 @@ def test_resume_refuses_other_settings(trained):
     runs, _ = trained
     result = invoke("train", "--resume", "--runs-dir", runs, "--hidden-size", "32")
     assert result.exit_code == 1 and "only --epochs may be given" in result.output
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_at_a_batch_boundary_keeps_the_checkpoint_and_says_how_to_resume(corpus, tmp_path, sig, code):
+    runs = tmp_path / "runs"
+    args = [a for a in TINY if a not in ("--epochs", "2")]
+    proc = subprocess.Popen([sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--runs-dir", str(runs),
+                             "--name", "r", *args, "--epochs", "100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = runs / "r" / "metrics.jsonl", time.monotonic() + 60
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert f"Resume with: charlm train --resume {runs / 'r'}" in err and "Traceback" not in err
+    done = json.loads((runs / "r" / "state.json").read_text())["epoch"]
+    assert done >= 2 and len(metrics.read_text().splitlines()) == done
+    resumed = invoke("train", "--resume", runs / "r", "--epochs", done + 1)
+    assert resumed.exit_code == 0, resumed.output

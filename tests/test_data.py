@@ -53,6 +53,7 @@ def test_read_text_applies_tutorial_normalisation_in_order(tmp_path):
     (None, "not found"),
     (b"", "holds no text"),
     (b"abc\xff\xfedef", "byte 0xff at offset 3"),
+    (b"\x7fELF\x02\x01\x01\x00\x00\x00", "binary file"),
 ])
 def test_read_text_bad_files_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.txt"
