@@ -85,34 +85,58 @@ def main(debug):
 @_user_errors
 def train(config_files, sets, runs_dir, name, resume, gpu, **kwargs):
     """Train a model; defaults train an LSTM on the bundled Time Machine."""
-    from . import engine, train as training
-    from .run import Run, find
-
     typed = _typed_flags(kwargs)
-    if resume is not None:
-        if config_files or sets or name or set(typed) - {("train", "epochs")}:
-            raise CharlmError("--resume continues a run with its own config.yaml: only --epochs may be given")
-        run = find(resume or None, runs_dir)
-        cfg = run.config()
-        cfg.train.epochs = typed.get(("train", "epochs"), cfg.train.epochs)
-        done = run.read_state().get("epoch", 0)
-        if done >= cfg.train.epochs:
-            click.echo(f"{run.path} has trained {done} of {cfg.train.epochs} epochs: give --epochs to extend it")
-            return
-        s = training.setup(cfg, engine.context(gpu))
-        if s.vocab.chars != run.vocab().chars:
-            raise CharlmError(f"the text of {run.path} has changed since the run started (other characters)")
-        run.start(cfg, s.vocab, fresh=False)
-        trainer = training.make_trainer(s.model, cfg.train)
-        progress = training.restore(s, run, trainer)
-    else:
-        cfg = configs.resolve(config_files, typed, sets)
-        if cfg.data.path:
-            cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())  # reproducible from any directory
-        s = training.setup(cfg, engine.context(gpu))
-        run = Run.create(runs_dir, name)
-        run.start(cfg, s.vocab)
-        trainer, progress = None, None
+    if resume is None:
+        _fit(*_new_run(config_files, typed, sets, runs_dir, name, gpu))
+        return
+    if config_files or sets or name or set(typed) - {("train", "epochs")}:
+        raise CharlmError("--resume continues a run with its own config.yaml: only --epochs may be given")
+    resumed = _resumed_run(resume, runs_dir, typed.get(("train", "epochs")), gpu)
+    if resumed:
+        _fit(*resumed)
+
+
+def _new_run(config_files, typed, sets, runs_dir, name, gpu):
+    """Resolve the config, read the corpus, build the model and create the run directory."""
+    from . import engine, train as training
+    from .run import Run
+
+    cfg = configs.resolve(config_files, typed, sets)
+    if cfg.data.path:
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())  # reproducible from any directory
+    s = training.setup(cfg, engine.context(gpu))
+    run = Run.create(runs_dir, name)
+    run.start(cfg, s.vocab)
+    return s, run, None, None
+
+
+def _resumed_run(resume, runs_dir, epochs, gpu):
+    """Rebuild a run from its directory and load its last checkpoint; None when it has nothing left to do."""
+    from . import engine, train as training
+    from .run import find
+
+    run = find(resume or None, runs_dir)
+    cfg = run.config()
+    if epochs is not None:
+        cfg.train.epochs = epochs
+        configs.validate(cfg)
+    done = run.read_state().get("epoch", 0)
+    if done >= cfg.train.epochs:
+        click.echo(f"{run.path} has trained {done} of {cfg.train.epochs} epochs: give --epochs to extend it")
+        return None
+    s = training.setup(cfg, engine.context(gpu))
+    if s.vocab.chars != run.vocab().chars:
+        raise CharlmError(f"the text of {run.path} has changed since the run started (other characters)")
+    run.start(cfg, s.vocab, fresh=False)
+    trainer = training.make_trainer(s.model, cfg.train)
+    return s, run, trainer, training.restore(s, run, trainer)
+
+
+def _fit(s, run, trainer, progress):
+    """Train with a progress bar and epoch lines; on Ctrl-C/SIGTERM keep the last checkpoint and exit 130/143."""
+    from . import train as training
+
+    cfg = s.cfg
     click.echo(f"run {run.path} | {cfg.model.cell} | {sum(p.data().size for p in s.model.collect_params().values()):,}"
                f" parameters | {len(s.vocab)} characters | {len(s.train_ids):,} train / {len(s.val_ids):,} val"
                + (f" | resuming after epoch {progress.epoch}" if progress else ""))

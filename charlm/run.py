@@ -80,8 +80,8 @@ class Run:
 
     def write_state(self, state):
         """Write state.json with the versions that wrote it."""
-        import mxnet  # already imported by whoever trains; only the version is read
-        state = {**state, "versions": {"charlm": __version__, "mxnet": mxnet.__version__}}
+        from .engine import mx  # already imported by whoever trains; only the version is read
+        state = {**state, "versions": {"charlm": __version__, "mxnet": mx.__version__}}
         write_text(self.path / STATE, json.dumps(state, indent=2) + "\n")
 
     def save_checkpoint(self, model, trainer, record, is_best):
@@ -106,8 +106,12 @@ class Run:
         self.write_state({**self.read_state(), "status": "finished"})
 
     def read_state(self):
-        """state.json as a dict."""
-        return json.loads((self.path / STATE).read_text(encoding="utf-8"))
+        """state.json as a dict ({} before it is first written)."""
+        path = self.path / STATE
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CharlmError(f"{path} is damaged (not JSON)") from None
 
     def metrics(self):
         """The metrics.jsonl records, in order, ignoring a line cut short by a crash."""
