@@ -85,15 +85,21 @@ def main(debug):
 @_user_errors
 def train(config_files, sets, runs_dir, name, resume, gpu, **kwargs):
     """Train a model; defaults train an LSTM on the bundled Time Machine."""
+    from .run import find
+
     typed = _typed_flags(kwargs)
     if resume is None:
-        _fit(*_new_run(config_files, typed, sets, runs_dir, name, gpu))
+        s, run = _new_run(config_files, typed, sets, runs_dir, name, gpu)
+        with run.lock():
+            _fit(s, run, None, None)
         return
     if config_files or sets or name or set(typed) - {("train", "epochs")}:
         raise CharlmError("--resume continues a run with its own config.yaml: only --epochs may be given")
-    resumed = _resumed_run(resume, runs_dir, typed.get(("train", "epochs")), gpu)
-    if resumed:
-        _fit(*resumed)
+    run = find(resume or None, runs_dir)
+    with run.lock():
+        resumed = _resumed_run(run, typed.get(("train", "epochs")), gpu)
+        if resumed:
+            _fit(*resumed)
 
 
 def _new_run(config_files, typed, sets, runs_dir, name, gpu):
@@ -107,15 +113,13 @@ def _new_run(config_files, typed, sets, runs_dir, name, gpu):
     s = training.setup(cfg, engine.context(gpu))
     run = Run.create(runs_dir, name)
     run.start(cfg, s.vocab)
-    return s, run, None, None
+    return s, run
 
 
-def _resumed_run(resume, runs_dir, epochs, gpu):
+def _resumed_run(run, epochs, gpu):
     """Rebuild a run from its directory and load its last checkpoint; None when it has nothing left to do."""
     from . import engine, train as training
-    from .run import find
 
-    run = find(resume or None, runs_dir)
     cfg = run.config()
     if epochs is not None:
         cfg.train.epochs = epochs

@@ -1,4 +1,5 @@
 """The run directory: config, vocabulary, checkpoints, state and metrics, each file written atomically."""
+import contextlib
 import json
 import os
 import time
@@ -12,6 +13,7 @@ CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metr
 PARAMS = {"best": "params-best.params", "last": "params-last.params"}
 TRAINER = "trainer-last.states"
 LATEST = "latest"
+LOCK = ".lock"
 
 
 def atomic_write(path, write):
@@ -36,6 +38,23 @@ def atomic_write(path, write):
 def write_text(path, text):
     """Write a text file atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _pid_in(path):
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 class Run:
@@ -64,6 +83,29 @@ class Run:
         except OSError as e:
             raise CharlmError(f"cannot create a run directory in {runs_dir}: {e.strerror}") from None
         raise CharlmError(f"too many runs named {base}* in {runs_dir}")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory for this process: a second training of it refuses to start.
+
+        The lock file holds the owner's pid; a lock left by a process that no longer runs is taken over."""
+        path = self.path / LOCK
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                owner = _pid_in(path)
+                if owner and owner != os.getpid() and _alive(owner):
+                    raise CharlmError(f"{self.path} is being trained by process {owner} (lock file {path}); "
+                                      f"wait for it or stop it first") from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        try:
+            yield self
+        finally:
+            path.unlink(missing_ok=True)
 
     def start(self, cfg, vocab, fresh=True):
         """Write the resolved config and the vocabulary, and a new state.json when fresh."""

@@ -209,3 +209,18 @@ def test_a_signal_stops_at_a_batch_boundary_keeps_the_checkpoint_and_says_how_to
     assert done >= 2 and len(metrics.read_text().splitlines()) == done
     resumed = invoke("train", "--resume", runs / "r", "--epochs", done + 1)
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_run_in_training_refuses_a_second_training_and_a_stale_lock_is_taken_over(trained):
+    runs, _ = trained
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (runs / "r1" / ".lock").write_text(f"{owner.pid}\n")
+        result = invoke("train", "--resume", runs / "r1", "--epochs", 3)
+        assert result.exit_code == 1 and f"being trained by process {owner.pid}" in result.output
+    finally:
+        owner.kill()
+        owner.wait()
+    result = invoke("train", "--resume", runs / "r1", "--epochs", 3)  # its owner is gone: the lock is stale
+    assert result.exit_code == 0, result.output
+    assert not (runs / "r1" / ".lock").exists()
