@@ -24,6 +24,9 @@ def _opt(default, help, **meta):
 @dataclass
 class DataConfig:
     path: typing.Optional[str] = _opt(None, "UTF-8 text file to train on (default: the bundled Time Machine)", flag="data")
+    encoding: str = _opt("utf-8", "text encoding of the data file")
+    errors: str = _opt("strict", "bytes that do not decode: an error, or replace them with U+FFFD, or drop them",
+                       choices=("strict", "replace", "ignore"))
     lowercase: bool = _opt(True, "lowercase the text, as the tutorial does")
     strip_newlines: bool = _opt(False, "delete newlines, as the tutorial does")
     max_chars: int = _opt(0, "keep only the first N characters after normalising (0 = all)")

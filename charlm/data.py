@@ -1,5 +1,6 @@
 """Text corpora as compact integer arrays: character vocabulary, train/validation split,
 and the two batch iterators (random windows and sequential streams), all yielding (T, N)."""
+import codecs
 import json
 from importlib import resources
 from pathlib import Path
@@ -15,20 +16,26 @@ def corpus_path(path):
     return Path(path).expanduser()
 
 
-def read_text(path, lowercase=False, strip_newlines=False, max_chars=0):
-    """Read a UTF-8 file and apply the tutorial's normalisations, in its order."""
+def read_text(path, lowercase=False, strip_newlines=False, max_chars=0, encoding="utf-8", errors="strict"):
+    """Read a text file and apply the tutorial's normalisations, in its order."""
     path = corpus_path(path)
     if not path.exists():
         raise CharlmError(f"data file not found: {path}")
     if path.is_dir():
         raise CharlmError(f"data path is a directory, not a text file: {path}")
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise CharlmError(f"unknown text encoding {encoding!r}") from None
     raw = path.read_bytes()
-    if b"\x00" in raw[:1 << 20]:  # text never holds NUL; its first megabyte is enough to tell
+    # UTF-8 text never holds NUL; the first megabyte is enough to tell a binary file.
+    if codec == "utf-8" and b"\x00" in raw[:1 << 20]:
         raise CharlmError(f"{path} looks like a binary file (it contains NUL bytes), not UTF-8 text")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode(codec, errors)
     except UnicodeDecodeError as e:
-        raise CharlmError(f"{path} is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}") from None
+        raise CharlmError(f"{path} is not valid {encoding}: byte 0x{raw[e.start]:02x} at offset {e.start}; "
+                          f"give its --encoding, or --errors replace") from None
     text = text.replace("\r\n", "\n")
     if lowercase:
         text = text.lower()
@@ -39,6 +46,11 @@ def read_text(path, lowercase=False, strip_newlines=False, max_chars=0):
     if not text:
         raise CharlmError(f"{path} holds no text")
     return text
+
+
+def text_of(d, path=None):
+    """The text a DataConfig describes, or all of another file read and normalised the same way."""
+    return read_text(path or d.path, d.lowercase, d.strip_newlines, 0 if path else d.max_chars, d.encoding, d.errors)
 
 
 def _codepoints(text):

@@ -39,7 +39,7 @@ class Setup:
 def setup(cfg, ctx):
     """Seed, read and split the corpus, check it fills a batch, and build the model."""
     d = cfg.data
-    text = data.read_text(d.path, d.lowercase, d.strip_newlines, d.max_chars)
+    text = data.text_of(d)
     vocab = data.Vocab.build(text)
     train_ids, val_ids = data.split(vocab.encode(text), d.val_frac)
     data.check_trainable(len(train_ids), d.batch_size, d.seq_len)

@@ -92,6 +92,8 @@ def test_shipped_configs_load(name):
 
 def test_shipped_default_config_spells_out_the_defaults():
     assert config.resolve([ROOT / "configs" / "default.yaml"]) == config.Config()
+    written = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    assert {(s, k) for s, keys in written.items() for k in keys} == {(s, f.name) for s, f in config.keys()}
 
 
 def test_readme_documents_every_key_with_its_default():

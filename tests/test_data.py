@@ -63,6 +63,17 @@ def test_read_text_bad_files_are_clear_errors(tmp_path, content, message):
         data.read_text(path)
 
 
+def test_read_text_other_encodings_and_replacing_bad_bytes(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(CharlmError, match="--encoding, or --errors replace"):
+        data.read_text(path)
+    assert data.read_text(path, encoding="latin-1") == "café au lait"
+    assert data.read_text(path, errors="replace") == "caf\ufffd au lait"
+    with pytest.raises(CharlmError, match="unknown text encoding 'klingon'"):
+        data.read_text(path, encoding="klingon")
+
+
 def test_read_text_directory_is_an_error(tmp_path):
     with pytest.raises(CharlmError, match="directory"):
         data.read_text(tmp_path)
