@@ -16,7 +16,7 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "matplotlib>=3.5"],  # matplotlib so that the plot test runs too
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5"],  # matplotlib: the plot test runs too
     },
     entry_points={"console_scripts": ["charlm = charlm.cli:main"]},
 )
