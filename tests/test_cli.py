@@ -224,3 +224,28 @@ def test_a_run_in_training_refuses_a_second_training_and_a_stale_lock_is_taken_o
     result = invoke("train", "--resume", runs / "r1", "--epochs", 3)  # its owner is gone: the lock is stale
     assert result.exit_code == 0, result.output
     assert not (runs / "r1" / ".lock").exists()
+
+
+def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(corpus, tmp_path):
+    """Kill -9 a training again and again, wherever it is (saving included): the run always loads."""
+    runs, rng = tmp_path / "runs", __import__("random").Random(0)
+    args = [a for a in TINY if a not in ("--epochs", "2")]
+    start = [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--runs-dir", str(runs), "--name", "k",
+             *args, "--epochs", "100000"]
+    resume = [sys.executable, "-m", "charlm", "train", "--resume", str(runs / "k"), "--epochs", "100000"]
+    for attempt in range(5):
+        proc = subprocess.Popen(resume if attempt else start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        metrics, deadline = runs / "k" / "metrics.jsonl", time.monotonic() + 60
+        seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        while (not metrics.exists() or len(metrics.read_text().splitlines()) <= seen) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.3))  # somewhere in the next epoch or checkpoint write
+        proc.kill()
+        proc.wait()
+        result = invoke("generate", "the", "--length", 5, "--run", runs / "k")
+        assert result.exit_code == 0, result.output
+    done = json.loads((runs / "k" / "state.json").read_text())["epoch"]
+    finished = invoke("train", "--resume", runs / "k", "--epochs", done + 1)  # the dead owner's lock is stale
+    assert finished.exit_code == 0, finished.output
+    epochs = [json.loads(line)["epoch"] for line in (runs / "k" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, done + 2))  # no line from a checkpoint that never completed
