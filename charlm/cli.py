@@ -202,7 +202,12 @@ def sweep(sweep_file, dry_run, jobs, runs_dir):
         fixed = {k for k in plan.parameters if len({repr(r[k]) for r in rows}) == 1}  # summary.csv keeps them
         click.echo(_table(rows, [c for c in sweeps.columns(rows) if c not in fixed]) + "\n")
 
-    sweeps.execute(plan, sweep_dir, jobs, on_done=done)
+    try:
+        sweeps.execute(plan, sweep_dir, jobs, on_done=done)
+    except KeyboardInterrupt:
+        click.echo(f"sweep stopped; its runs keep their checkpoints. Resume with: charlm sweep {sweep_file}"
+                   + (f" --runs-dir {runs_dir}" if runs_dir != "runs" else ""), err=True)
+        sys.exit(130)
     click.echo(f"summary: {sweep_dir / 'summary.csv'}")
 
 

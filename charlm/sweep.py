@@ -172,47 +172,54 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
     After each run, summary.csv is rewritten and on_done(its row, all rows) is called."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "logs").mkdir(exist_ok=True)
-    failures_path = sweep_dir / FAILURES
-    failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    failures = _failures(sweep_dir)
     todo = [(n, p, status(sweep_dir / n, {})) for n, p in plan(sweep)]
     todo = [(n, p, s) for n, p, s in todo if s != "finished"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}
     running = []
-    while todo or running:
-        while todo and len(running) < jobs:
-            name, point, state = todo.pop(0)
-            failures.pop(name, None)  # a re-run retries failed runs
-            log = sweep_dir / "logs" / f"{name}.log"
-            with open(log, "a", encoding="utf-8") as out:
-                proc = subprocess.Popen(command(sweep, sweep_dir, name, point, state), stdout=out,
-                                        stderr=subprocess.STDOUT, env=env)
-            running.append((proc, name, log))
-        done = next((job for job in running if job[0].poll() is not None), None)
-        if done is None:
-            time.sleep(0.2)
-            continue
-        running.remove(done)
-        proc, name, log = done
-        if proc.returncode != 0:
-            failures[name] = _last_error(log)
-        write_text(failures_path, json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
-        rows = summary(sweep, sweep_dir)
-        write_summary(rows, sweep_dir)
-        if on_done:
-            on_done(next(r for r in rows if r["run"] == name), rows)
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                name, point, state = todo.pop(0)
+                failures.pop(name, None)  # a re-run retries failed runs
+                log = sweep_dir / "logs" / f"{name}.log"
+                with open(log, "a", encoding="utf-8") as out:
+                    proc = subprocess.Popen(command(sweep, sweep_dir, name, point, state), stdout=out,
+                                            stderr=subprocess.STDOUT, env=env)
+                running.append((proc, name, log))
+            done = next((job for job in running if job[0].poll() is not None), None)
+            if done is None:
+                time.sleep(0.2)
+                continue
+            running.remove(done)
+            proc, name, log = done
+            if proc.returncode != 0:
+                failures[name] = _last_error(log)
+            write_text(sweep_dir / FAILURES, json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
+            rows = summary(sweep, sweep_dir)
+            write_summary(rows, sweep_dir)
+            if on_done:
+                on_done(next(r for r in rows if r["run"] == name), rows)
+    finally:
+        for proc, _, _ in running:  # interrupted: stop the runs so they checkpoint; a re-run resumes them
+            proc.terminate()
+            proc.wait()
     return summary(sweep, sweep_dir)
+
+
+def _failures(sweep_dir):
+    path = sweep_dir / FAILURES
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def summary(sweep, sweep_dir):
     """One row per planned run, best first by the sweep's metric; unfinished and failed runs last."""
-    failures_path = sweep_dir / FAILURES
-    failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    failures = _failures(sweep_dir)
     rows = []
     for name, point in plan(sweep):
         run_dir = sweep_dir / name
         row = {"run": name, **point, "status": status(run_dir, failures), "error": failures.get(name, "")}
-        records = Run(run_dir).metrics() if (run_dir / CONFIG).exists() else []
-        records = [r for r in records if sweep.metric in r]
+        records = [r for r in Run(run_dir).metrics() if sweep.metric in r]
         if records:
             pick = min if sweep.goal == "minimize" else max
             best = pick(records, key=lambda r: r[sweep.metric])

@@ -1,5 +1,9 @@
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -136,3 +140,22 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     result = CliRunner().invoke(main, ["plot", str(tmp_path)])
     assert result.exit_code == 1 and "pip install 'charlm[plot]'" in result.output
+
+
+def test_interrupted_sweep_stops_its_runs_and_resumes_on_rerun(tiny_sweep):
+    path, runs = tiny_sweep
+    doc = yaml.safe_load(path.read_text())
+    doc["parameters"] = {"model.hidden_size": {"values": [4, 16]}, "train.epochs": {"value": 100000}}
+    path.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "charlm", "sweep", str(path), "--runs-dir", str(runs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = runs / "tiny" / "000-hidden_size=4" / "metrics.jsonl", time.monotonic() + 60
+    while not metrics.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and f"Resume with: charlm sweep {path}" in err
+    state = json.loads((runs / "tiny" / "000-hidden_size=4" / "state.json").read_text())
+    assert state["status"] == "running" and state["epoch"] >= 1  # stopped, resumable, not failed
+    assert not (runs / "tiny" / "failures.json").exists()  # no run finished, and none counts as failed
+    assert sweeps.status(runs / "tiny" / "000-hidden_size=4", {}) == "interrupted"
