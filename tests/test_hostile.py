@@ -1,5 +1,10 @@
 """Property tests: random Unicode and random bytes as corpora and prefixes either work or give a clear,
 one-line error; never a traceback."""
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -8,7 +13,8 @@ from charlm.cli import main
 
 TINY = ["--hidden-size", "8", "--embed-size", "4", "--num-layers", "1", "--seq-len", "4", "--batch-size", "2",
         "--epochs", "1", "--sample-every", "0"]
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=int(os.environ.get("CHARLM_HYPOTHESIS_EXAMPLES", 25)), deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def clean(result):
@@ -21,12 +27,25 @@ def clean(result):
 
 
 @SETTINGS
-@given(corpus=st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+@given(corpus=st.one_of(st.text(max_size=200), st.binary(max_size=200), st.text(min_size=40, max_size=300)))
 def test_any_corpus_trains_or_is_a_clear_error(tmp_path, corpus):
-    path = tmp_path / "corpus.txt"
+    work = Path(tempfile.mkdtemp(dir=tmp_path))  # tmp_path is shared by every example
+    path = work / "corpus.txt"
     path.write_bytes(corpus.encode("utf-8") if isinstance(corpus, str) else corpus)
-    result = CliRunner().invoke(main, ["train", "--data", str(path), "--runs-dir", str(tmp_path / "runs"), *TINY])
+    result = CliRunner().invoke(main, ["train", "--data", str(path), "--runs-dir", str(work / "runs"), *TINY])
     assert clean(result), result.output
+
+
+def test_random_code_points_train_and_generate(tmp_path):
+    rng = np.random.default_rng(0)
+    points = rng.integers(1, 0x2FFFF, size=3000)
+    text = "".join(chr(p) for p in points if not 0xD800 <= p < 0xE000)  # no lone surrogates: not encodable
+    path = tmp_path / "noise.txt"
+    path.write_text(text, encoding="utf-8")
+    runs = tmp_path / "runs"
+    assert CliRunner().invoke(main, ["train", "--data", str(path), "--runs-dir", str(runs), *TINY]).exit_code == 0
+    result = CliRunner().invoke(main, ["generate", "--runs-dir", str(runs), "--length", "20", "--", text[:5]])
+    assert result.exit_code == 0 and result.stdout.startswith(text[:5].lower())
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +62,6 @@ def run_dir(tmp_path_factory):
 @SETTINGS
 @given(prefix=st.text(max_size=30), length=st.integers(-2, 40), top_k=st.none() | st.integers(-1, 60))
 def test_any_prefix_generates_or_is_a_clear_error(run_dir, prefix, length, top_k):
-    args = ["generate", prefix, "--run", str(run_dir), "--length", str(length)]
-    result = CliRunner().invoke(main, args + (["--top-k", str(top_k)] if top_k is not None else []))
+    options = ["--run", str(run_dir), "--length", str(length)] + (["--top-k", str(top_k)] if top_k is not None else [])
+    result = CliRunner().invoke(main, ["generate", *options, "--", prefix])  # "--": a prefix may start with "-"
     assert clean(result), result.output
