@@ -40,10 +40,10 @@ def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None
         mx.random.seed(seed)
     state = model.begin_state(1, ctx)
     logits, state = model(nd.array(prefix_ids, ctx=ctx).reshape((-1, 1)), state)  # the prefix in one call
-    chosen = []
+    chosen, step = [], model.stepper()
     for i in range(length):
         chosen.append(_choose(logits[-1], temperature, top_k))  # on the device: no host sync per character
         if i + 1 < length:
-            logits, state = model(chosen[-1].reshape((1, 1)), state)
+            logits, state = step(chosen[-1].reshape((1, 1)), state)
     ids = nd.concat(*chosen, dim=0).asnumpy() if chosen else []
     return vocab.decode(prefix_ids) + vocab.decode(ids)

@@ -100,3 +100,19 @@ def test_token_nll_is_minus_log_softmax_of_the_target():
     nll = models.TokenNLL()(nd.array(logits), nd.array(Y)).asnumpy()
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     np.testing.assert_allclose(nll, -np.take_along_axis(log_probs, Y[..., None], -1)[..., 0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_stepper_one_character_at_a_time_equals_the_whole_sequence(cell, num_layers):
+    model = models.build(ModelConfig(cell=cell, hidden_size=H, embed_size=4, num_layers=num_layers), V, mx.cpu())
+    randomize(model)
+    X, state = ids(), model.begin_state(N, mx.cpu())
+    whole, whole_state = model(X, state)
+    step, steps = model.stepper(), []
+    for t in range(T):
+        logits, state = step(X[t:t + 1], state)
+        steps.append(logits)
+    np.testing.assert_allclose(nd.concat(*steps, dim=0).asnumpy(), whole.asnumpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(state, whole_state):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-5)
