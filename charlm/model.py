@@ -80,7 +80,7 @@ class RNNLM(gluon.HybridBlock):
             self.rnn = LAYERS[cell](hidden_size, num_layers, dropout=dropout, input_size=embed_size or vocab_size,
                                     **extra)
             self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size)
-        self._stepper = None
+        self._step_cache = {}  # a dict, not an attribute: a Block attribute would be saved with the parameters
 
     def begin_state(self, batch_size, ctx):
         """Zero states of the rnn layer, each (layers, N, H)."""
@@ -88,10 +88,10 @@ class RNNLM(gluon.HybridBlock):
 
     def stepper(self):
         """The block that runs one time step for generation: same weights, same states, T = 1 only."""
-        if self._stepper is None:
-            self._stepper = _Step(self)
-            self._stepper.hybridize(static_alloc=True, static_shape=True)
-        return self._stepper
+        if "step" not in self._step_cache:
+            self._step_cache["step"] = _Step(self)
+            self._step_cache["step"].hybridize(static_alloc=True, static_shape=True)
+        return self._step_cache["step"]
 
     def hybrid_forward(self, F, X, state):
         x = self.embedding(X) if self.embedding else F.one_hot(X, self.vocab_size)  # (T, N, E)

@@ -96,3 +96,12 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
 def test_state_records_versions(saved):
     state = json.loads((saved[1].path / "state.json").read_text())
     assert state["versions"]["mxnet"] == mx.__version__
+
+
+def test_parameters_saved_after_generating_load_into_a_fresh_model(saved):
+    """The generation stepper shares the model's weights; it must not add names to the saved parameters."""
+    from charlm import generate
+    s, r = saved
+    generate.complete(s.model, s.vocab, s.vocab.encode("the"), 3, mx.cpu())
+    s.model.save_parameters(str(r.path / "params-best.params"))
+    assert r.load_model(mx.cpu()) is not None
