@@ -1,8 +1,11 @@
 """Character language models behind one interface:
 `begin_state(batch_size, ctx)` and `model(X, state) -> (logits (T, N, V), state)`."""
+import weakref
+
 from .engine import gluon, mx
 
 GATES = {"scratch-rnn": 1, "scratch-lstm": 4, "scratch-gru": 3}
+_STEPPERS = weakref.WeakKeyDictionary()  # RNNLM -> its one-step generation block
 LAYERS = {"rnn": gluon.rnn.RNN, "lstm": gluon.rnn.LSTM, "gru": gluon.rnn.GRU}
 
 
@@ -80,7 +83,6 @@ class RNNLM(gluon.HybridBlock):
             self.rnn = LAYERS[cell](hidden_size, num_layers, dropout=dropout, input_size=embed_size or vocab_size,
                                     **extra)
             self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size)
-        self._step_cache = {}  # a dict, not an attribute: a Block attribute would be saved with the parameters
 
     def begin_state(self, batch_size, ctx):
         """Zero states of the rnn layer, each (layers, N, H)."""
@@ -88,10 +90,10 @@ class RNNLM(gluon.HybridBlock):
 
     def stepper(self):
         """The block that runs one time step for generation: same weights, same states, T = 1 only."""
-        if "step" not in self._step_cache:
-            self._step_cache["step"] = _Step(self)
-            self._step_cache["step"].hybridize(static_alloc=True, static_shape=True)
-        return self._step_cache["step"]
+        if self not in _STEPPERS:  # kept outside the Block: a child Block would be saved with the parameters
+            _STEPPERS[self] = _Step(self)
+            _STEPPERS[self].hybridize(static_alloc=True, static_shape=True)
+        return _STEPPERS[self]
 
     def hybrid_forward(self, F, X, state):
         x = self.embedding(X) if self.embedding else F.one_hot(X, self.vocab_size)  # (T, N, E)

@@ -19,7 +19,7 @@ LOCK = ".lock"
 def atomic_write(path, write):
     """Call write(tmp_path), fsync, then rename over path: readers see the old file or the new one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share it
     try:
         write(str(tmp))
         with open(tmp, "rb+") as f:
@@ -115,10 +115,13 @@ class Run:
 
     def _point_latest(self):
         """Point runs_dir/latest at this run, replacing the old link in one rename."""
-        tmp = self.path.parent / f".{LATEST}.tmp"
-        tmp.unlink(missing_ok=True)
-        os.symlink(self.path.name, tmp)
-        os.replace(tmp, self.path.parent / LATEST)
+        tmp = self.path.parent / f".{LATEST}.{os.getpid()}.tmp"  # runs of a sweep share this directory
+        try:
+            tmp.unlink(missing_ok=True)
+            os.symlink(self.path.name, tmp)
+            os.replace(tmp, self.path.parent / LATEST)
+        except OSError as e:
+            raise CharlmError(f"cannot point {self.path.parent / LATEST} at {self.path.name}: {e.strerror}") from None
 
     def write_state(self, state):
         """Write state.json with the versions that wrote it."""
