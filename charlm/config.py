@@ -23,7 +23,8 @@ def _opt(default, help, **meta):
 
 @dataclass
 class DataConfig:
-    path: typing.Optional[str] = _opt(None, "UTF-8 text file to train on (default: the bundled Time Machine)", flag="data")
+    path: typing.Optional[str] = _opt(None, "UTF-8 text file to train on (default: the bundled Time Machine)",
+                                      flag="data")
     encoding: str = _opt("utf-8", "text encoding of the data file")
     errors: str = _opt("strict", "bytes that do not decode: an error, or replace them with U+FFFD, or drop them",
                        choices=("strict", "replace", "ignore"))
@@ -31,7 +32,8 @@ class DataConfig:
     strip_newlines: bool = _opt(False, "delete newlines, as the tutorial does")
     max_chars: int = _opt(0, "keep only the first N characters after normalising (0 = all)")
     val_frac: float = _opt(0.1, "fraction of the corpus held out as the validation tail")
-    iterator: str = _opt("sequential", "batching: random windows or sequential streams", choices=("random", "sequential"))
+    iterator: str = _opt("sequential", "batching: random windows or sequential streams",
+                         choices=("random", "sequential"))
     seq_len: int = _opt(32, "time steps per batch (T)")
     batch_size: int = _opt(16, "sequences per batch (N)")
 
@@ -55,6 +57,8 @@ class TrainConfig:
                                choices=("mean", "sum"))
     epochs: int = _opt(20, "passes over the training text")
     seed: int = _opt(0, "random seed for initialisation, dropout and batch order")
+    on_divergence: str = _opt("stop", "on a NaN/inf loss or gradient: stop, or rollback to the last checkpoint "
+                                      "with half the learning rate (at most 3 times)", choices=("stop", "rollback"))
     sample_every: int = _opt(5, "print greedy samples every N epochs (0 = never)")
     sample_length: int = _opt(100, "characters per sample")
     sample_prefixes: typing.List[str] = _opt(["the time ma", "the medical man rose, came to the lamp,"],

@@ -40,7 +40,8 @@ def plot(paths, output):
         import matplotlib.pyplot as plt
         from matplotlib.ticker import ScalarFormatter
     except ImportError:
-        raise CharlmError("charlm plot needs matplotlib: pip install 'charlm[plot]' (or pip install matplotlib)") from None
+        raise CharlmError("charlm plot needs matplotlib: pip install 'charlm[plot]' "
+                          "(or pip install matplotlib)") from None
     runs = runs_in(paths)
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, (run, label) in enumerate(zip(runs, labels(runs))):

@@ -129,7 +129,7 @@ class Run:
         state = {**state, "versions": {"charlm": __version__, "mxnet": mx.__version__}}
         write_text(self.path / STATE, json.dumps(state, indent=2) + "\n")
 
-    def save_checkpoint(self, model, trainer, record, is_best):
+    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0):
         """Save last (and, when is_best, best) parameters, trainer state, state.json and a metrics line."""
         atomic_write(self.path / PARAMS["last"], model.save_parameters)
         atomic_write(self.path / TRAINER, trainer.save_states)
@@ -142,7 +142,8 @@ class Run:
         previous = self.read_state()
         best_epoch = record["epoch"] if is_best else previous.get("best_epoch")
         # state.json is written last: its epoch says which checkpoint is complete.
-        self.write_state({"epoch": record["epoch"], "status": "running", "best_epoch": best_epoch})
+        self.write_state({"epoch": record["epoch"], "status": "running", "best_epoch": best_epoch,
+                          "lr_scale": lr_scale})
         if record["epoch"] == 1:
             self._point_latest()  # from its first checkpoint on, a run has a model to generate from
 

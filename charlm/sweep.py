@@ -80,7 +80,8 @@ def load(path):
         raise CharlmError(f"{path}: a sweep file is a mapping with base, method, metric and parameters")
     known = {"base", "method", "metric", "run_cap", "seed", "parameters"}
     if set(doc) - known:
-        raise CharlmError(f"{path}: unknown key {sorted(set(doc) - known)[0]!r}; valid keys: {', '.join(sorted(known))}")
+        unknown = sorted(set(doc) - known)[0]
+        raise CharlmError(f"{path}: unknown key {unknown!r}; valid keys: {', '.join(sorted(known))}")
     method = doc.get("method", "grid")
     if method not in ("grid", "random"):
         raise CharlmError(f"{path}: method must be grid or random, got {method!r}")

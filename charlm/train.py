@@ -1,4 +1,5 @@
 """Training: setup -> fit -> train_epoch -> train_step, and evaluate; losses in nats per token."""
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -8,6 +9,9 @@ import numpy as np
 from . import data, generate, model as models
 from .engine import autograd, gluon, mx, nd
 from .errors import CharlmError
+
+log = logging.getLogger(__name__)
+MAX_ROLLBACKS = 3
 
 
 def perplexity(loss):
@@ -66,10 +70,10 @@ def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg):
 
 
 def train_epoch(s, loss_fn, trainer, batches, on_batch=None):
-    """One pass over batches; returns {train_loss, grad_norm, tokens, train_s}."""
+    """One pass over batches; returns {train_loss, grad_norm, tokens, train_s, first_bad_batch}."""
     grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
     nll_sum, norm_sum = nd.zeros(1, ctx=s.ctx), nd.zeros(1, ctx=s.ctx)
-    tokens, state, start = 0, None, time.perf_counter()
+    tokens, state, start, checks = 0, None, time.perf_counter(), []
     for i, (X, Y) in enumerate(batches):
         X, Y = nd.array(X, ctx=s.ctx), nd.array(Y, ctx=s.ctx)
         if state is None or not batches.carries_state:
@@ -79,13 +83,15 @@ def train_epoch(s, loss_fn, trainer, batches, on_batch=None):
         total, norm, state = train_step(s.model, loss_fn, trainer, grads, X, Y, state, s.cfg.train)
         nll_sum += total
         norm_sum += norm
+        checks.append(total + norm)  # non-finite when either is: read once, at the end of the epoch
         tokens += X.size
         if on_batch:
             on_batch(i + 1, len(batches), tokens, lambda t=tokens: nll_sum.asscalar() / t)
     nll = float(nll_sum.asscalar())  # the one host sync of the epoch, so the timing below is honest
     seconds = time.perf_counter() - start
+    bad = np.flatnonzero(~np.isfinite(nd.concat(*checks, dim=0).asnumpy()))
     return {"train_loss": nll / tokens, "grad_norm": float(norm_sum.asscalar()) / len(batches),
-            "tokens": tokens, "train_s": seconds}
+            "tokens": tokens, "train_s": seconds, "first_bad_batch": int(bad[0]) if len(bad) else None}
 
 
 def evaluate(model, ids, batch_size, seq_len, ctx):
@@ -119,10 +125,13 @@ def make_trainer(model, tcfg):
 
 @dataclass
 class Progress:
-    """Where a run stands: epochs done, best checkpoint metric (a loss), training seconds spent."""
+    """Where a run stands: epochs done, best checkpoint metric (a loss), training seconds spent,
+    the learning-rate factor left by divergence rollbacks and how many there were."""
     epoch: int = 0
     best: float = math.inf
     elapsed: float = 0.0
+    lr_scale: float = 1.0
+    rollbacks: int = 0
 
 
 def checkpoint_metric(record):
@@ -132,13 +141,33 @@ def checkpoint_metric(record):
 
 def restore(s, run, trainer):
     """Load the run's last checkpoint into s.model and trainer; return where it stands."""
-    done = run.read_state().get("epoch", 0)
+    state = run.read_state()
+    done = state.get("epoch", 0)
     if not done:
         return Progress()
     run.load_params(s.model, "last", s.ctx)
     run.load_trainer(trainer)
     records = run.keep_metrics(done)
-    return Progress(done, min(map(checkpoint_metric, records)), records[-1]["elapsed_s"])
+    return Progress(done, min(map(checkpoint_metric, records)), records[-1]["elapsed_s"], state.get("lr_scale", 1.0))
+
+
+def _recover(s, run, trainer, progress, epoch, step):
+    """After a non-finite loss or gradient: stop with an error, or (rollback) reload the last checkpoint,
+    halve the learning rate and return the trainer to go on with."""
+    if s.cfg.train.on_divergence == "stop" or progress.rollbacks == MAX_ROLLBACKS:
+        raise CharlmError(f"training diverged at step {step} (epoch {epoch}): the loss or gradient norm is not "
+                          f"finite; the best and last good checkpoints are kept: lower --lr, set --grad-clip, "
+                          f"or use --on-divergence rollback")
+    progress.rollbacks, progress.lr_scale = progress.rollbacks + 1, progress.lr_scale / 2
+    log.warning("diverged at step %d (epoch %d): back to the checkpoint of epoch %d, learning rate x%g "
+                "(rollback %d of %d)", step, epoch, epoch - 1, progress.lr_scale, progress.rollbacks, MAX_ROLLBACKS)
+    if epoch > 1:
+        run.load_params(s.model, "last", s.ctx)
+        run.load_trainer(trainer)
+        return trainer
+    mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
+    s.model.initialize(mx.init.Xavier(), ctx=s.ctx, force_reinit=True)
+    return make_trainer(s.model, s.cfg.train)
 
 
 def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None):
@@ -149,13 +178,18 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None):
     loss_fn = models.TokenNLL()
     loss_fn.hybridize(static_alloc=True, static_shape=True)
     best, start = progress.best, time.perf_counter() - progress.elapsed
-    for epoch in range(progress.epoch + 1, tcfg.epochs + 1):
-        trainer.set_learning_rate(tcfg.lr * tcfg.lr_decay ** (epoch - 1))
+    epoch = progress.epoch + 1
+    while epoch <= tcfg.epochs:
+        trainer.set_learning_rate(tcfg.lr * progress.lr_scale * tcfg.lr_decay ** (epoch - 1))
         # Batch order and dropout are drawn from (seed, epoch) alone, so an epoch replays exactly.
         rng = np.random.default_rng([tcfg.seed, epoch])
         mx.random.seed(int(rng.integers(2**31)))
         batches = data.ITERATORS[dcfg.iterator](s.train_ids, dcfg.batch_size, dcfg.seq_len, rng)
         stats = train_epoch(s, loss_fn, trainer, batches, on_batch)
+        if stats["first_bad_batch"] is not None:
+            step = (epoch - 1) * len(batches) + stats["first_bad_batch"] + 1
+            trainer = _recover(s, run, trainer, progress, epoch, step)
+            continue  # the same epoch again, from the last checkpoint
         record = {"epoch": epoch, **scores("train_", stats["train_loss"]), "lr": trainer.learning_rate,
                   "grad_norm": stats["grad_norm"], "tokens_per_s": stats["tokens"] / stats["train_s"]}
         if len(s.val_ids):
@@ -163,12 +197,13 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None):
             record.update(scores("val_", nll / tokens))
         record["elapsed_s"] = time.perf_counter() - start
         if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
-            raise CharlmError(f"training diverged in epoch {epoch} (loss {record['train_loss']}); the best "
-                              f"checkpoint is kept: lower --lr or set --grad-clip")
+            raise CharlmError(f"training diverged in epoch {epoch} (validation loss {record.get('val_loss')}); "
+                              f"the best and last good checkpoints are kept: lower --lr or set --grad-clip")
         metric = checkpoint_metric(record)
-        run.save_checkpoint(s.model, trainer, record, is_best=metric < best)
+        run.save_checkpoint(s.model, trainer, record, is_best=metric < best, lr_scale=progress.lr_scale)
         best = min(best, metric)
         samples = _samples(s) if tcfg.sample_every and epoch % tcfg.sample_every == 0 else []
         if on_epoch:
             on_epoch(record, samples)
+        epoch += 1
     return best

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from charlm import data, model as models, train
-from charlm.engine import autograd, mx, nd
+from charlm.engine import mx, nd
+from charlm.errors import CharlmError
 
 
 class NoRun:
@@ -13,7 +14,7 @@ class NoRun:
     def __init__(self):
         self.records = []
 
-    def save_checkpoint(self, model, trainer, record, is_best):
+    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0):
         self.records.append((record, is_best))
 
 
@@ -109,10 +110,45 @@ def test_same_seed_gives_the_same_run(tiny_cfg):
 
 
 def test_divergence_stops_with_a_clear_error(tiny_cfg):
-    from charlm.errors import CharlmError
     s = train.setup(tiny_cfg, mx.cpu())
     s.model.decoder.bias.set_data(nd.full(s.model.decoder.bias.shape, float("nan")))  # a NaN, as overflow makes
     run = NoRun()
-    with pytest.raises(CharlmError, match="diverged in epoch 1"):
+    with pytest.raises(CharlmError, match=r"diverged at step 1 \(epoch 1\)"):
         train.fit(s, run)
     assert run.records == []  # nothing written over the checkpoints of earlier epochs
+
+
+def test_rollback_reloads_the_last_checkpoint_with_half_the_learning_rate(tiny_cfg, tmp_path):
+    from charlm.run import Run
+    tiny_cfg.train.on_divergence, tiny_cfg.train.epochs, tiny_cfg.train.lr_decay = "rollback", 3, 1.0
+    s = train.setup(tiny_cfg, mx.cpu())
+    run = Run.create(tmp_path, "r")
+    run.start(tiny_cfg, s.vocab)
+    poisoned = []
+
+    def poison_once(record, samples):  # a real NaN in the weights after epoch 1: epoch 2 diverges
+        if not poisoned:
+            poisoned.append(record["epoch"])
+            s.model.decoder.bias.set_data(nd.full(s.model.decoder.bias.shape, float("nan")))
+
+    train.fit(s, run, on_epoch=poison_once)
+    records = run.metrics()
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[0]["lr"] == tiny_cfg.train.lr and records[1]["lr"] == tiny_cfg.train.lr / 2
+    assert all(math.isfinite(r["train_loss"]) for r in records)
+    assert run.read_state()["lr_scale"] == 0.5  # a resume keeps the halved rate
+
+
+def test_rollback_gives_up_after_three_tries(tiny_cfg, monkeypatch):
+    tiny_cfg.train.on_divergence = "rollback"
+    s = train.setup(tiny_cfg, mx.cpu())
+    real, tries = train.train_epoch, []
+
+    def always_bad(*args):
+        tries.append(1)
+        return {**real(*args), "first_bad_batch": 0}
+
+    monkeypatch.setattr(train, "train_epoch", always_bad)
+    with pytest.raises(CharlmError, match="diverged at step 1"):
+        train.fit(s, NoRun())
+    assert len(tries) == 1 + train.MAX_ROLLBACKS
