@@ -4,6 +4,7 @@ The only module that talks to the terminal.
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
 import functools
 import json
+import shutil
 import signal
 import sys
 import time
@@ -65,7 +66,18 @@ def _typed_flags(kwargs):
             if "__" in k and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Group(click.Group):
+    """A click group whose usage errors are one line too, like every other charlm error."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else ctx.command_path
+            raise click.ClickException(f"{e.format_message()} (see `{where} --help`)") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="charlm")
 @click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors")
 def main(debug):
@@ -112,7 +124,11 @@ def _new_run(config_files, typed, sets, runs_dir, name, gpu):
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())  # reproducible from any directory
     s = training.setup(cfg, engine.context(gpu))
     run = Run.create(runs_dir, name)
-    run.start(cfg, s.vocab)
+    try:
+        run.start(cfg, s.vocab)
+    except CharlmError:
+        shutil.rmtree(run.path, ignore_errors=True)  # brand new and ours: leave no half-made run behind
+        raise
     return s, run
 
 

@@ -194,8 +194,10 @@ class Run:
         try:
             model.load_parameters(str(params), ctx=ctx)
         except (mx.base.MXNetError, AssertionError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CharlmError(f"{params} cannot be loaded into the model of its config.yaml: {first}") from None
+            # MXNet's messages carry a C++ stack before the cause; the cause is the last line.
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            cause = lines[-1].removeprefix("MXNetError: ")
+            raise CharlmError(f"{params} cannot be loaded into the model of its config.yaml: {cause}") from None
 
     def load_trainer(self, trainer):
         """Load the optimizer state of the last checkpoint into trainer."""

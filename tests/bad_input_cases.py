@@ -1,0 +1,122 @@
+"""Every bad input charlm is known to meet and the one-line error it gets. test_bad_inputs.py checks
+each row; scripts/bad_inputs.py prints the README's table from this same list."""
+import contextlib
+import errno
+from pathlib import Path
+from unittest import mock
+
+from click.testing import CliRunner
+
+from charlm.cli import main
+
+TINY = ["--hidden-size", "8", "--embed-size", "4", "--num-layers", "1", "--seq-len", "4", "--batch-size", "2",
+        "--epochs", "1", "--sample-every", "0"]
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 20
+
+
+class Workspace:
+    """Files the cases need, made in one directory; a trained run is made on first use."""
+
+    def __init__(self, tmp):
+        self.tmp = Path(tmp)
+        self.corpus = self.file("corpus.txt", TEXT.encode())
+        self._run = None
+
+    def file(self, name, content):
+        path = self.tmp / name
+        path.write_bytes(content)
+        return path
+
+    @property
+    def run(self):
+        if self._run is None:
+            result = CliRunner().invoke(main, ["train", "--data", str(self.corpus), "--runs-dir",
+                                               str(self.tmp / "runs"), "--name", "good", *TINY])
+            assert result.exit_code == 0, result.output
+            self._run = self.tmp / "runs" / "good"
+        return self._run
+
+    def damaged_run(self, name, damage):
+        """A copy of the trained run with damage(copy) applied."""
+        import shutil
+        copy = self.tmp / "runs" / name
+        shutil.copytree(self.run, copy)
+        damage(copy)
+        return copy
+
+
+def _truncate(run):
+    params = run / "params-best.params"
+    params.write_bytes(params.read_bytes()[:200])
+
+
+def _other_size(run):
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("hidden_size: 8", "hidden_size: 12"))
+
+
+def _disk_full():
+    return mock.patch("charlm.run.os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device"))
+
+
+def _train(ws, *args):
+    return ["train", "--data", str(ws.corpus), "--runs-dir", str(ws.tmp / "new-runs"), *TINY, *args]
+
+
+# (input, how it is given, a fragment of the message). `args` builds the command line from a Workspace.
+CASES = [
+    ("missing file", lambda ws: _train(ws, "--data", str(ws.tmp / "nope.txt")), "data file not found"),
+    ("a directory instead of a file", lambda ws: _train(ws, "--data", str(ws.tmp)), "is a directory"),
+    ("empty file", lambda ws: _train(ws, "--data", str(ws.file("empty.txt", b""))), "holds no text"),
+    ("invalid UTF-8", lambda ws: _train(ws, "--data", str(ws.file("latin1.txt", "caf\xe9 ".encode("latin-1") * 9))),
+     "is not valid utf-8: byte 0xe9 at offset 3; give its --encoding, or --errors replace"),
+    ("a binary file", lambda ws: _train(ws, "--data", str(ws.file("bin.dat", bytes(range(256)) * 4))),
+     "looks like a binary file"),
+    ("corpus too short for one batch", lambda ws: _train(ws, "--data", str(ws.file("short.txt", b"short"))),
+     "needs at least 9"),
+    ("corpus too short for a validation split", lambda ws: _train(ws, "--val-frac", "0.001"),
+     "validation split has 0 characters"),
+    ("`--seq-len 0`", lambda ws: _train(ws, "--seq-len", "0"), "data.seq_len must be at least 1"),
+    ("`--batch-size -1`", lambda ws: _train(ws, "--batch-size", "-1"), "data.batch_size must be at least 1"),
+    ("`--epochs 0`", lambda ws: _train(ws, "--epochs", "0"), "train.epochs must be at least 1"),
+    ("`--hidden-size 0`", lambda ws: _train(ws, "--hidden-size", "0"), "model.hidden_size must be at least 1"),
+    ("`--val-frac 1`", lambda ws: _train(ws, "--val-frac", "1"), "data.val_frac must be in [0, 1)"),
+    ("unknown cell", lambda ws: _train(ws, "--cell", "transformer"), "Invalid value for '--cell'"),
+    ("unknown optimizer", lambda ws: _train(ws, "--optimizer", "lion"), "Invalid value for '--optimizer'"),
+    ("unknown key in a config file", lambda ws: _train(ws, "-c", str(ws.file("k.yaml", b"model:\n  hiden_size: 3\n"))),
+     "k.yaml:2: unknown key model.hiden_size; valid keys in model:"),
+    ("malformed YAML", lambda ws: _train(ws, "-c", str(ws.file("m.yaml", b"model:\n  cell: [lstm\n"))),
+     "m.yaml: line 3 malformed YAML"),
+    ("`generate` before any run was trained", lambda ws: ["generate", "the", "--runs-dir", str(ws.tmp / "none")],
+     "no runs yet in"),
+    ("`--run` that is not a run directory", lambda ws: ["generate", "the", "--run", str(ws.tmp)],
+     "is not a run directory"),
+    ("truncated parameter file", lambda ws: ["generate", "the", "--run", str(ws.damaged_run("cut", _truncate))],
+     "params-best.params cannot be loaded"),
+    ("parameters that do not match the saved config",
+     lambda ws: ["eval", "--run", str(ws.damaged_run("other", _other_size))], "params-best.params cannot be loaded"),
+    ("prefix with characters outside the vocabulary", lambda ws: ["generate", "the €", "--run", str(ws.run)],
+     "prefix characters not in the model's vocabulary: '€'"),
+    ("empty prefix", lambda ws: ["generate", "", "--run", str(ws.run)], "the prefix is empty"),
+    ("`--length 0`", lambda ws: ["generate", "the", "--length", "0", "--run", str(ws.run)],
+     "--length must be at least 1"),
+    ("`--temperature 0`", lambda ws: ["generate", "the", "--temperature", "0", "--run", str(ws.run)],
+     "--temperature must be positive"),
+    ("`--top-k 0`", lambda ws: ["generate", "the", "--top-k", "0", "--run", str(ws.run)], "--top-k must be between 1"),
+    ("`--top-k` larger than the vocabulary", lambda ws: ["generate", "the", "--top-k", "99", "--run", str(ws.run)],
+     "--top-k must be between 1 and the vocabulary size"),
+    ("text to evaluate with unknown characters",
+     lambda ws: ["eval", "--run", str(ws.run), "--data", str(ws.file("e.txt", "naïve".encode()))],
+     "characters not in the vocabulary: 'ï'"),
+    ("`--gpu` with no GPU visible", lambda ws: _train(ws, "--gpu"), "--gpu: MXNet sees no GPU"),
+    ("output directory not writable", lambda ws: _train(ws, "--runs-dir", str(ws.corpus / "runs")),
+     "cannot create a run directory"),
+    ("disk full while saving", lambda ws: _train(ws, "--name", "full"), "No space left on device"),
+]
+PATCHES = {"disk full while saving": _disk_full}  # cases that need the machine to misbehave
+
+
+def invoke(ws, what, args):
+    """Run one case's command; return the click result."""
+    with PATCHES.get(what, contextlib.nullcontext)():
+        return CliRunner().invoke(main, args(ws), prog_name="charlm")
