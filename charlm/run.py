@@ -197,7 +197,8 @@ class Run:
             # MXNet's messages carry a C++ stack before the cause; the cause is the last line.
             lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
             cause = lines[-1].removeprefix("MXNetError: ")
-            raise CharlmError(f"{params} cannot be loaded into the model of its config.yaml: {cause}") from None
+            raise CharlmError(f"{params} cannot be loaded into the model its config.yaml and vocab.json "
+                              f"describe: {cause}") from None
 
     def load_trainer(self, trainer):
         """Load the optimizer state of the last checkpoint into trainer."""

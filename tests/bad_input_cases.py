@@ -2,6 +2,7 @@
 each row; scripts/bad_inputs.py prints the README's table from this same list."""
 import contextlib
 import errno
+import json
 from pathlib import Path
 from unittest import mock
 
@@ -55,6 +56,12 @@ def _other_size(run):
     config.write_text(config.read_text().replace("hidden_size: 8", "hidden_size: 12"))
 
 
+def _fewer_characters(run):
+    vocab = run / "vocab.json"
+    chars = json.loads(vocab.read_text())["chars"]
+    vocab.write_text(json.dumps({"chars": chars[:-1]}))
+
+
 def _disk_full():
     return mock.patch("charlm.run.os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device"))
 
@@ -95,6 +102,9 @@ CASES = [
      "params-best.params cannot be loaded"),
     ("parameters that do not match the saved config",
      lambda ws: ["eval", "--run", str(ws.damaged_run("other", _other_size))], "params-best.params cannot be loaded"),
+    ("vocabulary that does not match the parameters",
+     lambda ws: ["generate", "the", "--run", str(ws.damaged_run("vocab", _fewer_characters))],
+     "params-best.params cannot be loaded"),
     ("prefix with characters outside the vocabulary", lambda ws: ["generate", "the €", "--run", str(ws.run)],
      "prefix characters not in the model's vocabulary: '€'"),
     ("empty prefix", lambda ws: ["generate", "", "--run", str(ws.run)], "the prefix is empty"),
