@@ -361,11 +361,11 @@ def evaluate(data_path, as_json, run_dir, runs_dir, gpu):
     cfg, vocab = run.config(), run.vocab()
     d = cfg.data
     if data_path:
-        ids = vocab.encode(data.text_of(d, data_path))
+        ids = data.corpus_of(d, data_path, vocab)[1]
     else:
         if not d.val_frac:
             raise CharlmError(f"{run.path} has no validation split (val_frac 0): pass --data FILE")
-        ids = data.split(vocab.encode(data.text_of(d)), d.val_frac)[1]
+        ids = data.split(data.corpus_of(d, vocab=vocab)[1], d.val_frac)[1]
     ctx = engine.context(gpu)
     nll, tokens = training.evaluate(run.load_model(ctx), ids, d.batch_size, d.seq_len, ctx)
     result = {**training.scores("", nll / tokens), "tokens": tokens}

@@ -9,6 +9,10 @@ import numpy as np
 
 from .errors import CharlmError
 
+CHUNK = 1 << 22  # bytes read per step: bounds the temporaries, whatever the size of the corpus
+UNICODE = 0x110000  # code points
+
+
 def corpus_path(path):
     """Resolve a data.path setting to a file; None (or empty) means the bundled Time Machine."""
     if not path:
@@ -16,41 +20,93 @@ def corpus_path(path):
     return Path(path).expanduser()
 
 
-def read_text(path, lowercase=False, strip_newlines=False, max_chars=0, encoding="utf-8", errors="strict"):
-    """Read a text file and apply the tutorial's normalisations, in its order."""
+def _normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors):
+    """The file's text, read once in CHUNK-byte steps, with the tutorial's normalisations in its order."""
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise CharlmError(f"unknown text encoding {encoding!r}") from None
+    decoder, offset, held, left = codecs.getincrementaldecoder(codec)(errors), 0, "", max_chars or -1
+    with open(path, "rb") as f:
+        while left:
+            raw = f.read(CHUNK)
+            # UTF-8 text never holds NUL; the first chunk is enough to tell a binary file.
+            if offset == 0 and codec == "utf-8" and b"\x00" in raw:
+                raise CharlmError(f"{path} looks like a binary file (it contains NUL bytes), not UTF-8 text")
+            buffered = len(decoder.getstate()[0])  # bytes of a character split by the last chunk
+            try:
+                text = held + decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                at = offset - buffered + e.start
+                raise CharlmError(f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at offset "
+                                  f"{at}; give its --encoding, or --errors replace") from None
+            offset += len(raw)
+            held = text[-1:] if raw and text.endswith("\r") else ""  # "\r" + "\n" may straddle two chunks
+            text = text[:len(text) - len(held)].replace("\r\n", "\n")
+            if lowercase:
+                text = text.lower()
+            if strip_newlines:
+                text = text.replace("\n", "")
+            if left > 0:
+                text, left = text[:left], left - min(left, len(text))
+            if text:
+                yield text
+            if not raw:
+                return
+
+
+def load_corpus(path, lowercase=False, strip_newlines=False, max_chars=0, encoding="utf-8", errors="strict",
+                vocab=None):
+    """Read a text file once into (vocab, ids), ids in the smallest unsigned type; the vocabulary is the
+    text's own unless one is given, in which case characters outside it are an error naming them."""
     path = corpus_path(path)
     if not path.exists():
         raise CharlmError(f"data file not found: {path}")
     if path.is_dir():
         raise CharlmError(f"data path is a directory, not a text file: {path}")
-    try:
-        codec = codecs.lookup(encoding).name
-    except LookupError:
-        raise CharlmError(f"unknown text encoding {encoding!r}") from None
-    raw = path.read_bytes()
-    # UTF-8 text never holds NUL; the first megabyte is enough to tell a binary file.
-    if codec == "utf-8" and b"\x00" in raw[:1 << 20]:
-        raise CharlmError(f"{path} looks like a binary file (it contains NUL bytes), not UTF-8 text")
-    try:
-        text = raw.decode(codec, errors)
-    except UnicodeDecodeError as e:
-        raise CharlmError(f"{path} is not valid {encoding}: byte 0x{raw[e.start]:02x} at offset {e.start}; "
-                          f"give its --encoding, or --errors replace") from None
-    text = text.replace("\r\n", "\n")
-    if lowercase:
-        text = text.lower()
-    if strip_newlines:
-        text = text.replace("\n", "")
-    if max_chars:
-        text = text[:max_chars]
-    if not text:
+    # Ids are assigned by first appearance, then renumbered in sorted order at the end: one pass.
+    lut = np.full(UNICODE, -1, dtype=np.int64)
+    if vocab is not None:
+        lut[vocab._points] = np.arange(len(vocab))
+    seen = [] if vocab is None else list(vocab._points)
+    ids, n, unknown = np.empty(path.stat().st_size, dtype=np.uint8 if vocab is None else vocab.dtype), 0, set()
+    for text in _normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors):
+        points = _codepoints(text)
+        chunk = lut[points]
+        new = np.unique(points[chunk < 0])
+        if len(new) and vocab is not None:
+            unknown.update(new.view("<U1"))
+            continue
+        lut[new], seen = np.arange(len(seen), len(seen) + len(new)), seen + list(new)
+        chunk = lut[points]
+        if len(seen) > np.iinfo(ids.dtype).max + 1:
+            ids = ids.astype(_id_dtype(len(seen)))
+        ids[n:n + len(chunk)] = chunk
+        n += len(chunk)
+    if unknown:
+        raise CharlmError(f"characters not in the vocabulary: {''.join(sorted(unknown))!r}")
+    if n == 0:
         raise CharlmError(f"{path} holds no text")
-    return text
+    if vocab is not None:
+        return vocab, ids[:n]
+    seen = np.array(seen, dtype=np.uint32)
+    rank = np.empty(len(seen), dtype=np.int64)
+    rank[np.argsort(seen)] = np.arange(len(seen))
+    ids = ids[:n]
+    for start in range(0, n, CHUNK):  # renumber in place, a slice at a time
+        ids[start:start + CHUNK] = rank[ids[start:start + CHUNK]]
+    return Vocab(np.sort(seen).view("<U1")), ids
 
 
-def text_of(d, path=None):
-    """The text a DataConfig describes, or all of another file read and normalised the same way."""
-    return read_text(path or d.path, d.lowercase, d.strip_newlines, 0 if path else d.max_chars, d.encoding, d.errors)
+def corpus_of(d, path=None, vocab=None):
+    """(vocab, ids) of the text a DataConfig describes, or of all of another file read the same way."""
+    return load_corpus(path or d.path, d.lowercase, d.strip_newlines, 0 if path else d.max_chars, d.encoding,
+                       d.errors, vocab)
+
+
+def _id_dtype(size):
+    """The smallest unsigned type that holds ids 0 .. size - 1."""
+    return np.uint8 if size <= 2**8 else np.uint16 if size <= 2**16 else np.uint32
 
 
 def _codepoints(text):
@@ -64,8 +120,7 @@ class Vocab:
         self.chars = list(chars)
         self.index = {c: i for i, c in enumerate(self.chars)}
         self._points = _codepoints("".join(self.chars))
-        # The smallest unsigned type that holds every id keeps big corpora compact.
-        self.dtype = np.uint8 if len(self.chars) <= 2**8 else np.uint16 if len(self.chars) <= 2**16 else np.uint32
+        self.dtype = _id_dtype(len(self.chars))  # the smallest type keeps big corpora compact
 
     @classmethod
     def build(cls, text):

@@ -43,9 +43,8 @@ class Setup:
 def setup(cfg, ctx):
     """Seed, read and split the corpus, check it fills a batch, and build the model."""
     d = cfg.data
-    text = data.text_of(d)
-    vocab = data.Vocab.build(text)
-    train_ids, val_ids = data.split(vocab.encode(text), d.val_frac)
+    vocab, ids = data.corpus_of(d)
+    train_ids, val_ids = data.split(ids, d.val_frac)
     data.check_trainable(len(train_ids), d.batch_size, d.seq_len)
     if d.val_frac and len(val_ids) < 2:
         raise CharlmError(f"validation split has {len(val_ids)} characters; need at least 2: raise --val-frac")

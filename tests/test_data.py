@@ -41,12 +41,57 @@ def test_bundled_corpus_is_the_tutorials_file():
     assert hashlib.sha256(raw).hexdigest() == "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516"
 
 
-def test_read_text_applies_tutorial_normalisation_in_order(tmp_path):
+def text_of(path, **options):
+    vocab, ids = data.load_corpus(path, **options)
+    return vocab.decode(ids)
+
+
+def reference(raw, lowercase=False, strip_newlines=False, max_chars=0):
+    """The tutorial's normalisation of a whole text, in its order, in plain Python."""
+    text = raw.decode("utf-8").replace("\r\n", "\n")
+    text = text.lower() if lowercase else text
+    text = text.replace("\n", "") if strip_newlines else text
+    return text[:max_chars] if max_chars else text
+
+
+def test_load_corpus_applies_tutorial_normalisation_in_order(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("AB\nCD\r\nEF", encoding="utf-8")
-    assert data.read_text(path) == "AB\nCD\nEF"
+    assert text_of(path) == "AB\nCD\nEF"
     # The tutorial lowercases, removes newlines, then keeps the first max_chars characters.
-    assert data.read_text(path, lowercase=True, strip_newlines=True, max_chars=5) == "abcde"
+    assert text_of(path, lowercase=True, strip_newlines=True, max_chars=5) == "abcde"
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
+@pytest.mark.parametrize("options", [{}, {"lowercase": True, "max_chars": 37}, {"strip_newlines": True}])
+def test_load_corpus_in_chunks_equals_reading_it_whole(tmp_path, monkeypatch, chunk, options):
+    raw = "Ünïcödé\r\nTEXT 中文\r\n\r\nand ✓ marks\rnot a newline\n".encode("utf-8") * 3
+    path = tmp_path / "c.txt"
+    path.write_bytes(raw)
+    monkeypatch.setattr(data, "CHUNK", chunk)  # multi-byte characters and "\r\n" straddle chunk ends
+    vocab, ids = data.load_corpus(path, **options)
+    assert vocab.decode(ids) == reference(raw, **options)
+    assert vocab.chars == sorted(set(reference(raw, **options)))
+
+
+def test_load_corpus_widens_ids_when_a_later_chunk_brings_new_characters(tmp_path, monkeypatch):
+    text = "ab" * 50 + "".join(chr(0x4E00 + i) for i in range(300))
+    path = tmp_path / "w.txt"
+    path.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(data, "CHUNK", 16)
+    vocab, ids = data.load_corpus(path)
+    assert ids.dtype == np.uint16 and vocab.decode(ids) == text
+
+
+def test_load_corpus_with_a_vocabulary_names_every_unknown_character(tmp_path, monkeypatch):
+    path = tmp_path / "u.txt"
+    path.write_text("abc x abc y abc z", encoding="utf-8")
+    monkeypatch.setattr(data, "CHUNK", 4)
+    vocab = data.Vocab.build("abc ")
+    with pytest.raises(CharlmError, match="'xyz'"):
+        data.load_corpus(path, vocab=vocab)
+    path.write_text("cab bac", encoding="utf-8")
+    assert vocab.decode(data.load_corpus(path, vocab=vocab)[1]) == "cab bac"
 
 
 @pytest.mark.parametrize("content, message", [
@@ -55,28 +100,36 @@ def test_read_text_applies_tutorial_normalisation_in_order(tmp_path):
     (b"abc\xff\xfedef", "byte 0xff at offset 3"),
     (b"\x7fELF\x02\x01\x01\x00\x00\x00", "binary file"),
 ])
-def test_read_text_bad_files_are_clear_errors(tmp_path, content, message):
+def test_load_corpus_bad_files_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(CharlmError, match=message):
-        data.read_text(path)
+        data.load_corpus(path)
 
 
-def test_read_text_other_encodings_and_replacing_bad_bytes(tmp_path):
+def test_load_corpus_names_the_offset_of_a_bad_byte_past_the_first_chunk(tmp_path, monkeypatch):
+    path = tmp_path / "late.txt"
+    path.write_bytes("é".encode() * 10 + b"\xff")  # 20 good bytes, then a bad one
+    monkeypatch.setattr(data, "CHUNK", 3)
+    with pytest.raises(CharlmError, match="byte 0xff at offset 20"):
+        data.load_corpus(path)
+
+
+def test_load_corpus_other_encodings_and_replacing_bad_bytes(tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes("café au lait".encode("latin-1"))
     with pytest.raises(CharlmError, match="--encoding, or --errors replace"):
-        data.read_text(path)
-    assert data.read_text(path, encoding="latin-1") == "café au lait"
-    assert data.read_text(path, errors="replace") == "caf\ufffd au lait"
+        data.load_corpus(path)
+    assert text_of(path, encoding="latin-1") == "café au lait"
+    assert text_of(path, errors="replace") == "caf\ufffd au lait"
     with pytest.raises(CharlmError, match="unknown text encoding 'klingon'"):
-        data.read_text(path, encoding="klingon")
+        data.load_corpus(path, encoding="klingon")
 
 
-def test_read_text_directory_is_an_error(tmp_path):
+def test_load_corpus_directory_is_an_error(tmp_path):
     with pytest.raises(CharlmError, match="directory"):
-        data.read_text(tmp_path)
+        data.load_corpus(tmp_path)
 
 
 def test_split_keeps_a_contiguous_tail():
