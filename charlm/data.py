@@ -122,11 +122,6 @@ class Vocab:
         self._points = _codepoints("".join(self.chars))
         self.dtype = _id_dtype(len(self.chars))  # the smallest type keeps big corpora compact
 
-    @classmethod
-    def build(cls, text):
-        """The vocabulary of every distinct character in text."""
-        return cls(np.unique(_codepoints(text)).view("<U1") if text else [])
-
     def __len__(self):
         return len(self.chars)
 
