@@ -69,6 +69,7 @@ def load_corpus(path, lowercase=False, strip_newlines=False, max_chars=0, encodi
     if vocab is not None:
         lut[vocab._points] = np.arange(len(vocab))
     seen = [] if vocab is None else list(vocab._points)
+    # A character per byte at most, except where lowercasing expands one (İ -> i̇ in one-byte codepages).
     ids, n, unknown = np.empty(path.stat().st_size, dtype=np.uint8 if vocab is None else vocab.dtype), 0, set()
     for text in _normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors):
         points = _codepoints(text)
@@ -77,10 +78,13 @@ def load_corpus(path, lowercase=False, strip_newlines=False, max_chars=0, encodi
         if len(new) and vocab is not None:
             unknown.update(new.view("<U1"))
             continue
-        lut[new], seen = np.arange(len(seen), len(seen) + len(new)), seen + list(new)
-        chunk = lut[points]
+        if len(new):
+            lut[new], seen = np.arange(len(seen), len(seen) + len(new)), seen + list(new)
+            chunk = lut[points]
         if len(seen) > np.iinfo(ids.dtype).max + 1:
             ids = ids.astype(_id_dtype(len(seen)))
+        if n + len(chunk) > len(ids):
+            ids = np.concatenate([ids, np.empty(max(len(chunk), len(ids) // 8), dtype=ids.dtype)])
         ids[n:n + len(chunk)] = chunk
         n += len(chunk)
     if unknown:

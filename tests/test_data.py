@@ -81,6 +81,13 @@ def test_load_corpus_widens_ids_when_a_later_chunk_brings_new_characters(tmp_pat
     assert ids.dtype == np.uint16 and vocab.decode(ids) == text
 
 
+def test_load_corpus_makes_room_when_lowercasing_adds_characters(tmp_path, monkeypatch):
+    path = tmp_path / "tr.txt"
+    path.write_bytes("İSTANBUL ".encode("cp1254") * 20)  # one byte for İ, two characters once lowercased
+    monkeypatch.setattr(data, "CHUNK", 7)
+    assert text_of(path, lowercase=True, encoding="cp1254") == "İSTANBUL ".lower() * 20
+
+
 def test_load_corpus_with_a_vocabulary_names_every_unknown_character(tmp_path, monkeypatch):
     path = tmp_path / "u.txt"
     path.write_text("abc x abc y abc z", encoding="utf-8")
