@@ -205,8 +205,9 @@ def sweep(sweep_file, dry_run, jobs, runs_dir):
     plan = sweeps.load(sweep_file)
     sweep_dir = Path(runs_dir) / plan.name
     if dry_run:
+        failures = sweeps.recorded_failures(sweep_dir)
         for name, _ in sweeps.plan(plan):
-            click.echo(f"{sweeps.status(sweep_dir / name, {}):12} {sweep_dir / name}")
+            click.echo(f"{sweeps.status(sweep_dir / name, failures):12} {sweep_dir / name}")
         return
     finished = []
 

@@ -200,8 +200,9 @@ class Run:
             raise CharlmError(f"{params} cannot be loaded into the model its config.yaml and vocab.json "
                               f"describe: {cause}") from None
 
-    def load_trainer(self, trainer):
-        """Load the optimizer state of the last checkpoint into trainer."""
+    def load_last(self, model, trainer, ctx):
+        """Load the last checkpoint: parameters into model, optimizer state into trainer."""
+        self.load_params(model, "last", ctx)
         try:
             trainer.load_states(str(self.path / TRAINER))
         except Exception as e:  # MXNet unpickles it: any failure means the file is damaged

@@ -173,7 +173,7 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
     After each run, summary.csv is rewritten and on_done(its row, all rows) is called."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "logs").mkdir(exist_ok=True)
-    failures = _failures(sweep_dir)
+    failures = recorded_failures(sweep_dir)
     todo = [(n, p, status(sweep_dir / n, {})) for n, p in plan(sweep)]
     todo = [(n, p, s) for n, p, s in todo if s != "finished"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}
@@ -208,14 +208,15 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
     return summary(sweep, sweep_dir)
 
 
-def _failures(sweep_dir):
+def recorded_failures(sweep_dir):
+    """The recorded failures of a sweep directory: {run name: error}."""
     path = sweep_dir / FAILURES
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def summary(sweep, sweep_dir):
     """One row per planned run, best first by the sweep's metric; unfinished and failed runs last."""
-    failures = _failures(sweep_dir)
+    failures = recorded_failures(sweep_dir)
     rows = []
     for name, point in plan(sweep):
         run_dir = sweep_dir / name

@@ -144,8 +144,7 @@ def restore(s, run, trainer):
     done = state.get("epoch", 0)
     if not done:
         return Progress()
-    run.load_params(s.model, "last", s.ctx)
-    run.load_trainer(trainer)
+    run.load_last(s.model, trainer, s.ctx)
     records = run.keep_metrics(done)
     return Progress(done, min(map(checkpoint_metric, records)), records[-1]["elapsed_s"], state.get("lr_scale", 1.0))
 
@@ -161,8 +160,7 @@ def _recover(s, run, trainer, progress, epoch, step):
     log.warning("diverged at step %d (epoch %d): back to the checkpoint of epoch %d, learning rate x%g "
                 "(rollback %d of %d)", step, epoch, epoch - 1, progress.lr_scale, progress.rollbacks, MAX_ROLLBACKS)
     if epoch > 1:
-        run.load_params(s.model, "last", s.ctx)
-        run.load_trainer(trainer)
+        run.load_last(s.model, trainer, s.ctx)
         return trainer
     mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
     s.model.initialize(mx.init.Xavier(), ctx=s.ctx, force_reinit=True)

@@ -122,8 +122,15 @@ def test_jobs_run_side_by_side_to_the_same_result(tiny_sweep, tmp_path):
 def test_dry_run_lists_the_plan_and_runs_nothing(tiny_sweep):
     path, runs = tiny_sweep
     result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs), "--dry-run"])
-    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3 and "new" in result.stdout
+    assert result.exit_code == 0 and [line.split()[0] for line in result.stdout.splitlines()] == ["new"] * 3
     assert not runs.exists()
+
+
+def test_dry_run_shows_what_a_rerun_would_do(tiny_sweep):
+    path, runs = tiny_sweep
+    sweeps.execute(sweeps.load(path), runs / "tiny")
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs), "--dry-run"])
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["finished", "finished", "failed"]
 
 
 def test_plot_writes_a_png_of_a_sweep(tiny_sweep):
