@@ -159,16 +159,19 @@ def _fit(s, run, trainer, progress):
     cfg = s.cfg
     click.echo(f"run {run.path} | {cfg.model.cell} | {sum(p.data().size for p in s.model.collect_params().values()):,}"
                f" parameters | {len(s.vocab)} characters | {len(s.train_ids):,} train / {len(s.val_ids):,} val"
-               + (f" | resuming after epoch {progress.epoch}" if progress else ""))
+               + (f" | resuming after epoch {progress.epoch}" if progress else "")
+               + (f" and {progress.step} batches of epoch {progress.epoch + 1}" if progress and progress.step else ""))
     bar, stop = _ProgressBar(), _StopRequest()
     try:
-        best = training.fit(s, run, trainer, progress, on_batch=stop.check_then(bar.update),
+        best = training.fit(s, run, trainer, progress, on_batch=bar.update, stop=stop.requested,
                             on_epoch=lambda r, samples: _epoch_done(bar, r, samples))
-    except _Stopped:
+    except training.Interrupted:
         bar.close()
-        done = run.read_state().get("epoch", 0)
-        click.echo(f"stopped by {stop.name} in epoch {done + 1}; the checkpoint of epoch {done} is kept. "
-                   f"Resume with: charlm train --resume {run.path}", err=True)
+        state = run.read_state()
+        where = (f"epoch {state['epoch'] + 1} after batch {state['step']}" if state.get("step")
+                 else f"the end of epoch {state.get('epoch', 0)}")
+        kept = f"the checkpoint of {where} is saved" if state.get("last") else "no checkpoint was saved yet"
+        click.echo(f"stopped by {stop.name}; {kept}. Resume with: charlm train --resume {run.path}", err=True)
         sys.exit(128 + stop.signum)
     finally:
         stop.restore()
@@ -250,10 +253,6 @@ def plot(paths, output):
     click.echo(draw(paths, output))
 
 
-class _Stopped(Exception):
-    """Raised between two batches after Ctrl-C or SIGTERM."""
-
-
 class _StopRequest:
     """Catch SIGINT and SIGTERM and stop at the next batch boundary, never inside a checkpoint write."""
 
@@ -265,13 +264,9 @@ class _StopRequest:
         self.signum, self.name = signum, signal.Signals(signum).name
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
 
-    def check_then(self, callback):
-        """Wrap an on_batch callback: raise _Stopped first if a stop was asked for."""
-        def wrapped(*args):
-            if self.signum is not None:
-                raise _Stopped()
-            callback(*args)
-        return wrapped
+    def requested(self):
+        """Whether Ctrl-C or SIGTERM arrived."""
+        return self.signum is not None
 
     def restore(self):
         """Put back the signal handlers found at the start."""
@@ -290,7 +285,7 @@ class _ProgressBar:
         from .train import perplexity
 
         if self.bar is None:
-            self.bar = tqdm(total=total, file=sys.stderr, leave=False, unit="batch", disable=None)
+            self.bar = tqdm(total=total, initial=done - 1, file=sys.stderr, leave=False, unit="batch", disable=None)
             self.start, self.tokens0 = time.perf_counter(), tokens  # rate counted from the first batch's end
         self.bar.update(1)
         if self.bar.disable or time.perf_counter() - self.last < 1.0 or done == 1:

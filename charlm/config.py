@@ -57,6 +57,8 @@ class TrainConfig:
                                choices=("mean", "sum"))
     epochs: int = _opt(20, "passes over the training text")
     seed: int = _opt(0, "random seed for initialisation, dropout and batch order")
+    checkpoint_every: int = _opt(0, "also checkpoint every N batches within an epoch, for long epochs (0 = only "
+                                    "at the end of each epoch)")
     on_divergence: str = _opt("stop", "on a NaN/inf loss or gradient: stop, or rollback to the last checkpoint "
                                       "with half the learning rate (at most 3 times)", choices=("stop", "rollback"))
     sample_every: int = _opt(5, "print greedy samples every N epochs (0 = never)")
@@ -196,7 +198,7 @@ def validate(cfg):
         if getattr(getattr(cfg, section), name) < 1:
             raise CharlmError(f"{section}.{name} must be at least 1, got {getattr(getattr(cfg, section), name)}")
     for section, name in [("data", "max_chars"), ("model", "embed_size"), ("train", "grad_clip"),
-                          ("train", "sample_every")]:
+                          ("train", "sample_every"), ("train", "checkpoint_every")]:
         if getattr(getattr(cfg, section), name) < 0:
             raise CharlmError(f"{section}.{name} must not be negative")
     if not 0 <= cfg.data.val_frac < 1:

@@ -199,11 +199,12 @@ class RandomBatches:
     def __len__(self):
         return self.num_batches
 
-    def __iter__(self):
-        steps = np.arange(self.seq_len)[:, None]
-        for row in self.starts:
-            pos = steps + row  # (T, N)
-            yield self.ids[pos], self.ids[pos + 1]
+    def __getitem__(self, i):
+        """Batch i as (X, Y), each (T, N)."""
+        if not 0 <= i < self.num_batches:
+            raise IndexError(i)
+        pos = np.arange(self.seq_len)[:, None] + self.starts[i]
+        return self.ids[pos], self.ids[pos + 1]
 
 
 class SequentialBatches:
@@ -228,10 +229,12 @@ class SequentialBatches:
     def __len__(self):
         return self.num_batches
 
-    def __iter__(self):
-        for i in range(self.num_batches):
-            t = slice(i * self.seq_len, (i + 1) * self.seq_len)
-            yield self.x[t], self.y[t]
+    def __getitem__(self, i):
+        """Batch i as (X, Y), each (T, N); the last may be shorter when partial."""
+        if not 0 <= i < self.num_batches:
+            raise IndexError(i)
+        t = slice(i * self.seq_len, (i + 1) * self.seq_len)
+        return self.x[t], self.y[t]
 
 
 ITERATORS = {"random": RandomBatches, "sequential": SequentialBatches}

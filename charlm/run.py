@@ -10,10 +10,14 @@ from .data import Vocab
 from .errors import CharlmError
 
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
-PARAMS = {"best": "params-best.params", "last": "params-last.params"}
-TRAINER = "trainer-last.states"
+BEST = "params-best.params"
 LATEST = "latest"
 LOCK = ".lock"
+
+
+def _last_files(tag):
+    """Parameter, optimizer-state and hidden-state files of the last checkpoint called tag."""
+    return f"last-{tag}.params", f"last-{tag}.states", f"last-{tag}.hidden"
 
 
 def atomic_write(path, write):
@@ -129,23 +133,45 @@ class Run:
         state = {**state, "versions": {"charlm": __version__, "mxnet": mx.__version__}}
         write_text(self.path / STATE, json.dumps(state, indent=2) + "\n")
 
-    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0):
-        """Save last (and, when is_best, best) parameters, trainer state, state.json and a metrics line."""
-        atomic_write(self.path / PARAMS["last"], model.save_parameters)
-        atomic_write(self.path / TRAINER, trainer.save_states)
+    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0, hidden=None):
+        """At the end of an epoch: save the last checkpoint, the best parameters when is_best, a metrics line."""
         if is_best:
-            atomic_write(self.path / PARAMS["best"], model.save_parameters)
+            atomic_write(self.path / BEST, model.save_parameters)
         with open(self.path / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        previous = self.read_state()
-        best_epoch = record["epoch"] if is_best else previous.get("best_epoch")
-        # state.json is written last: its epoch says which checkpoint is complete.
-        self.write_state({"epoch": record["epoch"], "status": "running", "best_epoch": best_epoch,
-                          "lr_scale": lr_scale})
+        best_epoch = record["epoch"] if is_best else self.read_state().get("best_epoch")
+        self._save_last(model, trainer, hidden, {"epoch": record["epoch"], "step": 0, "best_epoch": best_epoch,
+                                                 "lr_scale": lr_scale})
         if record["epoch"] == 1:
             self._point_latest()  # from its first checkpoint on, a run has a model to generate from
+
+    def save_position(self, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0):
+        """In the middle of an epoch: save the last checkpoint after `step` batches of epoch + 1, with the
+        epoch's running sums (partial) and the carried hidden state."""
+        self._save_last(model, trainer, hidden, {"epoch": epoch, "step": step, "partial": partial,
+                                                 "best_epoch": self.read_state().get("best_epoch"),
+                                                 "lr_scale": lr_scale})
+
+    def _save_last(self, model, trainer, hidden, state):
+        """Write a new last checkpoint under its own names, then state.json naming it, then drop the old one.
+
+        Until state.json is renamed into place it names the previous checkpoint, whose files are intact,
+        so a kill at any moment leaves one complete, consistent checkpoint."""
+        from .engine import nd
+
+        tag = f"e{state['epoch']}-s{state['step']}"
+        params, states, hid = _last_files(tag)
+        atomic_write(self.path / params, model.save_parameters)
+        atomic_write(self.path / states, trainer.save_states)
+        if hidden is not None:
+            atomic_write(self.path / hid, lambda tmp: nd.save(tmp, list(hidden)))
+        self.write_state({**state, "status": "running", "last": tag})
+        keep = {params, states, hid}
+        for old in self.path.glob("last-*"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
 
     def finish(self):
         """Mark the run finished in state.json."""
@@ -184,36 +210,48 @@ class Run:
         """The run's vocabulary."""
         return Vocab.from_json((self.path / VOCAB).read_text(encoding="utf-8"))
 
-    def load_params(self, model, which, ctx):
-        """Load the run's `which` ("best" or "last") parameters into model."""
+    def load_params(self, model, path, ctx):
+        """Load the parameter file path into model."""
         from .engine import mx
 
-        params = self.path / PARAMS[which]
-        if not params.exists():
-            raise CharlmError(f"{self.path} has no {PARAMS[which]}: it has not finished an epoch yet")
         try:
-            model.load_parameters(str(params), ctx=ctx)
+            model.load_parameters(str(path), ctx=ctx)
         except (mx.base.MXNetError, AssertionError, ValueError) as e:
             # MXNet's messages carry a C++ stack before the cause; the cause is the last line.
             lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
             cause = lines[-1].removeprefix("MXNetError: ")
-            raise CharlmError(f"{params} cannot be loaded into the model its config.yaml and vocab.json "
+            raise CharlmError(f"{path} cannot be loaded into the model its config.yaml and vocab.json "
                               f"describe: {cause}") from None
 
     def load_last(self, model, trainer, ctx):
-        """Load the last checkpoint: parameters into model, optimizer state into trainer."""
-        self.load_params(model, "last", ctx)
-        try:
-            trainer.load_states(str(self.path / TRAINER))
-        except Exception as e:  # MXNet unpickles it: any failure means the file is damaged
-            raise CharlmError(f"{self.path / TRAINER} cannot be loaded: {type(e).__name__}") from None
+        """Load the last checkpoint into model and trainer; return its carried hidden state (or None)."""
+        from .engine import mx, nd
 
-    def load_model(self, ctx, which="best"):
-        """Rebuild the model from config.yaml and vocab.json and load its `which` parameters."""
+        tag = self.read_state().get("last")
+        params, states, hidden = (self.path / name for name in _last_files(tag))
+        if not tag or not params.exists():
+            raise CharlmError(f"{self.path} has no last checkpoint{f' ({params.name})' if tag else ''}")
+        self.load_params(model, params, ctx)
+        try:
+            trainer.load_states(str(states))
+        except Exception as e:  # MXNet unpickles it: any failure means a damaged file
+            raise CharlmError(f"{states} (optimizer state) cannot be loaded: {type(e).__name__}") from None
+        if not hidden.exists():
+            return None
+        try:
+            return [h.as_in_context(ctx) for h in nd.load(str(hidden))]
+        except mx.base.MXNetError:
+            raise CharlmError(f"{hidden} (hidden state) cannot be loaded") from None
+
+    def load_model(self, ctx):
+        """Rebuild the model from config.yaml and vocab.json and load its best parameters."""
         from . import model as models
 
         model = models.build(self.config().model, len(self.vocab()), ctx)
-        self.load_params(model, which, ctx)
+        params = self.path / BEST
+        if not params.exists():
+            raise CharlmError(f"{self.path} has no {BEST}: it has not finished an epoch yet")
+        self.load_params(model, params, ctx)
         return model
 
 

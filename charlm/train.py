@@ -68,29 +68,45 @@ def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg):
     return total, norm, state
 
 
-def train_epoch(s, loss_fn, trainer, batches, on_batch=None):
-    """One pass over batches; returns {train_loss, grad_norm, tokens, train_s, first_bad_batch}."""
+class Sums:
+    """Running sums of an epoch: NLL and gradient norms on the device, tokens and seconds on the host."""
+
+    def __init__(self, ctx, saved=None):
+        saved = saved or {}
+        self.nll = nd.array([saved.get("nll", 0.0)], ctx=ctx)
+        self.norm = nd.array([saved.get("grad_norm", 0.0)], ctx=ctx)
+        self.tokens, self.seconds = saved.get("tokens", 0), saved.get("train_s", 0.0)
+
+    def read(self):
+        """The sums as plain numbers (a host sync), as saved in a mid-epoch checkpoint."""
+        return {"nll": float(self.nll.asscalar()), "grad_norm": float(self.norm.asscalar()),
+                "tokens": self.tokens, "train_s": self.seconds}
+
+
+def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=None, stop=None):
+    """Train batches[first:end], or up to the batch before which stop() is true, adding to sums.
+
+    Returns (batches done, carried state, index of the first batch whose loss or norm is not finite)."""
     grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
-    nll_sum, norm_sum = nd.zeros(1, ctx=s.ctx), nd.zeros(1, ctx=s.ctx)
-    tokens, state, start, checks = 0, None, time.perf_counter(), []
-    for i, (X, Y) in enumerate(batches):
-        X, Y = nd.array(X, ctx=s.ctx), nd.array(Y, ctx=s.ctx)
+    i, checks, start = first, [], time.perf_counter()
+    while i < end and not (stop and stop()):
+        X, Y = (nd.array(a, ctx=s.ctx) for a in batches[i])
         if state is None or not batches.carries_state:
             state = s.model.begin_state(X.shape[1], s.ctx)
         else:
             state = [h.detach() for h in state]  # truncated BPTT: keep the values, cut the graph
         total, norm, state = train_step(s.model, loss_fn, trainer, grads, X, Y, state, s.cfg.train)
-        nll_sum += total
-        norm_sum += norm
-        checks.append(total + norm)  # non-finite when either is: read once, at the end of the epoch
-        tokens += X.size
+        sums.nll += total
+        sums.norm += norm
+        checks.append(total + norm)  # non-finite when either is: read once, at the end
+        sums.tokens += X.size
+        i += 1
         if on_batch:
-            on_batch(i + 1, len(batches), tokens, lambda t=tokens: nll_sum.asscalar() / t)
-    nll = float(nll_sum.asscalar())  # the one host sync of the epoch, so the timing below is honest
-    seconds = time.perf_counter() - start
-    bad = np.flatnonzero(~np.isfinite(nd.concat(*checks, dim=0).asnumpy()))
-    return {"train_loss": nll / tokens, "grad_norm": float(norm_sum.asscalar()) / len(batches),
-            "tokens": tokens, "train_s": seconds, "first_bad_batch": int(bad[0]) if len(bad) else None}
+            on_batch(i, len(batches), sums.tokens, lambda t=sums.tokens: sums.nll.asscalar() / t)
+    nd.waitall()  # the one host sync of the stretch, so the timing below is honest
+    sums.seconds += time.perf_counter() - start
+    bad = np.flatnonzero(~np.isfinite(nd.concat(*checks, dim=0).asnumpy())) if checks else []
+    return i, state, first + int(bad[0]) if len(bad) else None
 
 
 def evaluate(model, ids, batch_size, seq_len, ctx):
@@ -124,13 +140,21 @@ def make_trainer(model, tcfg):
 
 @dataclass
 class Progress:
-    """Where a run stands: epochs done, best checkpoint metric (a loss), training seconds spent,
-    the learning-rate factor left by divergence rollbacks and how many there were."""
+    """Where a run stands: epochs done, batches done of the next epoch (after a mid-epoch checkpoint)
+    with that epoch's running sums and carried hidden state, the best checkpoint metric (a loss),
+    training seconds spent, and the learning-rate factor left by divergence rollbacks and their count."""
     epoch: int = 0
+    step: int = 0
+    partial: dict = None
+    hidden: list = None
     best: float = math.inf
     elapsed: float = 0.0
     lr_scale: float = 1.0
     rollbacks: int = 0
+
+
+class Interrupted(Exception):
+    """Training stopped because stop() turned true; the checkpoint of where it stopped is saved."""
 
 
 def checkpoint_metric(record):
@@ -141,54 +165,83 @@ def checkpoint_metric(record):
 def restore(s, run, trainer):
     """Load the run's last checkpoint into s.model and trainer; return where it stands."""
     state = run.read_state()
-    done = state.get("epoch", 0)
-    if not done:
+    done, step, partial = state.get("epoch", 0), state.get("step", 0), state.get("partial")
+    if not done and not step:
         return Progress()
-    run.load_last(s.model, trainer, s.ctx)
+    hidden = run.load_last(s.model, trainer, s.ctx)
     records = run.keep_metrics(done)
-    return Progress(done, min(map(checkpoint_metric, records)), records[-1]["elapsed_s"], state.get("lr_scale", 1.0))
+    elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
+    return Progress(done, step, partial, hidden, min(map(checkpoint_metric, records), default=math.inf), elapsed,
+                    state.get("lr_scale", 1.0))
 
 
-def _recover(s, run, trainer, progress, epoch, step):
-    """After a non-finite loss or gradient: stop with an error, or (rollback) reload the last checkpoint,
-    halve the learning rate and return the trainer to go on with."""
+def _recover(s, run, trainer, progress, saved, epoch, step):
+    """After a non-finite loss or gradient: stop with an error, or (rollback) reload the last checkpoint
+    and halve the learning rate; return the trainer and progress to go on from."""
     if s.cfg.train.on_divergence == "stop" or progress.rollbacks == MAX_ROLLBACKS:
         raise CharlmError(f"training diverged at step {step} (epoch {epoch}): the loss or gradient norm is not "
                           f"finite; the best and last good checkpoints are kept: lower --lr, set --grad-clip, "
                           f"or use --on-divergence rollback")
-    progress.rollbacks, progress.lr_scale = progress.rollbacks + 1, progress.lr_scale / 2
-    log.warning("diverged at step %d (epoch %d): back to the checkpoint of epoch %d, learning rate x%g "
-                "(rollback %d of %d)", step, epoch, epoch - 1, progress.lr_scale, progress.rollbacks, MAX_ROLLBACKS)
-    if epoch > 1:
-        run.load_last(s.model, trainer, s.ctx)
-        return trainer
-    mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
-    s.model.initialize(mx.init.Xavier(), ctx=s.ctx, force_reinit=True)
-    return make_trainer(s.model, s.cfg.train)
+    rollbacks, lr_scale = progress.rollbacks + 1, progress.lr_scale / 2
+    log.warning("diverged at step %d (epoch %d): back to the last checkpoint, learning rate x%g (rollback %d of %d)",
+                step, epoch, lr_scale, rollbacks, MAX_ROLLBACKS)
+    if saved:
+        progress = restore(s, run, trainer)
+    else:
+        mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
+        s.model.initialize(mx.init.Xavier(), ctx=s.ctx, force_reinit=True)
+        trainer, progress = make_trainer(s.model, s.cfg.train), Progress()
+    progress.rollbacks, progress.lr_scale = rollbacks, lr_scale
+    return trainer, progress
 
 
-def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None):
-    """Train up to cfg.train.epochs (from `progress` when resuming), evaluating, checkpointing and
-    sampling after each epoch; return the best checkpoint metric."""
+def _stretch_seed(seed, epoch, step):
+    """The dropout seed for the batches of `epoch` from `step` on; reseeding at every checkpoint boundary
+    (MXNet cannot save its generator's state) lets a run resumed there draw the same masks."""
+    return int(np.random.default_rng([seed, epoch, step]).integers(2**31))
+
+
+def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=None):
+    """Train up to cfg.train.epochs (from `progress` when resuming), checkpointing every
+    train.checkpoint_every batches and after each epoch, evaluating and sampling after each epoch;
+    return the best checkpoint metric. Once stop() is true, saves a checkpoint and raises Interrupted."""
     tcfg, dcfg = s.cfg.train, s.cfg.data
-    trainer, progress = trainer or make_trainer(s.model, tcfg), progress or Progress()
+    trainer, p = trainer or make_trainer(s.model, tcfg), progress or Progress()
     loss_fn = models.TokenNLL()
     loss_fn.hybridize(static_alloc=True, static_shape=True)
-    best, start = progress.best, time.perf_counter() - progress.elapsed
-    epoch = progress.epoch + 1
-    while epoch <= tcfg.epochs:
-        trainer.set_learning_rate(tcfg.lr * progress.lr_scale * tcfg.lr_decay ** (epoch - 1))
+    start, saved, every = time.perf_counter() - p.elapsed, bool(p.epoch or p.step), tcfg.checkpoint_every
+    while p.epoch < tcfg.epochs:
+        epoch = p.epoch + 1
+        trainer.set_learning_rate(tcfg.lr * p.lr_scale * tcfg.lr_decay ** (epoch - 1))
         # Batch order and dropout are drawn from (seed, epoch) alone, so an epoch replays exactly.
         rng = np.random.default_rng([tcfg.seed, epoch])
-        mx.random.seed(int(rng.integers(2**31)))
+        epoch_seed = int(rng.integers(2**31))
         batches = data.ITERATORS[dcfg.iterator](s.train_ids, dcfg.batch_size, dcfg.seq_len, rng)
-        stats = train_epoch(s, loss_fn, trainer, batches, on_batch)
-        if stats["first_bad_batch"] is not None:
-            step = (epoch - 1) * len(batches) + stats["first_bad_batch"] + 1
-            trainer = _recover(s, run, trainer, progress, epoch, step)
-            continue  # the same epoch again, from the last checkpoint
-        record = {"epoch": epoch, **scores("train_", stats["train_loss"]), "lr": trainer.learning_rate,
-                  "grad_norm": stats["grad_norm"], "tokens_per_s": stats["tokens"] / stats["train_s"]}
+        step, state, sums = p.step, p.hidden, Sums(s.ctx, p.partial)
+        mx.random.seed(_stretch_seed(tcfg.seed, epoch, step) if step else epoch_seed)
+        bad = None
+        while step < len(batches):
+            end = min(len(batches), (step // every + 1) * every) if every else len(batches)
+            done, state, bad = train_steps(s, loss_fn, trainer, batches, step, end, sums, state, on_batch, stop)
+            if bad is not None:
+                trainer, p = _recover(s, run, trainer, p, saved, epoch, (epoch - 1) * len(batches) + bad + 1)
+                break  # on from the last checkpoint
+            if done == len(batches):
+                break
+            if done > step:  # a checkpoint boundary, or a stop with batches trained since the last checkpoint
+                p.step, p.partial, p.hidden = done, {**sums.read(), "elapsed_s": time.perf_counter() - start}, state
+                run.save_position(s.model, trainer, p.epoch, done, p.partial,
+                                  state if batches.carries_state else None, p.lr_scale)
+                saved = True
+            if done < end:
+                raise Interrupted()
+            mx.random.seed(_stretch_seed(tcfg.seed, epoch, done))
+            step = done
+        if bad is not None:
+            continue
+        stats = sums.read()
+        record = {"epoch": epoch, **scores("train_", stats["nll"] / stats["tokens"]), "lr": trainer.learning_rate,
+                  "grad_norm": stats["grad_norm"] / len(batches), "tokens_per_s": stats["tokens"] / stats["train_s"]}
         if len(s.val_ids):
             nll, tokens = evaluate(s.model, s.val_ids, dcfg.batch_size, dcfg.seq_len, s.ctx)
             record.update(scores("val_", nll / tokens))
@@ -197,10 +250,10 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None):
             raise CharlmError(f"training diverged in epoch {epoch} (validation loss {record.get('val_loss')}); "
                               f"the best and last good checkpoints are kept: lower --lr or set --grad-clip")
         metric = checkpoint_metric(record)
-        run.save_checkpoint(s.model, trainer, record, is_best=metric < best, lr_scale=progress.lr_scale)
-        best = min(best, metric)
+        run.save_checkpoint(s.model, trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale)
+        saved, p.best = True, min(p.best, metric)
+        p.epoch, p.step, p.partial, p.hidden, p.elapsed = epoch, 0, None, None, record["elapsed_s"]
         samples = _samples(s) if tcfg.sample_every and epoch % tcfg.sample_every == 0 else []
         if on_epoch:
             on_epoch(record, samples)
-        epoch += 1
-    return best
+    return p.best

@@ -62,6 +62,11 @@ def _fewer_characters(run):
     vocab.write_text(json.dumps({"chars": chars[:-1]}))
 
 
+def _damage_optimizer_state(run):
+    states = next(run.glob("last-*.states"))
+    states.write_bytes(states.read_bytes()[:20])
+
+
 def _disk_full():
     return mock.patch("charlm.run.os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device"))
 
@@ -87,6 +92,8 @@ CASES = [
     ("`--batch-size -1`", lambda ws: _train(ws, "--batch-size", "-1"), "data.batch_size must be at least 1"),
     ("`--epochs 0`", lambda ws: _train(ws, "--epochs", "0"), "train.epochs must be at least 1"),
     ("`--hidden-size 0`", lambda ws: _train(ws, "--hidden-size", "0"), "model.hidden_size must be at least 1"),
+    ("`--checkpoint-every -1`", lambda ws: _train(ws, "--checkpoint-every", "-1"),
+     "train.checkpoint_every must not be negative"),
     ("`--val-frac 1`", lambda ws: _train(ws, "--val-frac", "1"), "data.val_frac must be in [0, 1)"),
     ("unknown cell", lambda ws: _train(ws, "--cell", "transformer"), "Invalid value for '--cell'"),
     ("unknown optimizer", lambda ws: _train(ws, "--optimizer", "lion"), "Invalid value for '--optimizer'"),
@@ -105,6 +112,9 @@ CASES = [
     ("vocabulary that does not match the parameters",
      lambda ws: ["generate", "the", "--run", str(ws.damaged_run("vocab", _fewer_characters))],
      "params-best.params cannot be loaded"),
+    ("damaged optimizer state on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("states", _damage_optimizer_state)), "--epochs", "2"],
+     "last-e1-s0.states (optimizer state) cannot be loaded"),
     ("prefix with characters outside the vocabulary", lambda ws: ["generate", "the €", "--run", str(ws.run)],
      "prefix characters not in the model's vocabulary: '€'"),
     ("empty prefix", lambda ws: ["generate", "", "--run", str(ws.run)], "the prefix is empty"),

@@ -164,10 +164,14 @@ def test_a_signal_stops_at_a_batch_boundary_keeps_the_checkpoint_and_says_how_to
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code
     assert f"Resume with: charlm train --resume {runs / 'r'}" in err and "Traceback" not in err
-    done = json.loads((runs / "r" / "state.json").read_text())["epoch"]
+    state = json.loads((runs / "r" / "state.json").read_text())
+    done, step = state["epoch"], state["step"]  # saved where it stopped, mid-epoch as a rule
     assert done >= 2 and len(metrics.read_text().splitlines()) == done
+    assert (f"the checkpoint of epoch {done + 1} after batch {step} is saved" if step
+            else f"the checkpoint of the end of epoch {done} is saved") in err
     resumed = invoke("train", "--resume", runs / "r", "--epochs", done + 1)
     assert resumed.exit_code == 0, resumed.output
+    assert (f"and {step} batches of epoch {done + 1}" in resumed.stdout) == bool(step)
 
 
 def test_a_run_in_training_refuses_a_second_training_and_a_stale_lock_is_taken_over(trained):
@@ -190,7 +194,7 @@ def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(corpus, tmp_path
     runs, rng = tmp_path / "runs", __import__("random").Random(0)
     args = [a for a in TINY if a not in ("--epochs", "2")]
     start = [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--runs-dir", str(runs), "--name", "k",
-             *args, "--epochs", "100000"]
+             *args, "--epochs", "100000", "--checkpoint-every", "5"]  # mid-epoch checkpoints get killed too
     resume = [sys.executable, "-m", "charlm", "train", "--resume", str(runs / "k"), "--epochs", "100000"]
     for attempt in range(5):
         proc = subprocess.Popen(resume if attempt else start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -22,7 +22,7 @@ def test_run_directory_holds_everything_to_rebuild_the_model(saved):
     s, r = saved
     names = {p.name for p in r.path.iterdir()}
     assert {"config.yaml", "vocab.json", "state.json", "metrics.jsonl", "params-best.params",
-            "params-last.params", "trainer-last.states"} <= names
+            "last-e1-s0.params", "last-e1-s0.states"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     assert r.config() == s.cfg and r.vocab().chars == s.vocab.chars
     assert r.metrics() == [{"epoch": 1, "train_loss": 2.0}]

@@ -142,13 +142,83 @@ def test_rollback_reloads_the_last_checkpoint_with_half_the_learning_rate(tiny_c
 def test_rollback_gives_up_after_three_tries(tiny_cfg, monkeypatch):
     tiny_cfg.train.on_divergence = "rollback"
     s = train.setup(tiny_cfg, mx.cpu())
-    real, tries = train.train_epoch, []
+    real, tries = train.train_steps, []
 
-    def always_bad(*args):
+    def always_bad(s, loss_fn, trainer, batches, first, *args):
         tries.append(1)
-        return {**real(*args), "first_bad_batch": 0}
+        done, state, _ = real(s, loss_fn, trainer, batches, first, *args)
+        return done, state, first
 
-    monkeypatch.setattr(train, "train_epoch", always_bad)
+    monkeypatch.setattr(train, "train_steps", always_bad)
     with pytest.raises(CharlmError, match="diverged at step 1"):
         train.fit(s, NoRun())
     assert len(tries) == 1 + train.MAX_ROLLBACKS
+
+
+def train_in(tiny_cfg, path, stop_after=None):
+    """Train tiny_cfg into run directory path, stopping before batch `stop_after` (counted over the run)."""
+    from charlm.run import Run
+    s = train.setup(tiny_cfg, mx.cpu())
+    run = Run.create(path.parent, path.name) if not path.exists() else Run(path)
+    trainer = train.make_trainer(s.model, tiny_cfg.train)
+    if path.joinpath("state.json").exists():
+        progress = train.restore(s, run, trainer)
+    else:
+        run.start(tiny_cfg, s.vocab)
+        progress = None
+    seen = []
+    try:
+        train.fit(s, run, trainer, progress, on_batch=lambda *a: seen.append(1),
+                  stop=lambda: stop_after is not None and len(seen) == stop_after)
+    except train.Interrupted:
+        return run, None
+    return run, [v.data().asnumpy() for v in s.model.collect_params().values()]
+
+
+@pytest.mark.parametrize("dropout, every, stop_after", [
+    (0.3, 10, 30),   # at a checkpoint boundary: dropout masks replay too
+    (0.0, 10, 44),   # anywhere else (Ctrl-C): exact when there is no dropout to replay
+    (0.0, 0, 80),    # in the second epoch without checkpoint_every: Ctrl-C still saves where it stopped
+])
+def test_a_run_stopped_mid_epoch_resumes_exactly(tiny_cfg, tmp_path, dropout, every, stop_after):
+    tiny_cfg.data.iterator, tiny_cfg.model.dropout, tiny_cfg.train.checkpoint_every = "sequential", dropout, every
+    whole, expected = train_in(tiny_cfg, tmp_path / "whole")
+    cut, stopped = train_in(tiny_cfg, tmp_path / "cut", stop_after)
+    assert stopped is None
+    state = cut.read_state()
+    per_epoch = len(data.SequentialBatches(train.setup(tiny_cfg, mx.cpu()).train_ids, 4, 8, np.random.default_rng(0)))
+    assert (state["epoch"], state["step"]) == divmod(stop_after, per_epoch)
+    assert sorted(p.name for p in cut.path.glob("last-*")) == [
+        f"last-e{state['epoch']}-s{state['step']}.{ext}" for ext in ("hidden", "params", "states")]
+    _, got = train_in(tiny_cfg, tmp_path / "cut")
+    for a, b in zip(whole.metrics(), cut.metrics(), strict=True):
+        for key in ("train_loss", "val_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_mid_epoch_checkpoints_do_not_change_training_without_dropout(tiny_cfg, tmp_path):
+    tiny_cfg.model.dropout = 0.0
+    _, plain = train_in(tiny_cfg, tmp_path / "plain")
+    tiny_cfg.train.checkpoint_every = 7
+    run, checkpointed = train_in(tiny_cfg, tmp_path / "every7")
+    for a, b in zip(plain, checkpointed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert run.read_state()["last"] == "e2-s0" and len(list(run.path.glob("last-*"))) == 2  # old ones removed
+
+
+def test_rollback_goes_back_to_a_mid_epoch_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    """A NaN after a mid-epoch checkpoint rolls back to it, not to the start of the epoch."""
+    tiny_cfg.train.on_divergence, tiny_cfg.train.checkpoint_every, tiny_cfg.train.epochs = "rollback", 20, 1
+    real, starts = train.train_steps, []
+
+    def nan_once_at_40(s, loss_fn, trainer, batches, first, *args):
+        starts.append(first)
+        done, state, bad = real(s, loss_fn, trainer, batches, first, *args)
+        return done, state, 45 if first == 40 and starts.count(40) == 1 else bad
+
+    monkeypatch.setattr(train, "train_steps", nan_once_at_40)
+    run, _ = train_in(tiny_cfg, tmp_path / "r")
+    assert starts[:5] == [0, 20, 40, 40, 60]
+    assert run.read_state()["lr_scale"] == 0.5 and [r["epoch"] for r in run.metrics()] == [1]
