@@ -120,8 +120,9 @@ def _new_run(config_files, typed, sets, runs_dir, name, gpu):
     from .run import Run
 
     cfg = configs.resolve(config_files, typed, sets)
-    if cfg.data.path:
-        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())  # reproducible from any directory
+    for key in ("path", "valid_path", "test_path"):
+        if getattr(cfg.data, key):  # absolute: the run reproduces from any directory
+            setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).expanduser().resolve()))
     s = training.setup(cfg, engine.context(gpu))
     run = Run.create(runs_dir, name)
     try:
@@ -145,7 +146,7 @@ def _resumed_run(run, epochs, gpu):
         click.echo(f"{run.path} has trained {done} of {cfg.train.epochs} epochs: give --epochs to extend it")
         return None
     s = training.setup(cfg, engine.context(gpu))
-    if s.vocab.chars != run.vocab().chars:
+    if s.vocab.tokens != run.vocab().tokens:
         raise CharlmError(f"the text of {run.path} has changed since the run started (other characters)")
     run.start(cfg, s.vocab, fresh=False)
     trainer = training.make_trainer(s.model, cfg.train)
@@ -157,8 +158,10 @@ def _fit(s, run, trainer, progress):
     from . import train as training
 
     cfg = s.cfg
+    unit = "word" if cfg.data.level == "word" else "character"
     click.echo(f"run {run.path} | {cfg.model.cell} | {sum(p.data().size for p in s.model.collect_params().values()):,}"
-               f" parameters | {len(s.vocab)} characters | {len(s.train_ids):,} train / {len(s.val_ids):,} val"
+               f" parameters | {len(s.vocab):,}-{unit} vocabulary | {len(s.train_ids):,} train / {len(s.val_ids):,} val"
+               + (f" | {s.split_lines:,} lines longer than the largest bucket split" if s.split_lines else "")
                + (f" | resuming after epoch {progress.epoch}" if progress else "")
                + (f" and {progress.step} batches of epoch {progress.epoch + 1}" if progress and progress.step else ""))
     bar, stop = _ProgressBar(), _StopRequest()
@@ -177,7 +180,11 @@ def _fit(s, run, trainer, progress):
         stop.restore()
     run.finish()
     metric = "val" if len(s.val_ids) else "train"
-    click.echo(f"done | best {metric} ppl {training.perplexity(best):.3f} | {run.path}")
+    test = ""
+    if cfg.data.test_path:
+        scores = training.test(s, run)
+        test = f" | test ppl {scores['test_ppl']:.3f}"
+    click.echo(f"done | best {metric} ppl {training.perplexity(best):.3f}{test} | {run.path}")
 
 
 @main.group("config")
@@ -342,31 +349,78 @@ def generate(prefix, length, temperature, top_k, seed, run_dir, runs_dir, gpu):
 
 @main.command("eval")
 @click.option("--data", "data_path", type=click.Path(), default=None,
-              help="text file to score  [default: the run's validation split]")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object: loss, ppl, bpc, tokens")
+              help="text file to score  [default: the run's validation text]")
+@click.option("--task", type=click.Choice(["lm", "addition"]), default="lm",
+              help="lm: loss and perplexity; addition: exact-match accuracy of greedy answers after `=`")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a line")
 @RUN
 @RUNS_DIR
 @GPU
 @_user_errors
-def evaluate(data_path, as_json, run_dir, runs_dir, gpu):
-    """Loss (nats), perplexity and bits per character of the run's best model."""
+def evaluate(data_path, task, as_json, run_dir, runs_dir, gpu):
+    """Perplexity (per word at word level, with bits per character at char level) of the run's best
+    model, or its accuracy on addition lines."""
     from . import data, engine, train as training
     from .run import find
 
     run = find(run_dir, runs_dir)
     cfg, vocab = run.config(), run.vocab()
     d = cfg.data
+    if task == "addition":
+        return _eval_addition(run, vocab, data_path, as_json, gpu)
     if data_path:
         ids = data.corpus_of(d, data_path, vocab)[1]
+    elif d.valid_path:
+        ids = data.corpus_of(d, d.valid_path, vocab)[1]
     else:
         if not d.val_frac:
             raise CharlmError(f"{run.path} has no validation split (val_frac 0): pass --data FILE")
-        ids = data.split(data.corpus_of(d, vocab=vocab)[1], d.val_frac)[1]
+        ids = training.split_text(cfg, vocab, data.corpus_of(d, vocab=vocab)[1])[1]
     ctx = engine.context(gpu)
-    nll, tokens = training.evaluate(run.load_model(ctx), ids, d.batch_size, d.seq_len, ctx)
-    result = {**training.scores("", nll / tokens), "tokens": tokens}
+    nll, tokens = training.evaluate(run.load_model(ctx), ids, cfg, vocab, ctx)
+    result = {**training.scores("", nll / tokens, d.level), "tokens": tokens}
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"loss {result['loss']:.4f} | ppl {result['ppl']:.3f} | bpc {result['bpc']:.3f}"
-                   f" | {tokens:,} tokens")
+        per = "per word" if d.level == "word" else f"| bpc {result['bpc']:.3f}"
+        click.echo(f"loss {result['loss']:.4f} | ppl {result['ppl']:.3f} {per} | {tokens:,} tokens")
+
+
+def _eval_addition(run, vocab, data_path, as_json, gpu):
+    from . import addition, data, engine
+
+    if not data_path:
+        raise CharlmError("--task addition needs --data FILE of lines a+b=c (see `charlm data addition`)")
+    path = data.check_file(Path(data_path))
+    lines = [line for line in data.read_text(path).splitlines() if line.strip()]
+    d, ctx = run.config().data, engine.context(gpu)
+    start = vocab.bos if d.mode == "lines" else vocab.eos
+    if vocab.level != "char" or start is None:
+        raise CharlmError(f"{run.path} is not a character model trained on lines: it cannot answer a+b=")
+    result = {"accuracy": addition.accuracy(run.load_model(ctx), vocab, start, lines, ctx), "count": len(lines)}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"accuracy {result['accuracy']:.4f} | {result['count']:,} lines")
+
+
+@main.group("data")
+def data_group():
+    """Make datasets."""
+
+
+@data_group.command("addition")
+@click.option("--digits", default=8, show_default=True, help="numbers of up to this many digits")
+@click.option("--count", default=50000, show_default=True, help="lines to write")
+@click.option("--seed", default=1, show_default=True, help="random seed (use another one for a test set)")
+@click.option("--base", default=10, show_default=True, help="number base (2 for the binary-adder tutorial)")
+@click.option("--msd-first", is_flag=True, help="write the most significant digit first  [default: least first]")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="file to write")
+@_user_errors
+def data_addition(digits, count, seed, base, msd_first, output):
+    """Write lines a+b=c: the memory task of the binary-adder tutorial, in decimal by default."""
+    from .addition import make_lines
+    from .run import write_text
+
+    write_text(output, "\n".join(make_lines(digits, count, seed, base, msd_first)) + "\n")
+    click.echo(f"wrote {count:,} lines to {output}")

@@ -12,6 +12,7 @@ import yaml
 from .errors import CharlmError
 
 CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
+GATES = CELLS[:3]  # the scratch cells: no embedding, no stacking, no dropout
 
 
 def _opt(default, help, **meta):
@@ -25,14 +26,26 @@ def _opt(default, help, **meta):
 class DataConfig:
     path: typing.Optional[str] = _opt(None, "UTF-8 text file to train on (default: the bundled Time Machine)",
                                       flag="data")
+    valid_path: typing.Optional[str] = _opt(None, "separate validation text (then val_frac is not used)",
+                                            flag="valid-data")
+    test_path: typing.Optional[str] = _opt(None, "test text, scored with the best parameters after training",
+                                           flag="test-data")
+    level: str = _opt("char", "tokens: characters, or whitespace-separated words", choices=("char", "word"))
+    min_freq: int = _opt(1, "word level: words seen fewer times read as <unk>")
+    max_vocab: int = _opt(0, "word level: at most this many tokens, <unk> and <eos> included (0 = no cap)")
+    mode: str = _opt("stream", "the text as one stream, or each line its own padded sequence",
+                     choices=("stream", "lines"))
+    buckets: typing.List[int] = _opt([], "lines mode: padded lengths to group lines by ([] = chosen from the "
+                                         "line lengths); longer lines are split", flag=None)
     encoding: str = _opt("utf-8", "text encoding of the data file")
     errors: str = _opt("strict", "bytes that do not decode: an error, or replace them with U+FFFD, or drop them",
                        choices=("strict", "replace", "ignore"))
     lowercase: bool = _opt(True, "lowercase the text, as the tutorial does")
     strip_newlines: bool = _opt(False, "delete newlines, as the tutorial does")
+    letters_only: bool = _opt(False, "turn every run of non-letters into one space, as d2l does")
     max_chars: int = _opt(0, "keep only the first N characters after normalising (0 = all)")
     val_frac: float = _opt(0.1, "fraction of the corpus held out as the validation tail")
-    iterator: str = _opt("sequential", "batching: random windows or sequential streams",
+    iterator: str = _opt("sequential", "stream mode batching: random windows or sequential streams",
                          choices=("random", "sequential"))
     seq_len: int = _opt(32, "time steps per batch (T)")
     batch_size: int = _opt(16, "sequences per batch (N)")
@@ -45,6 +58,8 @@ class ModelConfig:
     hidden_size: int = _opt(256, "hidden units per layer")
     num_layers: int = _opt(2, "stacked layers (Gluon cells)")
     dropout: float = _opt(0.5, "dropout on embeddings, between layers and on outputs (Gluon cells)")
+    tie_weights: bool = _opt(False, "share the embedding matrix with the output layer (needs embed_size = "
+                                    "hidden_size)")
 
 
 @dataclass
@@ -52,6 +67,8 @@ class TrainConfig:
     optimizer: str = _opt("adam", "optimizer", choices=("sgd", "adam"))
     lr: float = _opt(3e-3, "learning rate")
     lr_decay: float = _opt(0.93, "multiply the learning rate by this after each epoch (1 = constant)")
+    plateau_factor: float = _opt(1.0, "multiply the learning rate by this after an epoch that did not improve "
+                                      "the validation loss (1 = off)")
     grad_clip: float = _opt(1.0, "rescale gradients whose global L2 norm exceeds this (0 = off)")
     loss_reduction: str = _opt("mean", "loss the gradient is taken of: mean or sum over the batch's tokens",
                                choices=("mean", "sum"))
@@ -103,6 +120,8 @@ def _check_type(key, f, value):
         str: isinstance(value, str),
         typing.Optional[str]: value is None or isinstance(value, str),
         typing.List[str]: isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+        typing.List[int]: isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   for v in value),
     }[kind]
     if not ok:
         name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
@@ -111,7 +130,7 @@ def _check_type(key, f, value):
         raise CharlmError(f"{key}: {value!r} is not one of {', '.join(f.metadata['choices'])}")
     if kind is float:
         return float(value)
-    if kind == typing.List[str]:
+    if kind in (typing.List[str], typing.List[int]):
         return list(value)
     return value
 
@@ -194,11 +213,12 @@ def validate(cfg):
     """Raise a CharlmError for values no run can use."""
     positive = [("data", "seq_len"), ("data", "batch_size"), ("model", "hidden_size"), ("model", "num_layers"),
                 ("train", "epochs"), ("train", "sample_length")]
+    positive += [("data", "min_freq")]
     for section, name in positive:
         if getattr(getattr(cfg, section), name) < 1:
             raise CharlmError(f"{section}.{name} must be at least 1, got {getattr(getattr(cfg, section), name)}")
     for section, name in [("data", "max_chars"), ("model", "embed_size"), ("train", "grad_clip"),
-                          ("train", "sample_every"), ("train", "checkpoint_every")]:
+                          ("train", "sample_every"), ("train", "checkpoint_every"), ("data", "max_vocab")]:
         if getattr(getattr(cfg, section), name) < 0:
             raise CharlmError(f"{section}.{name} must not be negative")
     if not 0 <= cfg.data.val_frac < 1:
@@ -207,8 +227,19 @@ def validate(cfg):
         raise CharlmError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if not 0 < cfg.train.lr < math.inf:
         raise CharlmError(f"train.lr must be a positive number, got {cfg.train.lr}")
-    if not 0 < cfg.train.lr_decay <= 1:
-        raise CharlmError(f"train.lr_decay must be in (0, 1], got {cfg.train.lr_decay}")
+    for name in ("lr_decay", "plateau_factor"):
+        if not 0 < getattr(cfg.train, name) <= 1:
+            raise CharlmError(f"train.{name} must be in (0, 1], got {getattr(cfg.train, name)}")
+    buckets = cfg.data.buckets
+    if buckets and (min(buckets) < 1 or buckets != sorted(set(buckets))):
+        raise CharlmError(f"data.buckets must be increasing positive lengths, got {buckets}")
+    if 0 < cfg.data.max_vocab < 3:
+        raise CharlmError(f"data.max_vocab must be 0 (no cap) or at least 3 (<unk>, <eos> and a word), "
+                          f"got {cfg.data.max_vocab}")
+    m = cfg.model
+    if m.tie_weights and (m.cell in GATES or m.embed_size != m.hidden_size):
+        raise CharlmError(f"model.tie_weights needs a Gluon cell (rnn, lstm, gru) with embed_size = hidden_size, "
+                          f"got {m.cell} with embed_size {m.embed_size} and hidden_size {m.hidden_size}")
 
 
 def to_dict(cfg):

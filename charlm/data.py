@@ -2,6 +2,7 @@
 and the two batch iterators (random windows and sequential streams), all yielding (T, N)."""
 import codecs
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 
 from .errors import CharlmError
 
+BOS, EOS = "\x02", "\n"  # in lines mode: ASCII start-of-text opens a line, the line break ends it
+_NON_LETTERS = re.compile("[^A-Za-z]+")
 CHUNK = 1 << 22  # bytes read per step: bounds the temporaries, whatever the size of the corpus
 UNICODE = 0x110000  # code points
 
@@ -20,13 +23,14 @@ def corpus_path(path):
     return Path(path).expanduser()
 
 
-def _normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors):
+def normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors, letters_only=False):
     """The file's text, read once in CHUNK-byte steps, with the tutorial's normalisations in its order."""
     try:
         codec = codecs.lookup(encoding).name
     except LookupError:
         raise CharlmError(f"unknown text encoding {encoding!r}") from None
     decoder, offset, held, left = codecs.getincrementaldecoder(codec)(errors), 0, "", max_chars or -1
+    spaced = False
     with open(path, "rb") as f:
         while left:
             raw = f.read(CHUNK)
@@ -47,6 +51,11 @@ def _normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, err
                 text = text.lower()
             if strip_newlines:
                 text = text.replace("\n", "")
+            if letters_only:
+                text = letters(text)
+                if text.startswith(" ") and spaced:
+                    text = text[1:]  # the run of non-letters began in the last chunk
+                spaced = text.endswith(" ") or (spaced and not text)
             if left > 0:
                 text, left = text[:left], left - min(left, len(text))
             if text:
@@ -55,23 +64,38 @@ def _normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, err
                 return
 
 
-def load_corpus(path, lowercase=False, strip_newlines=False, max_chars=0, encoding="utf-8", errors="strict",
-                vocab=None):
-    """Read a text file once into (vocab, ids), ids in the smallest unsigned type; the vocabulary is the
-    text's own unless one is given, in which case characters outside it are an error naming them."""
-    path = corpus_path(path)
+def check_file(path):
+    """Return path if it is an existing file, else raise a CharlmError saying what it is."""
     if not path.exists():
         raise CharlmError(f"data file not found: {path}")
     if path.is_dir():
         raise CharlmError(f"data path is a directory, not a text file: {path}")
+    return path
+
+
+def read_text(path):
+    """A whole UTF-8 text file, with the corpus reader's clear errors."""
+    return "".join(normalised_chunks(check_file(path), False, False, 0, "utf-8", "strict"))
+
+
+def letters(text):
+    """d2l's normalisation: every run of characters other than ASCII letters becomes one space."""
+    return _NON_LETTERS.sub(" ", text)
+
+
+def load_corpus(path, lowercase=False, strip_newlines=False, max_chars=0, encoding="utf-8", errors="strict",
+                vocab=None, extra="", letters_only=False):
+    """Read a text file once into (vocab, ids), ids in the smallest unsigned type; the vocabulary is the
+    text's own (plus the characters of extra) unless one is given, in which case characters outside it
+    are an error naming them."""
+    path = check_file(corpus_path(path))
     # Ids are assigned by first appearance, then renumbered in sorted order at the end: one pass.
     lut = np.full(UNICODE, -1, dtype=np.int64)
-    if vocab is not None:
-        lut[vocab._points] = np.arange(len(vocab))
-    seen = [] if vocab is None else list(vocab._points)
+    seen = list(vocab._points) if vocab is not None else list(dict.fromkeys(_codepoints(extra)))
+    lut[seen] = np.arange(len(seen))
     # A character per byte at most, except where lowercasing expands one (İ -> i̇ in one-byte codepages).
     ids, n, unknown = np.empty(path.stat().st_size, dtype=np.uint8 if vocab is None else vocab.dtype), 0, set()
-    for text in _normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors):
+    for text in normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors, letters_only):
         points = _codepoints(text)
         chunk = lut[points]
         new = np.unique(points[chunk < 0])
@@ -82,7 +106,7 @@ def load_corpus(path, lowercase=False, strip_newlines=False, max_chars=0, encodi
             lut[new], seen = np.arange(len(seen), len(seen) + len(new)), seen + list(new)
             chunk = lut[points]
         if len(seen) > np.iinfo(ids.dtype).max + 1:
-            ids = ids.astype(_id_dtype(len(seen)))
+            ids = ids.astype(id_dtype(len(seen)))
         if n + len(chunk) > len(ids):
             ids = np.concatenate([ids, np.empty(max(len(chunk), len(ids) // 8), dtype=ids.dtype)])
         ids[n:n + len(chunk)] = chunk
@@ -103,12 +127,27 @@ def load_corpus(path, lowercase=False, strip_newlines=False, max_chars=0, encodi
 
 
 def corpus_of(d, path=None, vocab=None):
-    """(vocab, ids) of the text a DataConfig describes, or of all of another file read the same way."""
+    """(vocab, ids) of the text a DataConfig describes, or of all of another file read the same way.
+
+    In lines mode the vocabulary also holds the line-start and line-end tokens."""
+    lines = d.mode == "lines"
+    if d.level == "word":
+        from . import words
+        return words.load_words(d, path, vocab, bos=lines)
     return load_corpus(path or d.path, d.lowercase, d.strip_newlines, 0 if path else d.max_chars, d.encoding,
-                       d.errors, vocab)
+                       d.errors, vocab, BOS + EOS if lines else "", d.letters_only)
 
 
-def _id_dtype(size):
+def vocab_from_json(text):
+    """A character or word vocabulary from its to_json text."""
+    doc = json.loads(text)
+    if doc.get("level") == "word":
+        from .words import WordVocab
+        return WordVocab(doc["tokens"])
+    return Vocab(doc["chars"])
+
+
+def id_dtype(size):
     """The smallest unsigned type that holds ids 0 .. size - 1."""
     return np.uint8 if size <= 2**8 else np.uint16 if size <= 2**16 else np.uint32
 
@@ -120,14 +159,17 @@ def _codepoints(text):
 class Vocab:
     """A sorted character vocabulary: ids are positions in the sorted list of distinct characters."""
 
+    level = "char"
+
     def __init__(self, chars):
-        self.chars = list(chars)
-        self.index = {c: i for i, c in enumerate(self.chars)}
-        self._points = _codepoints("".join(self.chars))
-        self.dtype = _id_dtype(len(self.chars))  # the smallest type keeps big corpora compact
+        self.tokens = list(chars)
+        self.index = {c: i for i, c in enumerate(self.tokens)}
+        self.bos, self.eos = self.index.get(BOS), self.index.get(EOS)
+        self._points = _codepoints("".join(self.tokens))
+        self.dtype = id_dtype(len(self.tokens))  # the smallest type keeps big corpora compact
 
     def __len__(self):
-        return len(self.chars)
+        return len(self.tokens)
 
     def unknown(self, text):
         """Characters of text that are not in the vocabulary, sorted."""
@@ -145,17 +187,13 @@ class Vocab:
         return ids.astype(self.dtype)
 
     def decode(self, ids):
-        """Integer ids back to text."""
-        return "".join(self.chars[int(i)] for i in ids)
+        """Integer ids back to text (without line-start marks)."""
+        return "".join(self.tokens[int(i)] for i in ids).replace(BOS, "")
 
     def to_json(self):
         """The vocabulary as a JSON string (a list of characters)."""
-        return json.dumps({"chars": self.chars}, ensure_ascii=False)
+        return json.dumps({"chars": self.tokens}, ensure_ascii=False)
 
-    @classmethod
-    def from_json(cls, text):
-        """Inverse of to_json."""
-        return cls(json.loads(text)["chars"])
 
 
 def split(ids, val_frac):
@@ -187,7 +225,7 @@ class RandomBatches:
 
     The hidden state is reset for every batch, since neighbouring rows are unrelated."""
 
-    carries_state = False
+    carries_state, padded = False, False
 
     def __init__(self, ids, batch_size, seq_len, rng):
         check_trainable(len(ids), batch_size, seq_len)
@@ -212,7 +250,7 @@ class SequentialBatches:
 
     Row n of one batch continues row n of the previous batch, so the hidden state is carried."""
 
-    carries_state = True
+    carries_state, padded = True, False
 
     def __init__(self, ids, batch_size, seq_len, rng=None, offset=None, partial=False):
         n = len(ids) - 1

@@ -1,4 +1,7 @@
 """Continuing a prefix: greedy (the tutorial's predict), or sampling with temperature and top-k."""
+import numpy as np
+
+from .data import letters
 from .engine import mx, nd
 from .errors import CharlmError
 
@@ -9,18 +12,23 @@ def normalise(prefix, data_cfg):
         prefix = prefix.lower()
     if data_cfg.strip_newlines:
         prefix = prefix.replace("\n", "")
+    if data_cfg.letters_only:
+        prefix = letters(prefix)
     return prefix
 
 
 def encode_prefix(prefix, vocab, data_cfg):
-    """Normalise and encode a prefix; empty or out-of-vocabulary prefixes are errors."""
+    """Normalise and encode a prefix (after the line-start token in lines mode); empty or out-of-vocabulary
+    prefixes are errors."""
     prefix = normalise(prefix, data_cfg)
-    if not prefix:
-        raise CharlmError("the prefix is empty: give at least one character to continue")
     unknown = vocab.unknown(prefix)
     if unknown:
         raise CharlmError(f"prefix characters not in the model's vocabulary: {''.join(unknown)!r}")
-    return vocab.encode(prefix)
+    ids = vocab.encode(prefix)
+    if not len(ids):
+        raise CharlmError(f"the prefix is empty: give at least one {'word' if vocab.level == 'word' else 'character'}"
+                          f" to continue")
+    return np.concatenate([[vocab.bos], ids]).astype(ids.dtype) if data_cfg.mode == "lines" else ids
 
 
 def _choose(logits, temperature, top_k):
@@ -46,4 +54,4 @@ def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None
         if i + 1 < length:
             logits, state = step(chosen[-1].reshape((1, 1)), state)
     ids = nd.concat(*chosen, dim=0).asnumpy() if chosen else []
-    return vocab.decode(prefix_ids) + vocab.decode(ids)
+    return vocab.decode(list(prefix_ids) + list(ids))

@@ -73,7 +73,7 @@ class ScratchLM(gluon.HybridBlock):
 class RNNLM(gluon.HybridBlock):
     """Embedding (or one-hot) -> Gluon's fused RNN/LSTM/GRU layers -> Dense, with dropout."""
 
-    def __init__(self, cell, vocab_size, embed_size, hidden_size, num_layers, dropout, **kwargs):
+    def __init__(self, cell, vocab_size, embed_size, hidden_size, num_layers, dropout, tie_weights=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         extra = {"activation": "tanh"} if cell == "rnn" else {}  # Gluon's RNN defaults to relu
@@ -82,7 +82,9 @@ class RNNLM(gluon.HybridBlock):
             self.drop = gluon.nn.Dropout(dropout)
             self.rnn = LAYERS[cell](hidden_size, num_layers, dropout=dropout, input_size=embed_size or vocab_size,
                                     **extra)
-            self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size)
+            # Tied: the output layer takes its weight from the embedding, found by the embedding's name.
+            tied = {"prefix": self.embedding.prefix, "params": self.embedding.params} if tie_weights else {}
+            self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size, **tied)
 
     def begin_state(self, batch_size, ctx):
         """Zero states of the rnn layer, each (layers, N, H)."""
@@ -139,7 +141,7 @@ def build(model_cfg, vocab_size, ctx):
         model = ScratchLM(model_cfg.cell, vocab_size, model_cfg.hidden_size)
     else:
         model = RNNLM(model_cfg.cell, vocab_size, model_cfg.embed_size, model_cfg.hidden_size,
-                      model_cfg.num_layers, model_cfg.dropout)
+                      model_cfg.num_layers, model_cfg.dropout, model_cfg.tie_weights)
     model.initialize(mx.init.Xavier(), ctx=ctx)
     model.hybridize(static_alloc=True, static_shape=True)
     return model

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from . import __version__, config as configs
-from .data import Vocab
+from .data import vocab_from_json
 from .errors import CharlmError
 
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
@@ -208,7 +208,7 @@ class Run:
 
     def vocab(self):
         """The run's vocabulary."""
-        return Vocab.from_json((self.path / VOCAB).read_text(encoding="utf-8"))
+        return vocab_from_json((self.path / VOCAB).read_text(encoding="utf-8"))
 
     def load_params(self, model, path, ctx):
         """Load the parameter file path into model."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import data, generate, model as models
+from . import data, generate, lines, model as models
 from .engine import autograd, gluon, mx, nd
 from .errors import CharlmError
 
@@ -24,9 +24,12 @@ def bits_per_char(loss):
     return loss / math.log(2)
 
 
-def scores(prefix, loss):
-    """Metrics of a mean NLL in nats: {prefix}loss, {prefix}ppl, {prefix}bpc."""
-    return {f"{prefix}loss": loss, f"{prefix}ppl": perplexity(loss), f"{prefix}bpc": bits_per_char(loss)}
+def scores(prefix, loss, level="char"):
+    """Metrics of a mean NLL in nats per token: {prefix}loss, {prefix}ppl, and at char level {prefix}bpc."""
+    out = {f"{prefix}loss": loss, f"{prefix}ppl": perplexity(loss)}
+    if level == "char":
+        out[f"{prefix}bpc"] = bits_per_char(loss)
+    return out
 
 
 @dataclass
@@ -38,29 +41,64 @@ class Setup:
     val_ids: np.ndarray
     model: object
     ctx: object
+    split_lines: int = 0
+    test_ids: np.ndarray = None
 
 
 def setup(cfg, ctx):
-    """Seed, read and split the corpus, check it fills a batch, and build the model."""
+    """Seed, read and split the corpus (or read the validation file), check it fills a batch, and build the
+    model."""
     d = cfg.data
     vocab, ids = data.corpus_of(d)
-    train_ids, val_ids = data.split(ids, d.val_frac)
-    data.check_trainable(len(train_ids), d.batch_size, d.seq_len)
-    if d.val_frac and len(val_ids) < 2:
-        raise CharlmError(f"validation split has {len(val_ids)} characters; need at least 2: raise --val-frac")
+    if d.valid_path:
+        train_ids, val_ids = ids, data.corpus_of(d, d.valid_path, vocab)[1]
+    else:
+        train_ids, val_ids = split_text(cfg, vocab, ids)
+    split_lines = 0
+    if d.mode == "lines":
+        split_lines = batches_of(cfg, vocab, train_ids).num_split
+    else:
+        data.check_trainable(len(train_ids), d.batch_size, d.seq_len)
+    if (d.val_frac or d.valid_path) and len(val_ids) < 2:
+        raise CharlmError(f"validation text has {len(val_ids)} tokens; need at least 2: "
+                          f"{'use a longer --valid-data' if d.valid_path else 'raise --val-frac'}")
+    test_ids = data.corpus_of(d, d.test_path, vocab)[1] if d.test_path else None  # read now: fail early
     mx.random.seed(cfg.train.seed)
     model = models.build(cfg.model, len(vocab), ctx)
-    return Setup(cfg, vocab, train_ids, val_ids, model, ctx)
+    return Setup(cfg, vocab, train_ids, val_ids, model, ctx, split_lines, test_ids)
 
 
-def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg):
-    """One update: forward, backward, clip by global norm, step. Returns (NLL sum, norm, state) on device."""
+def split_text(cfg, vocab, ids):
+    """(training, validation) ids: the last val_frac of the text, at a line end in lines mode."""
+    if cfg.data.mode == "lines":
+        return lines.split(ids, cfg.data.val_frac, vocab.eos)
+    return data.split(ids, cfg.data.val_frac)
+
+
+def batches_of(cfg, vocab, ids, rng=None):
+    """The batches of ids as cfg.data describes them: one epoch's order drawn from rng, or, without rng,
+    the fixed order evaluation reads."""
+    d = cfg.data
+    if d.mode == "lines":
+        return lines.LineBatches(ids, vocab.bos, vocab.eos, d.batch_size, d.buckets, rng)
+    if rng is None:
+        return data.eval_batches(ids, d.batch_size, d.seq_len)
+    return data.ITERATORS[d.iterator](ids, d.batch_size, d.seq_len, rng)
+
+
+def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg, count=None, padded=False):
+    """One update: forward, backward, clip by global norm, step. Returns (NLL sum, norm, state) on device.
+
+    When padded, targets below 0 are padding, out of the loss and so of the gradient; count is the
+    number of real targets."""
     with autograd.record():
         logits, state = model(X, state)
         nll = loss_fn(logits, Y)  # (T, N)
+        if padded:
+            nll = nll * (Y >= 0)
         total = nll.sum()
         # "sum" is the tutorial's scaling: lr and clip apply to the gradient of the summed loss.
-        loss = total if tcfg.loss_reduction == "sum" else total / nll.size
+        loss = total if tcfg.loss_reduction == "sum" else total / (count or nll.size)
     loss.backward()
     # No isfinite check: it would force a host sync every step; divergence is caught per epoch.
     norm = gluon.utils.clip_global_norm(grads, tcfg.grad_clip or float("inf"), check_isfinite=False)
@@ -89,17 +127,20 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
     Returns (batches done, carried state, index of the first batch whose loss or norm is not finite)."""
     grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
     i, checks, start = first, [], time.perf_counter()
+    padded = batches.padded
     while i < end and not (stop and stop()):
-        X, Y = (nd.array(a, ctx=s.ctx) for a in batches[i])
+        x, y = batches[i]
+        count = int((y >= 0).sum()) if padded else y.size
+        X, Y = nd.array(x, ctx=s.ctx), nd.array(y, ctx=s.ctx)
         if state is None or not batches.carries_state:
             state = s.model.begin_state(X.shape[1], s.ctx)
         else:
             state = [h.detach() for h in state]  # truncated BPTT: keep the values, cut the graph
-        total, norm, state = train_step(s.model, loss_fn, trainer, grads, X, Y, state, s.cfg.train)
+        total, norm, state = train_step(s.model, loss_fn, trainer, grads, X, Y, state, s.cfg.train, count, padded)
         sums.nll += total
         sums.norm += norm
         checks.append(total + norm)  # non-finite when either is: read once, at the end
-        sums.tokens += X.size
+        sums.tokens += count
         i += 1
         if on_batch:
             on_batch(i, len(batches), sums.tokens, lambda t=sums.tokens: sums.nll.asscalar() / t)
@@ -109,16 +150,29 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
     return i, state, first + int(bad[0]) if len(bad) else None
 
 
-def evaluate(model, ids, batch_size, seq_len, ctx):
-    """Summed NLL and token count of ids, read as carried-state streams with dropout off."""
+def evaluate(model, ids, cfg, vocab, ctx):
+    """Summed NLL and token count of ids with dropout off: carried-state streams, or padded lines."""
     loss_fn = models.TokenNLL()
-    batches = data.eval_batches(ids, batch_size, seq_len)
-    nll_sum, tokens, state = nd.zeros(1, ctx=ctx), 0, model.begin_state(batches.x.shape[1], ctx)
-    for X, Y in batches:
-        logits, state = model(nd.array(X, ctx=ctx), state)
-        nll_sum += loss_fn(logits, nd.array(Y, ctx=ctx)).sum()
-        tokens += X.size
+    batches = batches_of(cfg, vocab, ids)
+    padded = batches.padded
+    nll_sum, tokens, state = nd.zeros(1, ctx=ctx), 0, None
+    for x, y in batches:
+        X, Y = nd.array(x, ctx=ctx), nd.array(y, ctx=ctx)
+        if state is None or not batches.carries_state:
+            state = model.begin_state(X.shape[1], ctx)
+        logits, state = model(X, state)
+        nll = loss_fn(logits, Y)
+        nll_sum += (nll * (Y >= 0) if padded else nll).sum()
+        tokens += int((y >= 0).sum()) if padded else y.size
     return float(nll_sum.asscalar()), tokens
+
+
+def test(s, run):
+    """Score the test file with the run's best parameters; the scores are kept in state.json."""
+    nll, tokens = evaluate(run.load_model(s.ctx), s.test_ids, s.cfg, s.vocab, s.ctx)
+    result = {**scores("test_", nll / tokens, s.cfg.data.level), "test_tokens": tokens}
+    run.write_state({**run.read_state(), "test": result})
+    return result
 
 
 def _samples(s):
@@ -216,7 +270,7 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
         # Batch order and dropout are drawn from (seed, epoch) alone, so an epoch replays exactly.
         rng = np.random.default_rng([tcfg.seed, epoch])
         epoch_seed = int(rng.integers(2**31))
-        batches = data.ITERATORS[dcfg.iterator](s.train_ids, dcfg.batch_size, dcfg.seq_len, rng)
+        batches = batches_of(s.cfg, s.vocab, s.train_ids, rng)
         step, state, sums = p.step, p.hidden, Sums(s.ctx, p.partial)
         mx.random.seed(_stretch_seed(tcfg.seed, epoch, step) if step else epoch_seed)
         bad = None
@@ -240,16 +294,19 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
         if bad is not None:
             continue
         stats = sums.read()
-        record = {"epoch": epoch, **scores("train_", stats["nll"] / stats["tokens"]), "lr": trainer.learning_rate,
+        record = {"epoch": epoch, **scores("train_", stats["nll"] / stats["tokens"], dcfg.level),
+                  "lr": trainer.learning_rate,
                   "grad_norm": stats["grad_norm"] / len(batches), "tokens_per_s": stats["tokens"] / stats["train_s"]}
         if len(s.val_ids):
-            nll, tokens = evaluate(s.model, s.val_ids, dcfg.batch_size, dcfg.seq_len, s.ctx)
-            record.update(scores("val_", nll / tokens))
+            nll, tokens = evaluate(s.model, s.val_ids, s.cfg, s.vocab, s.ctx)
+            record.update(scores("val_", nll / tokens, dcfg.level))
         record["elapsed_s"] = time.perf_counter() - start
         if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
             raise CharlmError(f"training diverged in epoch {epoch} (validation loss {record.get('val_loss')}); "
                               f"the best and last good checkpoints are kept: lower --lr or set --grad-clip")
         metric = checkpoint_metric(record)
+        if metric >= p.best:
+            p.lr_scale *= tcfg.plateau_factor  # no better than the best so far: anneal (off at 1)
         run.save_checkpoint(s.model, trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale)
         saved, p.best = True, min(p.best, metric)
         p.epoch, p.step, p.partial, p.hidden, p.elapsed = epoch, 0, None, None, record["elapsed_s"]

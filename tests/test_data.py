@@ -24,8 +24,8 @@ def test_vocab_handles_any_unicode_and_picks_wider_ids():
 
 def test_vocab_json_round_trip():
     vocab = data.Vocab(sorted(set("abc\n\"é✓")))
-    again = data.Vocab.from_json(vocab.to_json())
-    assert again.chars == vocab.chars
+    again = data.vocab_from_json(vocab.to_json())
+    assert again.tokens == vocab.tokens
 
 
 def test_vocab_encode_names_unknown_characters():
@@ -69,7 +69,7 @@ def test_load_corpus_in_chunks_equals_reading_it_whole(tmp_path, monkeypatch, ch
     monkeypatch.setattr(data, "CHUNK", chunk)  # multi-byte characters and "\r\n" straddle chunk ends
     vocab, ids = data.load_corpus(path, **options)
     assert vocab.decode(ids) == reference(raw, **options)
-    assert vocab.chars == sorted(set(reference(raw, **options)))
+    assert vocab.tokens == sorted(set(reference(raw, **options)))
 
 
 def test_load_corpus_widens_ids_when_a_later_chunk_brings_new_characters(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ def test_run_directory_holds_everything_to_rebuild_the_model(saved):
     assert {"config.yaml", "vocab.json", "state.json", "metrics.jsonl", "params-best.params",
             "last-e1-s0.params", "last-e1-s0.states"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
-    assert r.config() == s.cfg and r.vocab().chars == s.vocab.chars
+    assert r.config() == s.cfg and r.vocab().tokens == s.vocab.tokens
     assert r.metrics() == [{"epoch": 1, "train_loss": 2.0}]
     assert r.read_state()["best_epoch"] == 1
     X = nd.array(np.arange(6).reshape(3, 2))

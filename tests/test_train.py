@@ -43,7 +43,8 @@ def test_fit_records_every_metric(tiny_cfg):
 def test_evaluate_is_exp_of_mean_nll_over_all_tokens(tiny_cfg):
     s = train.setup(tiny_cfg, mx.cpu())
     ids = s.val_ids
-    nll, tokens = train.evaluate(s.model, ids, 3, 5, mx.cpu())
+    tiny_cfg.data.batch_size, tiny_cfg.data.seq_len = 3, 5
+    nll, tokens = train.evaluate(s.model, ids, tiny_cfg, s.vocab, mx.cpu())
     # Reference: the whole of each stream in one call, scored in NumPy.
     streams = data.eval_batches(ids, 3, 5)
     logits, _ = s.model(nd.array(streams.x), s.model.begin_state(3, mx.cpu()))
@@ -91,9 +92,9 @@ def test_sequential_training_carries_state_between_batches(tiny_cfg, monkeypatch
     seen = []
     real_step = train.train_step
 
-    def spy(model, loss_fn, trainer, grads, X, Y, state, tcfg):
+    def spy(model, loss_fn, trainer, grads, X, Y, state, *rest):
         seen.append(float(sum(abs(h).sum().asscalar() for h in state)))
-        return real_step(model, loss_fn, trainer, grads, X, Y, state, tcfg)
+        return real_step(model, loss_fn, trainer, grads, X, Y, state, *rest)
 
     monkeypatch.setattr(train, "train_step", spy)
     train.fit(s, NoRun())

@@ -1,0 +1,65 @@
+"""The memory task: lines `a+b=c`, and the exact-match accuracy of greedy completions after `=`."""
+import numpy as np
+
+from .engine import nd
+from .errors import CharlmError
+
+MAX_BASE = 10  # digits are 0-9
+
+
+def write_number(n, base, msd_first):
+    """n in base, least significant digit first unless msd_first."""
+    digits = np.base_repr(int(n), base)
+    return digits if msd_first else digits[::-1]
+
+
+def make_lines(digits, count, seed, base=10, msd_first=False):
+    """count lines `a+b=c` with a and b drawn uniformly below base**digits."""
+    if not 2 <= base <= MAX_BASE:
+        raise CharlmError(f"--base must be between 2 and {MAX_BASE}, got {base}")
+    if digits < 1 or count < 1:
+        raise CharlmError(f"--digits and --count must be at least 1, got {digits} and {count}")
+    if base ** digits > 2**62:
+        raise CharlmError(f"--digits {digits} in base {base} is too large (at most {int(62 / np.log2(base))})")
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, base ** digits, size=(2, count), dtype=np.int64)
+    return [f"{write_number(x, base, msd_first)}+{write_number(y, base, msd_first)}="
+            f"{write_number(x + y, base, msd_first)}" for x, y in zip(a, b)]
+
+
+def split_line(line):
+    """A line `a+b=c` as (prompt `a+b=`, answer `c`)."""
+    prompt, eq, answer = line.partition("=")
+    if not eq or not answer:
+        raise CharlmError(f"not an addition line (a+b=c): {line!r}")
+    return prompt + eq, answer
+
+
+def accuracy(model, vocab, line_start, lines, ctx, batch_size=256):
+    """Exact-match accuracy of greedy completions of each line's prompt, up to the line end, against its
+    answer; line_start is the id that opens a line (the line-start token, or the line break)."""
+    if not lines:
+        raise CharlmError("no addition lines to evaluate")
+    pairs = [split_line(line) for line in lines]
+    prompts = [np.concatenate([[line_start], vocab.encode(p)]) for p, _ in pairs]
+    correct = 0
+    by_length = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    step = model.stepper()
+    for length, members in by_length.items():
+        for start in range(0, len(members), batch_size):
+            group = members[start:start + batch_size]
+            longest = max(len(pairs[i][1]) for i in group) + 1  # the answer and its line end
+            X = nd.array(np.stack([prompts[i] for i in group], axis=1), ctx=ctx)  # (T, N)
+            logits, state = model(X, model.begin_state(len(group), ctx))
+            chosen = [logits[-1].argmax(axis=-1)]
+            for _ in range(longest - 1):
+                logits, state = step(chosen[-1].reshape((1, -1)), state)
+                chosen.append(logits[-1].argmax(axis=-1))
+            out = nd.stack(*chosen, axis=0).asnumpy().astype(int)  # (longest, N)
+            for n, i in enumerate(group):
+                ids = list(out[:, n])
+                ids = ids[:ids.index(vocab.eos)] if vocab.eos in ids else None  # an answer must end its line
+                correct += ids is not None and vocab.decode(ids) == pairs[i][1]
+    return correct / len(lines)
