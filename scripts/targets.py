@@ -1,8 +1,11 @@
 """Measure the README's quality figures by running the real commands: wall time, perplexity, samples.
 
-    python scripts/targets.py                 # both: the default `charlm train` and the tutorial config
+    python scripts/targets.py                 # all of the below, one after the other
     python scripts/targets.py default         # only `charlm train` (+ `charlm generate "the time ma"`)
     python scripts/targets.py tutorial --seeds 0 1 2
+    python scripts/targets.py d2l             # d2l's five models x two samplings, 500 epochs each
+    python scripts/targets.py word            # configs/word-lstm.yaml on the Time Machine's words
+    python scripts/targets.py addition        # configs/addition.yaml, LSTM and RNN, 2,000 held-out sums
 
 Runs go to runs/targets/; the table is printed as Markdown. Run nothing else heavy at the same time:
 on 2 cores a second job more than halves the speed of both."""
@@ -66,9 +69,59 @@ def tutorial(seeds):
         print(f"\nSamples at epoch 200, seed {seed}:\n\n```\n{text}\n```")
 
 
+D2L = [("scratch-rnn", ["--cell", "scratch-rnn", "--hidden-size", 512]), ("rnn", ["--cell", "rnn"]),
+       ("gru", ["--cell", "gru"]), ("lstm", ["--cell", "lstm"]),
+       ("2-layer lstm", ["--cell", "lstm", "--num-layers", 2])]
+
+
+def d2l():
+    print("| model | sampling | command | wall time | train ppl at epoch 500 | train tok/s |")
+    print("|---|---|---|---|---|---|")
+    for model, args in D2L:
+        for sampling in ("random", "sequential"):
+            name = time.strftime(f"d2l-{model.replace(' ', '')}-{sampling}-%Y%m%d-%H%M%S")
+            args_ = ["-c", "configs/d2l.yaml", *args, "--iterator", sampling]
+            _, seconds = charlm("train", *args_, "--runs-dir", RUNS, "--name", name)
+            records = metrics(name)
+            rate = sum(r["tokens_per_s"] for r in records) / len(records)
+            print(f"| {model} | {sampling} | `charlm train {' '.join(map(str, args_))}` | {seconds / 60:.1f} min "
+                  f"| {records[-1]['train_ppl']:.3f} | {rate / 1e3:.1f}k |")
+
+
+def word():
+    name = time.strftime("word-lstm-%Y%m%d-%H%M%S")
+    args = ["-c", "configs/word-lstm.yaml", "--lowercase", "--min-freq", 2]
+    out, seconds = charlm("train", *args, "--runs-dir", RUNS, "--name", name)
+    records = metrics(name)
+    best = min(records, key=lambda r: r["val_loss"])
+    print("| command | wall time | vocabulary | best val ppl per word (epoch) | train ppl then |")
+    print("|---|---|---|---|---|")
+    vocab = out.splitlines()[0].split(" | ")[3]
+    print(f"| `charlm train {' '.join(map(str, args))}` | {seconds / 60:.1f} min | {vocab} "
+          f"| {best['val_ppl']:.2f} ({best['epoch']}/{len(records)}) | {best['train_ppl']:.2f} |")
+
+
+def addition():
+    data, test = RUNS / "add.txt", RUNS / "add-test.txt"
+    RUNS.mkdir(parents=True, exist_ok=True)
+    charlm("data", "addition", "--digits", 8, "--count", 50000, "--seed", 1, "-o", data)
+    charlm("data", "addition", "--digits", 8, "--count", 2000, "--seed", 2, "-o", test)
+    print("| cell | command | wall time | best val ppl | exact match on 2,000 held-out sums |")
+    print("|---|---|---|---|---|")
+    for cell in ("lstm", "rnn"):
+        name = time.strftime(f"addition-{cell}-%Y%m%d-%H%M%S")
+        args = ["-c", "configs/addition.yaml", "--data", data.relative_to(ROOT), "--cell", cell]
+        _, seconds = charlm("train", *args, "--runs-dir", RUNS, "--name", name)
+        out, _ = charlm("eval", "--task", "addition", "--data", test, "--run", RUNS / name, "--json")
+        best = min(metrics(name), key=lambda r: r["val_loss"])
+        print(f"| {cell} | `charlm train {' '.join(map(str, args))}` | {seconds / 60:.1f} min | {best['val_ppl']:.3f} "
+              f"| {json.loads(out)['accuracy']:.2%} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", choices=["default", "tutorial", "all"], default="all")
+    parser.add_argument("which", nargs="?", choices=["default", "tutorial", "d2l", "word", "addition", "all"],
+                        default="all")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     print(f"_{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
@@ -78,6 +131,10 @@ def main():
     if args.which in ("tutorial", "all"):
         print()
         tutorial(args.seeds)
+    for which, measure in [("d2l", d2l), ("word", word), ("addition", addition)]:
+        if args.which in (which, "all"):
+            print()
+            measure()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""Measure charlm's memory: resident set size after each epoch of a default run (it must stay flat),
+and peak RSS training on a large corpus against the same training on the bundled book.
+
+    python scripts/memory.py epochs [--epochs 20]          # the default config, RSS after each epoch
+    python scripts/memory.py corpus [--mb 200 --batches 300]
+
+Prints Markdown tables for the README.
+"""
+import argparse
+import json
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BOOK = Path(__file__).resolve().parent.parent / "data" / "timemachine.txt"
+
+
+def rss_mb():
+    """This process's resident set size in MB, from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def epochs(args):
+    """Train the default config in this process and record RSS after every epoch."""
+    from charlm import config, engine, train
+    from charlm.run import Run
+
+    cfg = config.resolve()
+    cfg.train.epochs, cfg.train.sample_every = args.epochs, 5
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        s = train.setup(cfg, engine.context(False))
+        run = Run.create(tmp, "mem")
+        run.start(cfg, s.vocab)
+        rows.append(("after setup", rss_mb()))
+        train.fit(s, run, on_epoch=lambda record, samples: rows.append((record["epoch"], rss_mb())))
+    print(f"RSS of `charlm train` (default config, {args.epochs} epochs, samples every 5), in one process:\n")
+    print("| epoch | RSS (MB) |\n|---|---|")
+    for epoch, mb in rows:
+        print(f"| {epoch} | {mb:.1f} |")
+    after = [mb for epoch, mb in rows[1:]]
+    half = len(after) // 2
+    first, second = statistics.median(after[1:half]), statistics.median(after[half:])
+    print(f"\nmedian RSS of epochs 2-{half}: {first:.1f} MB, of epochs {half + 1}-{len(after)}: {second:.1f} MB "
+          f"({second - first:+.1f} MB); highest {max(after):.1f} MB")
+
+
+def peak_of_training(path, batches, runs_dir):
+    """Peak RSS (MB) and wall seconds of `charlm train --data path`, stopped by SIGINT after `batches` batches."""
+    every = max(1, batches // 3)
+    cmd = [sys.executable, "-m", "charlm", "train", "--data", str(path), "--runs-dir", str(runs_dir),
+           "--name", path.stem, "--epochs", "1", "--checkpoint-every", str(every), "--sample-every", "0"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = Path(runs_dir) / path.stem / "state.json"
+    while proc.poll() is None:
+        try:
+            if json.loads(state.read_text()).get("step", 0) >= batches:
+                proc.send_signal(signal.SIGINT)
+                break
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.2)
+    _, err = proc.communicate()
+    if proc.returncode not in (0, 130):
+        raise SystemExit(f"training failed ({proc.returncode}): {err.strip()}")
+    seconds = time.perf_counter() - start
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, seconds
+
+
+def corpus(args):
+    """Peak RSS of training on an args.mb MB text (the book repeated) against training on the book itself."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        book = BOOK.read_bytes()
+        big = tmp / "big.txt"
+        with open(big, "wb") as f:
+            for _ in range(-(-args.mb * 10**6 // len(book))):
+                f.write(book)
+        size = big.stat().st_size / 1e6
+        small = tmp / "book.txt"
+        small.write_bytes(book)
+        # ru_maxrss of children is the largest child's peak so far: measure the small run first.
+        base, base_s = peak_of_training(small, args.batches, tmp / "runs")
+        peak, peak_s = peak_of_training(big, args.batches, tmp / "runs")
+    print(f"Peak RSS of `charlm train` (default model), stopped after {args.batches} batches:\n")
+    print("| corpus | size (MB) | peak RSS (MB) | wall (s) |\n|---|---|---|---|")
+    print(f"| the Time Machine | {len(book) / 1e6:.2f} | {base:.0f} | {base_s:.1f} |")
+    print(f"| the book repeated | {size:.0f} | {peak:.0f} | {peak_s:.1f} |")
+    print(f"\nthe large corpus adds {peak - base:.0f} MB = {(peak - base) / size:.2f}x its size "
+          f"(target: below 2x the file plus the model: {2 * size + base:.0f} MB)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    e = sub.add_parser("epochs", help="RSS after each epoch of the default config")
+    e.add_argument("--epochs", type=int, default=20)
+    c = sub.add_parser("corpus", help="peak RSS on a large corpus")
+    c.add_argument("--mb", type=int, default=200)
+    c.add_argument("--batches", type=int, default=300)
+    args = parser.parse_args()
+    {"epochs": epochs, "corpus": corpus}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
