@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import data, generate, model as models
+from . import data, generate, model as models, parallel
 from .engine import autograd, gluon, mx, nd
 from .errors import CharlmError
 
@@ -37,20 +37,28 @@ class Setup:
     train_ids: np.ndarray
     val_ids: np.ndarray
     model: object
-    ctx: object
+    ctx: object  # a Context, or a list of them when data-parallel
+    workers: parallel.Workers = None  # None: one device in one process
+
+    @property
+    def device(self):
+        """The one device that evaluates and samples: the first of several."""
+        return self.ctx[0] if isinstance(self.ctx, list) else self.ctx
 
 
-def setup(cfg, ctx):
-    """Seed, read and split the corpus, check it fills a batch, and build the model."""
+def setup(cfg, ctx, workers=None):
+    """Seed, read and split the corpus (this worker's part of it), check it fills a batch, and build the model."""
     d = cfg.data
     vocab, ids = data.corpus_of(d)
     train_ids, val_ids = data.split(ids, d.val_frac)
+    if workers:
+        train_ids, val_ids = workers.shards(train_ids, val_ids)
     data.check_trainable(len(train_ids), d.batch_size, d.seq_len)
     if d.val_frac and len(val_ids) < 2:
         raise CharlmError(f"validation split has {len(val_ids)} characters; need at least 2: raise --val-frac")
     mx.random.seed(cfg.train.seed)
     model = models.build(cfg.model, len(vocab), ctx)
-    return Setup(cfg, vocab, train_ids, val_ids, model, ctx)
+    return Setup(cfg, vocab, train_ids, val_ids, model, ctx, workers)
 
 
 def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg):
@@ -70,6 +78,8 @@ def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg):
 
 def train_epoch(s, loss_fn, trainer, batches, on_batch=None):
     """One pass over batches; returns {train_loss, grad_norm, tokens, train_s, first_bad_batch}."""
+    if s.workers:
+        return parallel.train_epoch(s, loss_fn, trainer, batches, on_batch)
     grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
     nll_sum, norm_sum = nd.zeros(1, ctx=s.ctx), nd.zeros(1, ctx=s.ctx)
     tokens, state, start, checks = 0, None, time.perf_counter(), []
@@ -113,13 +123,14 @@ def _samples(s):
             ids = generate.encode_prefix(prefix, s.vocab, s.cfg.data)
         except CharlmError:
             continue  # the default prefixes are English; another corpus may lack their characters
-        texts.append(generate.complete(s.model, s.vocab, ids, s.cfg.train.sample_length, s.ctx))
+        texts.append(generate.complete(s.model, s.vocab, ids, s.cfg.train.sample_length, s.device))
     return texts
 
 
-def make_trainer(model, tcfg):
-    """A Gluon Trainer for the configured optimizer and learning rate."""
-    return gluon.Trainer(model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr})
+def make_trainer(model, tcfg, workers=None):
+    """A Gluon Trainer for the configured optimizer and learning rate (over `workers` when data-parallel)."""
+    args = model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr}
+    return workers.trainer(*args) if workers else gluon.Trainer(*args)
 
 
 @dataclass
@@ -164,14 +175,14 @@ def _recover(s, run, trainer, progress, epoch, step):
         return trainer
     mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
     s.model.initialize(mx.init.Xavier(), ctx=s.ctx, force_reinit=True)
-    return make_trainer(s.model, s.cfg.train)
+    return make_trainer(s.model, s.cfg.train, s.workers)
 
 
 def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None):
     """Train up to cfg.train.epochs (from `progress` when resuming), evaluating, checkpointing and
     sampling after each epoch; return the best checkpoint metric."""
     tcfg, dcfg = s.cfg.train, s.cfg.data
-    trainer, progress = trainer or make_trainer(s.model, tcfg), progress or Progress()
+    trainer, progress = trainer or make_trainer(s.model, tcfg, s.workers), progress or Progress()
     loss_fn = models.TokenNLL()
     loss_fn.hybridize(static_alloc=True, static_shape=True)
     best, start = progress.best, time.perf_counter() - progress.elapsed
@@ -190,7 +201,8 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None):
         record = {"epoch": epoch, **scores("train_", stats["train_loss"]), "lr": trainer.learning_rate,
                   "grad_norm": stats["grad_norm"], "tokens_per_s": stats["tokens"] / stats["train_s"]}
         if len(s.val_ids):
-            nll, tokens = evaluate(s.model, s.val_ids, dcfg.batch_size, dcfg.seq_len, s.ctx)
+            nll, tokens = parallel.allsum(s.workers, *evaluate(s.model, s.val_ids, dcfg.batch_size, dcfg.seq_len,
+                                                                s.device))
             record.update(scores("val_", nll / tokens))
         record["elapsed_s"] = time.perf_counter() - start
         if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
