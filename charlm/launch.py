@@ -33,7 +33,7 @@ class LoopbackCluster:
     """One scheduler, num_servers servers and num_workers workers running `worker_argv` on 127.0.0.1,
     each in a process group of its own, so that stop() ends them and whatever they started."""
 
-    def __init__(self, num_workers, num_servers, worker_argv, grace=5.0):
+    def __init__(self, num_workers, num_servers, worker_argv, grace=3.0):
         self.num_workers, self.num_servers, self.worker_argv = num_workers, num_servers, list(worker_argv)
         self.grace, self.port, self.procs = grace, free_port(), []  # procs: [(name, Popen)]
 
@@ -97,7 +97,7 @@ def _signal_group(proc, sig):
 
 
 @contextlib.contextmanager
-def loopback(num_workers, num_servers, worker_argv, grace=5.0):
+def loopback(num_workers, num_servers, worker_argv, grace=3.0):
     """A started LoopbackCluster, stopped (every process group ended) however the block exits."""
     cluster = LoopbackCluster(num_workers, num_servers, worker_argv, grace)
     try:

@@ -153,6 +153,8 @@ def train_epoch(s, loss_fn, trainer, batches, on_batch=None):
     """train.train_epoch with each batch split along N over the devices; loss and tokens are summed
     over the workers. One device in one process keeps train.py's loop, free of per-device lists."""
     w = s.workers
+    if w.rank:  # fit seeds dropout from (seed, epoch) alone: every worker would draw the same masks
+        mx.random.seed(int(nd.random.randint(0, 2**30, shape=(1,)).asscalar()) + w.rank)
     params = [p for p in s.model.collect_params().values() if p.grad_req != "null"]
     grads = [[p.grad(ctx) for p in params] for ctx in w.ctxs]
     nll_sum, norm_sum = nd.zeros(1, ctx=w.ctxs[0]), nd.zeros(1, ctx=w.ctxs[0])

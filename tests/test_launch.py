@@ -66,6 +66,13 @@ class Launch:
         self.proc.wait()
 
 
+def first_epoch(run, timeout=TIMEOUT):
+    """Wait until rank 0 has saved the run's first epoch."""
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + timeout
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def launched(tmp_path):
     launches = []
@@ -78,25 +85,26 @@ def launched(tmp_path):
         launch.end()
 
 
-def test_two_workers_train_together_and_rank_0_alone_writes_the_run(corpus, tmp_path, launched):
-    launch = launched("-n", 2, "-s", 1, "--", "train", "--kvstore", "dist_sync", "--data", corpus,
-                      "--runs-dir", "runs", "--name", "d", *TINY, "--epochs", 3)
+@pytest.mark.parametrize("kvstore, extra", [("dist_sync", []), ("dist_async", ["--lr-decay", 1])])
+def test_two_workers_train_together_and_rank_0_alone_writes_the_run(corpus, tmp_path, launched, kvstore, extra):
+    launch = launched("-n", 2, "-s", 1, "--", "train", "--kvstore", kvstore, "--data", corpus,
+                      "--runs-dir", "runs", "--name", "d", *TINY, "--epochs", 3, *extra)
     port = launch.find_port()
     assert launch.wait() == 0, launch.output()
-    assert "2 worker(s) x 1 device(s), kvstore dist_sync" in launch.output()
+    assert f"2 worker(s) x 1 device(s), kvstore {kvstore}" in launch.output()
     assert cluster_pids(port) == []  # scheduler and server ended with the workers
     runs = tmp_path / "runs"
     assert sorted(p.name for p in runs.iterdir()) == ["d", "latest"]  # the other worker wrote nothing
     records = [json.loads(line) for line in (runs / "d" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3] and records[-1]["train_loss"] < records[0]["train_loss"] - 0.3
 
-    # The validation loss is that of both workers' halves of the validation text, read with the final weights.
+    # dist_sync: the validation loss is that of both workers' halves of the validation text, with the common
+    # final weights; dist_async: that of rank 0's own weights on all of it.
     run = Run(runs / "d")
     cfg, model = run.config(), run.load_model(mx.cpu(), "last")
     val = data.split(data.corpus_of(cfg.data)[1], cfg.data.val_frac)[1]
-    half = len(val) // 2
-    scored = [train.evaluate(model, val[i * half:(i + 1) * half], 4, 8, mx.cpu()) for i in range(2)]
-    nll, tokens = np.sum(scored, axis=0)
+    parts = np.array_split(val[:len(val) // 2 * 2], 2) if kvstore == "dist_sync" else [val]
+    nll, tokens = np.sum([train.evaluate(model, part, 4, 8, mx.cpu()) for part in parts], axis=0)
     assert records[-1]["val_loss"] == pytest.approx(nll / tokens, rel=1e-5)
 
     generated = subprocess.run([sys.executable, "-m", "charlm", "generate", "the", "--length", "10", "--run",
@@ -108,12 +116,22 @@ def test_a_worker_that_dies_stops_the_whole_cluster(corpus, tmp_path, launched):
     launch = launched("-n", 2, "--", "train", "--kvstore", "dist_sync", "--data", corpus, "--runs-dir", "runs",
                       "--name", "k", *TINY, "--epochs", 100000)
     port = launch.find_port()
-    metrics, deadline = tmp_path / "runs" / "k" / "metrics.jsonl", time.monotonic() + TIMEOUT
-    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    first_epoch(tmp_path / "runs" / "k")
     workers = [pid for pid in cluster_pids(port) if b"DMLC_ROLE=worker" in Path(f"/proc/{pid}/environ").read_bytes()]
     assert len(workers) == 2, launch.output()
     os.kill(workers[1], signal.SIGKILL)
     assert launch.wait() == 128 + signal.SIGKILL, launch.output()  # the failed worker's status, in bounded time
     assert "exited with status 137; stopping the others" in launch.output()
     assert cluster_pids(port) == []
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_the_whole_cluster(corpus, tmp_path, launched, sig, code):
+    launch = launched("-n", 2, "--", "train", "--kvstore", "dist_sync", "--data", corpus, "--runs-dir", "runs",
+                      "--name", "s", *TINY, "--epochs", 100000)
+    port = launch.find_port()
+    first_epoch(tmp_path / "runs" / "s")
+    launch.proc.send_signal(sig)
+    assert launch.wait() == code, launch.output()
+    assert cluster_pids(port) == []
+    assert json.loads((tmp_path / "runs" / "s" / "state.json").read_text())["epoch"] >= 1  # its checkpoint is kept
