@@ -24,14 +24,17 @@ class Workers:
 
     @property
     def rank(self):
+        """This worker's number, 0 to num_workers - 1; rank 0 writes the run."""
         return self.kv.rank if self.kv else 0
 
     @property
     def num_workers(self):
+        """How many workers train together."""
         return self.kv.num_workers if self.kv else 1
 
     @property
     def is_async(self):
+        """Whether each worker's update lands on its own (dist_async)."""
         return self.kvstore == "dist_async"
 
     def shard(self, ids):
@@ -43,7 +46,7 @@ class Workers:
     def shards(self, train_ids, val_ids):
         """This worker's training and validation text. Under dist_async no two workers hold the same
         weights, so each scores its own copy on all of the validation text (rank 0's score is kept)."""
-        return self.shard(train_ids), val_ids if self.is_async else self.shard(val_ids)
+        return self.shard(train_ids), (val_ids if self.is_async else self.shard(val_ids))
 
     def trainer(self, params, optimizer, optimizer_params):
         """A Trainer over these devices and workers.

@@ -38,9 +38,12 @@ class Launch:
 
     def __init__(self, tmp_path, *args):
         self.log = tmp_path / "launch.log"
+        # Importing charlm.engine here set OMP_NUM_THREADS to every core: launch-local's own default is cores/n.
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "charlm", "launch-local", *map(str, args)],
-                                         cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                         cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         self.port = None
 
     def output(self):
