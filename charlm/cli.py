@@ -1,4 +1,4 @@
-"""The command line: train, generate, eval, config, sweep and plot.
+"""The command line: train, launch-local, generate, eval, config, sweep and plot.
 The only module that talks to the terminal.
 
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
@@ -16,6 +16,7 @@ from click.core import ParameterSource
 
 from . import __version__, config as configs
 from .errors import CharlmError
+from .launch import KVSTORES
 
 RUNS_DIR = click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
                         help="directory that holds run directories and the `latest` pointer")
@@ -24,6 +25,14 @@ CONFIG = click.option("-c", "--config", "config_files", multiple=True, type=clic
                       help="YAML config file (sections data, model, train); repeat it, later files win")
 SET = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                    help="override one setting last of all, the value read as YAML; repeatable")
+CTX = click.option("--ctx", default=None, metavar="cpu:0,cpu:1",
+                   help="train data-parallel on these devices, each batch split along N (several CPU contexts "
+                        "run the multi-device path on a CPU machine)")
+GPUS = click.option("--gpus", default=None, metavar="0,1", help="train data-parallel on these GPUs")
+KVSTORE = click.option("--kvstore", type=click.Choice(KVSTORES), default="local", show_default=True,
+                       help="MXNet kvstore that sums gradients: over devices (local, device) or over the workers "
+                            "of a cluster too (dist_sync, dist_async; start them with launch-local or "
+                            "mxnet.tools.launch)")
 RUN = click.option("--run", "run_dir", type=click.Path(), default=None,
                    help="run directory  [default: the latest run in --runs-dir]")
 
@@ -94,36 +103,44 @@ def main(debug):
               help="continue a run from its last checkpoint (RUN_DIR defaults to the latest run); "
                    "--epochs then raises its target")
 @GPU
+@GPUS
+@CTX
+@KVSTORE
 @_user_errors
-def train(config_files, sets, runs_dir, name, resume, gpu, **kwargs):
+def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, **kwargs):
     """Train a model; defaults train an LSTM on the bundled Time Machine."""
     from .run import find
 
-    typed = _typed_flags(kwargs)
+    typed, devices = _typed_flags(kwargs), (gpu, gpus, ctx)
     if resume is None:
-        s, run = _new_run(config_files, typed, sets, runs_dir, name, gpu)
+        s, run = _new_run(config_files, typed, sets, runs_dir, name, devices, kvstore)
         with run.lock():
             _fit(s, run, None, None)
         return
     if config_files or sets or name or set(typed) - {("train", "epochs")}:
         raise CharlmError("--resume continues a run with its own config.yaml: only --epochs may be given")
+    if kvstore.startswith("dist"):
+        raise CharlmError(f"--resume continues a run in one process: drop --kvstore {kvstore}")
     run = find(resume or None, runs_dir)
     with run.lock():
-        resumed = _resumed_run(run, typed.get(("train", "epochs")), gpu)
+        resumed = _resumed_run(run, typed.get(("train", "epochs")), devices, kvstore)
         if resumed:
             _fit(*resumed)
 
 
-def _new_run(config_files, typed, sets, runs_dir, name, gpu):
-    """Resolve the config, read the corpus, build the model and create the run directory."""
-    from . import engine, train as training
+def _new_run(config_files, typed, sets, runs_dir, name, devices, kvstore):
+    """Resolve the config, read the corpus, build the model and create the run directory (rank 0 only)."""
+    from . import engine, parallel, train as training  # a parameter server's process serves from here on
     from .run import Run
 
     cfg = configs.resolve(config_files, typed, sets)
     for key in ("path", "valid_path", "test_path"):
         if getattr(cfg.data, key):  # absolute: the run reproduces from any directory
             setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).expanduser().resolve()))
-    s = training.setup(cfg, engine.context(gpu))
+    ctx = engine.contexts(*devices)
+    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore))
+    if s.workers and s.workers.rank:
+        return s, parallel.NoRun()
     run = Run.create(runs_dir, name)
     try:
         run.start(cfg, s.vocab)
@@ -133,9 +150,9 @@ def _new_run(config_files, typed, sets, runs_dir, name, gpu):
     return s, run
 
 
-def _resumed_run(run, epochs, gpu):
+def _resumed_run(run, epochs, devices, kvstore):
     """Rebuild a run from its directory and load its last checkpoint; None when it has nothing left to do."""
-    from . import engine, train as training
+    from . import engine, parallel, train as training
 
     cfg = run.config()
     if epochs is not None:
@@ -145,46 +162,90 @@ def _resumed_run(run, epochs, gpu):
     if done >= cfg.train.epochs:
         click.echo(f"{run.path} has trained {done} of {cfg.train.epochs} epochs: give --epochs to extend it")
         return None
-    s = training.setup(cfg, engine.context(gpu))
+    ctx = engine.contexts(*devices)
+    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore))
     if s.vocab.tokens != run.vocab().tokens:
         raise CharlmError(f"the text of {run.path} has changed since the run started (other characters)")
     run.start(cfg, s.vocab, fresh=False)
-    trainer = training.make_trainer(s.model, cfg.train)
+    trainer = training.make_trainer(s.model, cfg.train, s.workers)
     return s, run, trainer, training.restore(s, run, trainer)
 
 
 def _fit(s, run, trainer, progress):
-    """Train with a progress bar and epoch lines; on Ctrl-C/SIGTERM keep the last checkpoint and exit 130/143."""
+    """Train with a progress bar and epoch lines; on Ctrl-C/SIGTERM keep the last checkpoint and exit 130/143.
+    Workers other than rank 0 train silently: rank 0 speaks for the run."""
     from . import train as training
 
-    cfg = s.cfg
+    cfg, w = s.cfg, s.workers
+    root = not (w and w.rank)
+    echo = click.echo if root else _silent
+    size = sum(p.data(s.device).size for p in s.model.collect_params().values())
     unit = "word" if cfg.data.level == "word" else "character"
-    click.echo(f"run {run.path} | {cfg.model.cell} | {sum(p.data().size for p in s.model.collect_params().values()):,}"
-               f" parameters | {len(s.vocab):,}-{unit} vocabulary | {len(s.train_ids):,} train / {len(s.val_ids):,} val"
-               + (f" | {s.split_lines:,} lines longer than the largest bucket split" if s.split_lines else "")
-               + (f" | resuming after epoch {progress.epoch}" if progress else "")
-               + (f" and {progress.step} batches of epoch {progress.epoch + 1}" if progress and progress.step else ""))
+    spread = f" | {w.num_workers} worker(s) x {len(w.ctxs)} device(s), kvstore {w.kvstore}" if w else ""
+    echo(f"run {run.path} | {cfg.model.cell} | {size:,} parameters | {len(s.vocab):,}-{unit} vocabulary | "
+         f"{len(s.train_ids):,} train / {len(s.val_ids):,} val" + spread
+         + (f" | {s.split_lines:,} lines longer than the largest bucket split" if s.split_lines else "")
+         + (f" | resuming after epoch {progress.epoch}" if progress else "")
+         + (f" and {progress.step} batches of epoch {progress.epoch + 1}" if progress and progress.step else ""))
     bar, stop = _ProgressBar(), _StopRequest()
+    on_batch, on_epoch = (bar.update, lambda r, samples: _epoch_done(bar, r, samples)) if root else (_silent, None)
     try:
-        best = training.fit(s, run, trainer, progress, on_batch=bar.update, stop=stop.requested,
-                            on_epoch=lambda r, samples: _epoch_done(bar, r, samples))
+        best = training.fit(s, run, trainer, progress, on_batch=on_batch, on_epoch=on_epoch, stop=stop.requested)
     except training.Interrupted:
         bar.close()
         state = run.read_state()
         where = (f"epoch {state['epoch'] + 1} after batch {state['step']}" if state.get("step")
                  else f"the end of epoch {state.get('epoch', 0)}")
         kept = f"the checkpoint of {where} is saved" if state.get("last") else "no checkpoint was saved yet"
-        click.echo(f"stopped by {stop.name}; {kept}. Resume with: charlm train --resume {run.path}", err=True)
+        echo(f"stopped by {stop.name}; {kept}. Resume with: charlm train --resume {run.path}", err=True)
         sys.exit(128 + stop.signum)
     finally:
         stop.restore()
     run.finish()
     metric = "val" if len(s.val_ids) else "train"
     test = ""
-    if cfg.data.test_path:
-        scores = training.test(s, run)
-        test = f" | test ppl {scores['test_ppl']:.3f}"
-    click.echo(f"done | best {metric} ppl {training.perplexity(best):.3f}{test} | {run.path}")
+    if cfg.data.test_path and root:
+        test = f" | test ppl {training.test(s, run)['test_ppl']:.3f}"
+    echo(f"done | best {metric} ppl {training.perplexity(best):.3f}{test} | {run.path}")
+
+
+def _silent(*args, **kwargs):
+    """Print nothing (in place of click.echo or a progress callback)."""
+
+
+@main.command("launch-local", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-n", "--num-workers", type=click.IntRange(1), required=True, help="worker processes")
+@click.option("-s", "--num-servers", type=click.IntRange(1), default=1, show_default=True,
+              help="parameter-server processes")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@_user_errors
+def launch_local(num_workers, num_servers, command):
+    """Run `charlm COMMAND` as the workers of a parameter-server cluster on 127.0.0.1, with its scheduler
+    and servers: `charlm launch-local -n 2 -- train --kvstore dist_sync ...`. Rank 0 prints the run;
+    the first failure stops every process."""
+    from . import launch
+
+    if not command:
+        raise CharlmError("give the workers' charlm command after --, e.g. "
+                          "`charlm launch-local -n 2 -- train --kvstore dist_sync`")
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        with launch.loopback(num_workers, num_servers, [sys.executable, "-m", "charlm", *command]) as cluster:
+            click.echo(f"launch-local: scheduler on {launch.HOST}:{cluster.port}, {num_servers} server(s), "
+                       f"{num_workers} worker(s) running: charlm {' '.join(command)}", err=True)
+            code, failed = cluster.wait()
+            if code:
+                click.echo(f"launch-local: {failed} exited with status {code}; stopping the others", err=True)
+    except KeyboardInterrupt:
+        click.echo("launch-local: interrupted; every process of the cluster is stopped", err=True)
+        code = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sys.exit(code)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through the cluster's cleanup
 
 
 @main.group("config")

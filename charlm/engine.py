@@ -1,5 +1,6 @@
 """MXNet, imported once with charlm's thread defaults, and device selection."""
 import os
+import re
 
 # MXNet's OpenMP assumes SMT and uses half the cores; on these 2-core machines that is one
 # thread. Using every core measured +40% on the fused LSTM. Set before import: read only then.
@@ -10,17 +11,56 @@ from mxnet import autograd, gluon, nd  # noqa: E402,F401
 
 from .errors import CharlmError  # noqa: E402
 
+NO_GPU = ("MXNet sees no GPU (CPU-only mxnet build or no CUDA device visible); "
+          "install MXNet's CUDA build, e.g. `pip install mxnet-cu112==1.9.1`, or drop {flag}")
+
+
+def _gpu_count():
+    try:
+        return mx.context.num_gpus()
+    except mx.base.MXNetError:
+        return 0
+
 
 def context(gpu: bool):
     """Return mx.gpu(0) or mx.cpu(); a clear error when a GPU is asked for and none is visible."""
     if not gpu:
         return mx.cpu()
-    try:
-        count = mx.context.num_gpus()
-    except mx.base.MXNetError:
-        count = 0
-    if count == 0:
-        raise CharlmError(
-            "--gpu: MXNet sees no GPU (CPU-only mxnet build or no CUDA device visible); "
-            "install MXNet's CUDA build, e.g. `pip install mxnet-cu112==1.9.1`, or drop --gpu")
+    if _gpu_count() == 0:
+        raise CharlmError("--gpu: " + NO_GPU.format(flag="--gpu"))
     return mx.gpu(0)
+
+
+def _parse_devices(flag, text, pattern, example):
+    """(kind, index) pairs of a comma-separated device list; a clear error when malformed or repeated."""
+    items = [item.strip() for item in text.split(",")]
+    matches = [re.fullmatch(pattern, item) for item in items]
+    if not all(matches):
+        raise CharlmError(f"{flag} {text!r}: expected a comma-separated device list like {example}")
+    devices = [(m.group("kind") or "gpu", int(m.group("index"))) for m in matches]
+    repeated = sorted({f"{kind}:{i}" for kind, i in devices if devices.count((kind, i)) > 1})
+    if repeated:
+        raise CharlmError(f"{flag} {text!r} names {', '.join(repeated)} more than once")
+    return devices
+
+
+def contexts(gpu=False, gpus=None, ctx=None):
+    """The devices to train on, from --ctx cpu:0,cpu:1, --gpus 0,1 or --gpu: one Context, or a list of
+    several (MXNet's own convention for data-parallel blocks)."""
+    if bool(gpu) + (gpus is not None) + (ctx is not None) > 1:
+        raise CharlmError("--ctx, --gpus and --gpu each choose the devices: give only one of them")
+    if gpus is None and ctx is None:
+        return context(gpu)
+    flag, text = ("--gpus", gpus) if gpus is not None else ("--ctx", ctx)
+    if gpus is not None:
+        devices = _parse_devices(flag, gpus, r"(?P<kind>)(?P<index>\d+)", "0,1")
+    else:
+        devices = _parse_devices(flag, ctx, r"(?P<kind>cpu|gpu):(?P<index>\d+)", "cpu:0,cpu:1 or gpu:0,gpu:1")
+    wanted = [i for kind, i in devices if kind == "gpu"]
+    count = _gpu_count() if wanted else 0
+    if wanted and count == 0:
+        raise CharlmError(f"{flag}: " + NO_GPU.format(flag=flag))
+    if wanted and max(wanted) >= count:
+        raise CharlmError(f"{flag} {text!r}: MXNet sees {count} GPU(s), numbered 0 to {count - 1}")
+    made = [mx.gpu(i) if kind == "gpu" else mx.cpu(i) for kind, i in devices]
+    return made[0] if len(made) == 1 else made

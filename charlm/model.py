@@ -53,6 +53,8 @@ class ScratchLM(gluon.HybridBlock):
             self.W_hq = self.params.get("W_hq", shape=(hidden_size, vocab_size), init=normal)
             self.b_q = self.params.get("b_q", shape=(vocab_size,), init="zeros")
 
+    state_batch_axis = 0
+
     def begin_state(self, batch_size, ctx):
         """Zero hidden state (and cell state for the LSTM), each (N, H)."""
         n = 2 if self.cell == "scratch-lstm" else 1
@@ -85,6 +87,8 @@ class RNNLM(gluon.HybridBlock):
             # Tied: the output layer takes its weight from the embedding, found by the embedding's name.
             tied = {"prefix": self.embedding.prefix, "params": self.embedding.params} if tie_weights else {}
             self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size, **tied)
+
+    state_batch_axis = 1
 
     def begin_state(self, batch_size, ctx):
         """Zero states of the rnn layer, each (layers, N, H)."""

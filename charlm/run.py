@@ -239,7 +239,8 @@ class Run:
         if not hidden.exists():
             return None
         try:
-            return [h.as_in_context(ctx) for h in nd.load(str(hidden))]
+            device = ctx[0] if isinstance(ctx, list) else ctx  # a carried state is saved whole, from one device
+            return [h.as_in_context(device) for h in nd.load(str(hidden))]
         except mx.base.MXNetError:
             raise CharlmError(f"{hidden} (hidden state) cannot be loaded") from None
 

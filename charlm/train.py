@@ -1,4 +1,4 @@
-"""Training: setup -> fit -> train_epoch -> train_step, and evaluate; losses in nats per token."""
+"""Training: setup -> fit -> train_steps -> train_step, and evaluate; losses in nats per token."""
 import logging
 import math
 import time
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import data, generate, lines, model as models
+from . import data, generate, lines, model as models, parallel
 from .engine import autograd, gluon, mx, nd
 from .errors import CharlmError
 
@@ -40,20 +40,28 @@ class Setup:
     train_ids: np.ndarray
     val_ids: np.ndarray
     model: object
-    ctx: object
+    ctx: object  # a Context, or a list of them when data-parallel
     split_lines: int = 0
     test_ids: np.ndarray = None
+    workers: parallel.Workers = None  # None: one device in one process
+
+    @property
+    def device(self):
+        """The one device that evaluates and samples: the first of several."""
+        return self.ctx[0] if isinstance(self.ctx, list) else self.ctx
 
 
-def setup(cfg, ctx):
-    """Seed, read and split the corpus (or read the validation file), check it fills a batch, and build the
-    model."""
+def setup(cfg, ctx, workers=None):
+    """Seed, read and split the corpus (or read the validation file; this worker's part of them), check it
+    fills a batch, and build the model."""
     d = cfg.data
     vocab, ids = data.corpus_of(d)
     if d.valid_path:
         train_ids, val_ids = ids, data.corpus_of(d, d.valid_path, vocab)[1]
     else:
         train_ids, val_ids = split_text(cfg, vocab, ids)
+    if workers:
+        train_ids, val_ids = workers.shards(train_ids, val_ids)
     split_lines = 0
     if d.mode == "lines":
         split_lines = batches_of(cfg, vocab, train_ids).num_split
@@ -65,7 +73,7 @@ def setup(cfg, ctx):
     test_ids = data.corpus_of(d, d.test_path, vocab)[1] if d.test_path else None  # read now: fail early
     mx.random.seed(cfg.train.seed)
     model = models.build(cfg.model, len(vocab), ctx)
-    return Setup(cfg, vocab, train_ids, val_ids, model, ctx, split_lines, test_ids)
+    return Setup(cfg, vocab, train_ids, val_ids, model, ctx, split_lines, test_ids, workers)
 
 
 def split_text(cfg, vocab, ids):
@@ -125,6 +133,8 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
     """Train batches[first:end], or up to the batch before which stop() is true, adding to sums.
 
     Returns (batches done, carried state, index of the first batch whose loss or norm is not finite)."""
+    if s.workers:
+        return parallel.train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch, stop)
     grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
     i, checks, start = first, [], time.perf_counter()
     padded = batches.padded
@@ -169,7 +179,7 @@ def evaluate(model, ids, cfg, vocab, ctx):
 
 def test(s, run):
     """Score the test file with the run's best parameters; the scores are kept in state.json."""
-    nll, tokens = evaluate(run.load_model(s.ctx), s.test_ids, s.cfg, s.vocab, s.ctx)
+    nll, tokens = evaluate(run.load_model(s.device), s.test_ids, s.cfg, s.vocab, s.device)
     result = {**scores("test_", nll / tokens, s.cfg.data.level), "test_tokens": tokens}
     run.write_state({**run.read_state(), "test": result})
     return result
@@ -183,13 +193,14 @@ def _samples(s):
             ids = generate.encode_prefix(prefix, s.vocab, s.cfg.data)
         except CharlmError:
             continue  # the default prefixes are English; another corpus may lack their characters
-        texts.append(generate.complete(s.model, s.vocab, ids, s.cfg.train.sample_length, s.ctx))
+        texts.append(generate.complete(s.model, s.vocab, ids, s.cfg.train.sample_length, s.device))
     return texts
 
 
-def make_trainer(model, tcfg):
-    """A Gluon Trainer for the configured optimizer and learning rate."""
-    return gluon.Trainer(model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr})
+def make_trainer(model, tcfg, workers=None):
+    """A Gluon Trainer for the configured optimizer and learning rate (over `workers` when data-parallel)."""
+    args = model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr}
+    return workers.trainer(*args) if workers else gluon.Trainer(*args)
 
 
 @dataclass
@@ -244,7 +255,7 @@ def _recover(s, run, trainer, progress, saved, epoch, step):
     else:
         mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
         s.model.initialize(mx.init.Xavier(), ctx=s.ctx, force_reinit=True)
-        trainer, progress = make_trainer(s.model, s.cfg.train), Progress()
+        trainer, progress = make_trainer(s.model, s.cfg.train, s.workers), Progress()
     progress.rollbacks, progress.lr_scale = rollbacks, lr_scale
     return trainer, progress
 
@@ -260,7 +271,7 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
     train.checkpoint_every batches and after each epoch, evaluating and sampling after each epoch;
     return the best checkpoint metric. Once stop() is true, saves a checkpoint and raises Interrupted."""
     tcfg, dcfg = s.cfg.train, s.cfg.data
-    trainer, p = trainer or make_trainer(s.model, tcfg), progress or Progress()
+    trainer, p = trainer or make_trainer(s.model, tcfg, s.workers), progress or Progress()
     loss_fn = models.TokenNLL()
     loss_fn.hybridize(static_alloc=True, static_shape=True)
     start, saved, every = time.perf_counter() - p.elapsed, bool(p.epoch or p.step), tcfg.checkpoint_every
@@ -271,7 +282,7 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
         rng = np.random.default_rng([tcfg.seed, epoch])
         epoch_seed = int(rng.integers(2**31))
         batches = batches_of(s.cfg, s.vocab, s.train_ids, rng)
-        step, state, sums = p.step, p.hidden, Sums(s.ctx, p.partial)
+        step, state, sums = p.step, p.hidden, Sums(s.device, p.partial)
         mx.random.seed(_stretch_seed(tcfg.seed, epoch, step) if step else epoch_seed)
         bad = None
         while step < len(batches):
@@ -294,11 +305,12 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
         if bad is not None:
             continue
         stats = sums.read()
+        stats["nll"], stats["tokens"] = parallel.allsum(s.workers, stats["nll"], stats["tokens"])
         record = {"epoch": epoch, **scores("train_", stats["nll"] / stats["tokens"], dcfg.level),
                   "lr": trainer.learning_rate,
                   "grad_norm": stats["grad_norm"] / len(batches), "tokens_per_s": stats["tokens"] / stats["train_s"]}
         if len(s.val_ids):
-            nll, tokens = evaluate(s.model, s.val_ids, s.cfg, s.vocab, s.ctx)
+            nll, tokens = parallel.allsum(s.workers, *evaluate(s.model, s.val_ids, s.cfg, s.vocab, s.device))
             record.update(scores("val_", nll / tokens, dcfg.level))
         record["elapsed_s"] = time.perf_counter() - start
         if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):

@@ -3,12 +3,14 @@ each row; scripts/bad_inputs.py prints the README's table from this same list.""
 import contextlib
 import errno
 import json
+import os
 from pathlib import Path
 from unittest import mock
 
 from click.testing import CliRunner
 
 from charlm.cli import main
+from charlm.launch import DMLC_ENV
 
 TINY = ["--hidden-size", "8", "--embed-size", "4", "--num-layers", "1", "--seq-len", "4", "--batch-size", "2",
         "--epochs", "1", "--sample-every", "0"]
@@ -69,6 +71,16 @@ def _damage_optimizer_state(run):
 
 def _disk_full():
     return mock.patch("charlm.run.os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device"))
+
+
+def _worker_env():
+    """The environment a launcher gives a worker; no scheduler listens, but these cases stop before connecting."""
+    return mock.patch.dict(os.environ, {"DMLC_ROLE": "worker", "DMLC_PS_ROOT_URI": "127.0.0.1",
+                                        "DMLC_PS_ROOT_PORT": "9", "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": "2"})
+
+
+def _no_cluster():
+    return mock.patch.dict(os.environ, {name: "" for name in DMLC_ENV})  # empty counts as unset
 
 
 def _train(ws, *args):
@@ -142,11 +154,32 @@ CASES = [
     ("`data addition --base 16`", lambda ws: ["data", "addition", "--base", "16", "-o", str(ws.tmp / "a.txt")],
      "--base must be between 2 and 10"),
     ("`--gpu` with no GPU visible", lambda ws: _train(ws, "--gpu"), "--gpu: MXNet sees no GPU"),
+    ("`--gpus` with no GPU visible", lambda ws: _train(ws, "--gpus", "0,1"), "--gpus: MXNet sees no GPU"),
+    ("`--ctx` that is not a device list", lambda ws: _train(ws, "--ctx", "cpu0"),
+     "--ctx 'cpu0': expected a comma-separated device list like cpu:0,cpu:1"),
+    ("`--ctx` together with `--gpu`", lambda ws: _train(ws, "--ctx", "cpu:0,cpu:1", "--gpu"), "give only one of them"),
+    ("batch that does not split over the devices", lambda ws: _train(ws, "--ctx", "cpu:0,cpu:1,cpu:2"),
+     "data.batch_size 2 does not split evenly over 3 devices"),
+    ("unknown kvstore", lambda ws: _train(ws, "--kvstore", "nccl"), "Invalid value for '--kvstore'"),
+    ("dist kvstore without a cluster", lambda ws: _train(ws, "--kvstore", "dist_sync"),
+     "--kvstore dist_sync needs a cluster"),
+    ("`--kvstore dist_async` with a decaying learning rate", lambda ws: _train(ws, "--kvstore", "dist_async"),
+     "pass --lr-decay 1"),
+    ("`--on-divergence rollback` with a dist kvstore",
+     lambda ws: _train(ws, "--kvstore", "dist_sync", "--on-divergence", "rollback"), "use --on-divergence stop"),
+    ("a launcher's worker with `--kvstore local`", lambda ws: _train(ws), "pass --kvstore dist_sync or dist_async"),
+    ("`--resume` with a dist kvstore", lambda ws: ["train", "--resume", str(ws.run), "--kvstore", "dist_sync"],
+     "--resume continues a run in one process"),
+    ("`launch-local` without a command", lambda ws: ["launch-local", "-n", "2"], "give the workers' charlm command"),
     ("output directory not writable", lambda ws: _train(ws, "--runs-dir", str(ws.corpus / "runs")),
      "cannot create a run directory"),
     ("disk full while saving", lambda ws: _train(ws, "--name", "full"), "No space left on device"),
 ]
-PATCHES = {"disk full while saving": _disk_full}  # cases that need the machine to misbehave
+# Cases that need the machine to misbehave, or the environment of a cluster's worker.
+PATCHES = {"disk full while saving": _disk_full, "dist kvstore without a cluster": _no_cluster,
+           **dict.fromkeys(["`--kvstore dist_async` with a decaying learning rate",
+                            "`--on-divergence rollback` with a dist kvstore",
+                            "a launcher's worker with `--kvstore local`"], _worker_env)}
 
 
 def invoke(ws, what, args):

@@ -1,0 +1,106 @@
+"""Parameter-server jobs: the kvstore kinds, the DMLC_* environment MXNet's launchers give each process,
+and a loopback cluster (scheduler, servers, workers on 127.0.0.1) to try a dist kvstore on one machine."""
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+KVSTORES = ("local", "device", "dist_sync", "dist_async")
+DMLC_ENV = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")
+HOST = "127.0.0.1"  # MXNet's own `--launcher local` picks a non-loopback address, which can hang
+SERVE = [sys.executable, "-c", "import mxnet"]  # with DMLC_ROLE scheduler or server, importing MXNet serves
+
+
+def free_port():
+    """A TCP port on the loopback address that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent():
+    # Runs in each child before exec: should the launcher itself be killed outright (kill -9),
+    # the kernel ends its cluster too instead of leaving it waiting for peers forever.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+class LoopbackCluster:
+    """One scheduler, num_servers servers and num_workers workers running `worker_argv` on 127.0.0.1,
+    each in a process group of its own, so that stop() ends them and whatever they started."""
+
+    def __init__(self, num_workers, num_servers, worker_argv, grace=3.0):
+        self.num_workers, self.num_servers, self.worker_argv = num_workers, num_servers, list(worker_argv)
+        self.grace, self.port, self.procs = grace, free_port(), []  # procs: [(name, Popen)]
+
+    def _env(self, role, threads):
+        env = {**os.environ, "DMLC_ROLE": role, "DMLC_PS_ROOT_URI": HOST, "DMLC_NODE_HOST": HOST,
+               "DMLC_PS_ROOT_PORT": str(self.port), "DMLC_NUM_SERVER": str(self.num_servers),
+               "DMLC_NUM_WORKER": str(self.num_workers)}
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        return env
+
+    def _spawn(self, name, argv, env, quiet):
+        proc = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=_die_with_parent,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL if quiet else None)
+        self.procs.append((name, proc))
+
+    def start(self):
+        """Start the scheduler, the servers and the workers, in that order."""
+        # Workers share the cores (as `sweep --jobs` does); the servers only add up gradients.
+        threads = max(1, len(os.sched_getaffinity(0)) // self.num_workers)
+        self._spawn("scheduler", SERVE, self._env("scheduler", 1), quiet=True)
+        for i in range(self.num_servers):
+            self._spawn(f"server {i}", SERVE, self._env("server", 1), quiet=True)
+        for i in range(self.num_workers):
+            self._spawn(f"worker {i}", self.worker_argv, self._env("worker", threads), quiet=False)
+        return self
+
+    def pids(self):
+        """The process ids of the cluster, by name."""
+        return {name: proc.pid for name, proc in self.procs}
+
+    def wait(self, poll=0.1):
+        """Block until every worker has exited or a process failed; return (0, None) when all workers
+        succeeded, else (exit status, name) of the first failure, a signal counted as 128 + its number."""
+        workers = [(name, proc) for name, proc in self.procs if name.startswith("worker")]
+        while True:
+            for name, proc in self.procs:
+                code = proc.poll()
+                if code:
+                    return (code if code > 0 else 128 - code), name
+            if all(proc.poll() == 0 for _, proc in workers):
+                return 0, None
+            time.sleep(poll)
+
+    def stop(self):
+        """SIGTERM every process group, SIGKILL those still running after the grace period; reap all."""
+        deadline = time.monotonic() + self.grace
+        for _, proc in self.procs:
+            _signal_group(proc, signal.SIGTERM)
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass  # blocked in MXNet's C++ waiting for a peer: SIGTERM's Python handler never runs
+            _signal_group(proc, signal.SIGKILL)  # also whatever the process left in its group
+            proc.wait()
+
+
+def _signal_group(proc, sig):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+@contextlib.contextmanager
+def loopback(num_workers, num_servers, worker_argv, grace=3.0):
+    """A started LoopbackCluster, stopped (every process group ended) however the block exits."""
+    cluster = LoopbackCluster(num_workers, num_servers, worker_argv, grace)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -1,0 +1,211 @@
+"""Data parallelism on MXNet's own machinery: each batch split along N over this worker's devices,
+gradients summed by the Trainer's kvstore, and under a dist kvstore summed over the workers too."""
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import autograd, gluon, mx, nd
+from .errors import CharlmError
+from .launch import DMLC_ENV, KVSTORES
+
+SUM_KEY = 1 << 20  # the kvstore key for metric sums: far above the Trainer's keys, one per parameter
+
+
+@dataclass
+class Workers:
+    """This process's devices and its place among the workers (rank 0 of 1 without a dist kvstore)."""
+    ctxs: list
+    kvstore: str = "local"
+    kv: object = None  # the dist KVStore, connected to the scheduler
+    summing: bool = False  # SUM_KEY is initialised on the servers
+
+    @property
+    def rank(self):
+        """This worker's number, 0 to num_workers - 1; rank 0 writes the run."""
+        return self.kv.rank if self.kv else 0
+
+    @property
+    def num_workers(self):
+        """How many workers train together."""
+        return self.kv.num_workers if self.kv else 1
+
+    @property
+    def is_async(self):
+        """Whether each worker's update lands on its own (dist_async)."""
+        return self.kvstore == "dist_async"
+
+    def shard(self, ids):
+        """This worker's contiguous 1/num_workers of ids; every shard has the same length, so every
+        worker takes the same number of steps (dist_sync waits for all of them at each step)."""
+        n = len(ids) // self.num_workers
+        return ids[self.rank * n:(self.rank + 1) * n]
+
+    def shards(self, train_ids, val_ids):
+        """This worker's training and validation text. Under dist_async no two workers hold the same
+        weights, so each scores its own copy on all of the validation text (rank 0's score is kept)."""
+        return self.shard(train_ids), (val_ids if self.is_async else self.shard(val_ids))
+
+    def trainer(self, params, optimizer, optimizer_params):
+        """A Trainer over these devices and workers.
+
+        Updates run on the servers only under dist_async, where MXNet requires it; otherwise each
+        device updates its copy with the summed gradient, which keeps the learning rate and the
+        optimizer state in this process, where lr_decay and checkpoints reach them."""
+        kind = _ServerTrainer if self.is_async else gluon.Trainer
+        return kind(params, optimizer, optimizer_params, kvstore=self.kv or self.kvstore,
+                    update_on_kvstore=self.is_async)
+
+    def allsum(self, *values):
+        """values summed over the workers under dist_sync, as floats; as they are otherwise."""
+        if self.kv is None or self.is_async:  # async servers apply the optimizer to whatever is pushed
+            return values
+        if not self.summing:
+            self.kv.init(SUM_KEY, nd.zeros(len(values)))  # collective: every worker gets here together
+            self.summing = True
+        # float32: the dist kvstore sums in float32 whatever it is given (float64 came back rounded).
+        buf = nd.array(values)
+        self.kv.pushpull(SUM_KEY, buf, out=buf)
+        return tuple(float(v) for v in buf.asnumpy())
+
+
+class _ServerTrainer(gluon.Trainer):
+    """A Trainer whose optimizer runs on the servers (dist_async)."""
+
+    def save_states(self, fname):
+        """Save the optimizer's settings: its state is on the servers, which MXNet cannot read back."""
+        with open(fname, "wb") as f:
+            f.write(mx.optimizer.get_updater(self.optimizer).get_states(dump_optimizer=True))
+
+
+def connect(cfg, ctx, kvstore="local"):
+    """Workers for these devices and kvstore, or None for one device in one process (the plain path).
+
+    A dist kvstore connects to the scheduler named by the DMLC_* variables MXNet's launchers set."""
+    ctxs = ctx if isinstance(ctx, list) else [ctx]
+    if kvstore not in KVSTORES:
+        raise CharlmError(f"unknown kvstore {kvstore!r}; valid kvstores: {', '.join(KVSTORES)}")
+    dist = kvstore.startswith("dist")
+    if not dist and os.environ.get("DMLC_ROLE") == "worker":
+        raise CharlmError(f"started as a parameter-server worker (DMLC_ROLE=worker) with --kvstore {kvstore}: "
+                          f"pass --kvstore dist_sync or dist_async")
+    if dist:
+        missing = [name for name in DMLC_ENV if not os.environ.get(name)]
+        if missing:
+            raise CharlmError(f"--kvstore {kvstore} needs a cluster, described by the DMLC_* variables MXNet's "
+                              f"launchers set (missing: {', '.join(missing)}): start it with `charlm launch-local "
+                              f"-n 2 -- train --kvstore {kvstore} ...` or `python -m mxnet.tools.launch ...`")
+    if cfg.data.batch_size % len(ctxs):
+        raise CharlmError(f"data.batch_size {cfg.data.batch_size} does not split evenly over {len(ctxs)} devices: "
+                          f"make it a multiple of {len(ctxs)}")
+    if dist and cfg.train.on_divergence == "rollback":
+        raise CharlmError(f"--on-divergence rollback reloads a checkpoint that only rank 0 has: with --kvstore "
+                          f"{kvstore} use --on-divergence stop")
+    if kvstore == "dist_async" and cfg.train.lr_decay != 1:
+        raise CharlmError("--kvstore dist_async runs the optimizer on the servers, where charlm cannot decay the "
+                          "learning rate: pass --lr-decay 1")
+    if not dist and len(ctxs) == 1:
+        return None
+    if cfg.data.mode == "lines":
+        raise CharlmError("lines mode trains on one device in one process: drop --ctx, --gpus and --kvstore")
+    return Workers(ctxs, kvstore, mx.kv.create(kvstore) if dist else None)
+
+
+def allsum(workers, *values):
+    """values summed over the workers, or as they are without Workers."""
+    return workers.allsum(*values) if workers else values
+
+
+def clip_summed(grads, max_norm):
+    """Scale each device's gradients (grads[device][param]) so that their sum over the devices has a
+    global L2 norm of at most max_norm; return the norm of that sum before scaling, on the first device."""
+    if len(grads) == 1:
+        return gluon.utils.clip_global_norm(grads[0], max_norm, check_isfinite=False)
+    ctx = grads[0][0].context
+    summed = [nd.add_n(*(g.as_in_context(ctx) for g in same)) for same in zip(*grads)]
+    norm = nd.add_n(*(nd.sum(g * g) for g in summed)).sqrt()
+    scale = nd.minimum(max_norm / (norm + 1e-8), 1.0)  # clip_global_norm's own formula
+    for device in grads:
+        for g in device:
+            g *= scale.as_in_context(g.context)
+    return norm
+
+
+def train_step(w, model, loss_fn, trainer, grads, Xs, Ys, states, tcfg):
+    """train.train_step on every device at once. The loss is scaled and the gradient clipped as one
+    device with the whole batch (of every worker, under dist_sync) would: the norm is that of the sum."""
+    tokens = sum(X.size for X in Xs) * (1 if w.is_async else w.num_workers)
+    with autograd.record():
+        outs = [model(X, state) for X, state in zip(Xs, states)]
+        totals = [loss_fn(logits, Y).sum() for (logits, _), Y in zip(outs, Ys)]
+        losses = totals if tcfg.loss_reduction == "sum" else [total / tokens for total in totals]
+    autograd.backward(losses)
+    clip = tcfg.grad_clip or float("inf")
+    if w.is_async:
+        norm = clip_summed(grads, clip)  # each worker's push is an update of its own: clip what it pushes
+        trainer.step(1)
+    else:
+        trainer.allreduce_grads()  # every device now holds the gradient summed over devices and workers
+        norm = [gluon.utils.clip_global_norm(g, clip, check_isfinite=False) for g in grads][0]
+        trainer.update(1)
+    total = nd.add_n(*(t.as_in_context(w.ctxs[0]) for t in totals))
+    return total, norm, [state for _, state in outs]
+
+
+def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=None, stop=None):
+    """train.train_steps with each batch split along N over the devices. The carried state comes in and
+    goes out whole, on the first device, so checkpoints hold it as one device would."""
+    w, axis = s.workers, s.model.state_batch_axis
+    if w.rank:  # fit seeds dropout from (seed, epoch) alone: every worker would draw the same masks
+        mx.random.seed(int(nd.random.randint(0, 2**30, shape=(1,)).asscalar()) + w.rank)
+    params = [p for p in s.model.collect_params().values() if p.grad_req != "null"]
+    grads = [[p.grad(ctx) for p in params] for ctx in w.ctxs]
+    states = None
+    if state is not None and batches.carries_state:
+        parts = [gluon.utils.split_and_load(h, w.ctxs, batch_axis=axis) for h in state]
+        states = [[part[d] for part in parts] for d in range(len(w.ctxs))]
+    i, checks, start = first, [], time.perf_counter()
+    while i < end and not (stop and stop()):
+        X, Y = batches[i]
+        Xs, Ys = (gluon.utils.split_and_load(a, w.ctxs, batch_axis=1) for a in (X, Y))  # (T, N / devices)
+        if states is None or not batches.carries_state:
+            states = [s.model.begin_state(x.shape[1], x.context) for x in Xs]
+        else:
+            states = [[h.detach() for h in state] for state in states]
+        total, norm, states = train_step(w, s.model, loss_fn, trainer, grads, Xs, Ys, states, s.cfg.train)
+        sums.nll += total
+        sums.norm += norm
+        checks.append(total + norm)
+        sums.tokens += Y.size
+        i += 1
+        if on_batch:
+            on_batch(i, len(batches), sums.tokens, lambda t=sums.tokens: sums.nll.asscalar() / t)
+    nd.waitall()
+    sums.seconds += time.perf_counter() - start
+    bad = np.flatnonzero(~np.isfinite(nd.concat(*checks, dim=0).asnumpy())) if checks else []
+    if states is not None:
+        state = [nd.concat(*(st[k].as_in_context(w.ctxs[0]) for st in states), dim=axis)
+                 for k in range(len(states[0]))]
+    return i, state, first + int(bad[0]) if len(bad) else None
+
+
+class NoRun:
+    """Where workers other than rank 0 train into: a run directory that writes nothing."""
+    path = None
+
+    def lock(self):
+        return contextlib.nullcontext(self)
+
+    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0, hidden=None):
+        """Nothing: rank 0 saves the run."""
+
+    def save_position(self, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0):
+        """Nothing: rank 0 saves the run."""
+
+    def read_state(self):
+        return {}
+
+    def finish(self):
+        """Nothing: rank 0 finishes the run."""
