@@ -37,7 +37,7 @@ def parameter_bytes(run):
     """Bytes of the run's parameters: what one gradient push (or pull) moves."""
     from charlm.engine import mx
 
-    return sum(a.size * np.dtype(a.dtype).itemsize for a in mx.nd.load(str(run / "params-last.params")).values())
+    return sum(a.size * np.dtype(a.dtype).itemsize for a in mx.nd.load(str(run / "params-best.params")).values())
 
 
 def measure(name, workers, train_args):
