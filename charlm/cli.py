@@ -165,7 +165,7 @@ def _resumed_run(run, epochs, devices, kvstore):
     ctx = engine.contexts(*devices)
     s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore))
     if s.vocab.tokens != run.vocab().tokens:
-        raise CharlmError(f"the text of {run.path} has changed since the run started (other characters)")
+        raise CharlmError(f"the text of {run.path} has changed since the run started (another vocabulary)")
     run.start(cfg, s.vocab, fresh=False)
     trainer = training.make_trainer(s.model, cfg.train, s.workers)
     return s, run, trainer, training.restore(s, run, trainer)
@@ -448,6 +448,7 @@ def evaluate(data_path, task, as_json, run_dir, runs_dir, gpu):
 
 
 def _eval_addition(run, vocab, data_path, as_json, gpu):
+    """Print the exact-match accuracy of the run's best model on the addition lines of data_path."""
     from . import addition, data, engine
 
     if not data_path:

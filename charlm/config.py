@@ -12,7 +12,7 @@ import yaml
 from .errors import CharlmError
 
 CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
-GATES = CELLS[:3]  # the scratch cells: no embedding, no stacking, no dropout
+SCRATCH_CELLS = CELLS[:3]  # no embedding, no stacking, no dropout
 
 
 def _opt(default, help, **meta):
@@ -212,8 +212,7 @@ def resolve(files=(), flags=None, sets=()):
 def validate(cfg):
     """Raise a CharlmError for values no run can use."""
     positive = [("data", "seq_len"), ("data", "batch_size"), ("model", "hidden_size"), ("model", "num_layers"),
-                ("train", "epochs"), ("train", "sample_length")]
-    positive += [("data", "min_freq")]
+                ("train", "epochs"), ("train", "sample_length"), ("data", "min_freq")]
     for section, name in positive:
         if getattr(getattr(cfg, section), name) < 1:
             raise CharlmError(f"{section}.{name} must be at least 1, got {getattr(getattr(cfg, section), name)}")
@@ -237,7 +236,7 @@ def validate(cfg):
         raise CharlmError(f"data.max_vocab must be 0 (no cap) or at least 3 (<unk>, <eos> and a word), "
                           f"got {cfg.data.max_vocab}")
     m = cfg.model
-    if m.tie_weights and (m.cell in GATES or m.embed_size != m.hidden_size):
+    if m.tie_weights and (m.cell in SCRATCH_CELLS or m.embed_size != m.hidden_size):
         raise CharlmError(f"model.tie_weights needs a Gluon cell (rnn, lstm, gru) with embed_size = hidden_size, "
                           f"got {m.cell} with embed_size {m.embed_size} and hidden_size {m.hidden_size}")
 
