@@ -133,10 +133,16 @@ class _Step(gluon.HybridBlock):
 
 
 class TokenNLL(gluon.HybridBlock):
-    """Negative log-likelihood of each target character, in nats: (T, N, V), (T, N) -> (T, N)."""
+    """Negative log-likelihood of each target token, in nats: (T, N, V), (T, N) -> (T, N); when masked,
+    targets below 0 are padding and cost 0 (so they add nothing to the gradient either)."""
+
+    def __init__(self, masked=False, **kwargs):
+        super().__init__(**kwargs)
+        self.masked = masked
 
     def hybrid_forward(self, F, logits, Y):
-        return -F.pick(F.log_softmax(logits, axis=-1), Y, axis=-1)
+        nll = -F.pick(F.log_softmax(logits, axis=-1), Y, axis=-1)
+        return nll * (Y >= 0) if self.masked else nll
 
 
 def build(model_cfg, vocab_size, ctx):

@@ -94,16 +94,13 @@ def batches_of(cfg, vocab, ids, rng=None):
     return data.ITERATORS[d.iterator](ids, d.batch_size, d.seq_len, rng)
 
 
-def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg, count=None, padded=False):
+def train_step(model, loss_fn, trainer, grads, X, Y, state, tcfg, count=None):
     """One update: forward, backward, clip by global norm, step. Returns (NLL sum, norm, state) on device.
 
-    When padded, targets below 0 are padding, out of the loss and so of the gradient; count is the
-    number of real targets."""
+    count is the number of real targets (all of Y unless it holds padding, which loss_fn masks)."""
     with autograd.record():
         logits, state = model(X, state)
         nll = loss_fn(logits, Y)  # (T, N)
-        if padded:
-            nll = nll * (Y >= 0)
         total = nll.sum()
         # "sum" is the tutorial's scaling: lr and clip apply to the gradient of the summed loss.
         loss = total if tcfg.loss_reduction == "sum" else total / (count or nll.size)
@@ -137,16 +134,15 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
         return parallel.train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch, stop)
     grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
     i, checks, start = first, [], time.perf_counter()
-    padded = batches.padded
     while i < end and not (stop and stop()):
         x, y = batches[i]
-        count = int((y >= 0).sum()) if padded else y.size
+        count = real_targets(y, batches)
         X, Y = nd.array(x, ctx=s.ctx), nd.array(y, ctx=s.ctx)
         if state is None or not batches.carries_state:
             state = s.model.begin_state(X.shape[1], s.ctx)
         else:
             state = [h.detach() for h in state]  # truncated BPTT: keep the values, cut the graph
-        total, norm, state = train_step(s.model, loss_fn, trainer, grads, X, Y, state, s.cfg.train, count, padded)
+        total, norm, state = train_step(s.model, loss_fn, trainer, grads, X, Y, state, s.cfg.train, count)
         sums.nll += total
         sums.norm += norm
         checks.append(total + norm)  # non-finite when either is: read once, at the end
@@ -160,20 +156,23 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
     return i, state, first + int(bad[0]) if len(bad) else None
 
 
+def real_targets(y, batches):
+    """How many targets of a batch's y are real (lines mode pads with targets below 0)."""
+    return int((y >= 0).sum()) if batches.padded else y.size
+
+
 def evaluate(model, ids, cfg, vocab, ctx):
     """Summed NLL and token count of ids with dropout off: carried-state streams, or padded lines."""
-    loss_fn = models.TokenNLL()
     batches = batches_of(cfg, vocab, ids)
-    padded = batches.padded
+    loss_fn = models.TokenNLL(masked=batches.padded)
     nll_sum, tokens, state = nd.zeros(1, ctx=ctx), 0, None
     for x, y in batches:
         X, Y = nd.array(x, ctx=ctx), nd.array(y, ctx=ctx)
         if state is None or not batches.carries_state:
             state = model.begin_state(X.shape[1], ctx)
         logits, state = model(X, state)
-        nll = loss_fn(logits, Y)
-        nll_sum += (nll * (Y >= 0) if padded else nll).sum()
-        tokens += int((y >= 0).sum()) if padded else y.size
+        nll_sum += loss_fn(logits, Y).sum()
+        tokens += real_targets(y, batches)
     return float(nll_sum.asscalar()), tokens
 
 
@@ -272,7 +271,7 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
     return the best checkpoint metric. Once stop() is true, saves a checkpoint and raises Interrupted."""
     tcfg, dcfg = s.cfg.train, s.cfg.data
     trainer, p = trainer or make_trainer(s.model, tcfg, s.workers), progress or Progress()
-    loss_fn = models.TokenNLL()
+    loss_fn = models.TokenNLL(masked=dcfg.mode == "lines")
     loss_fn.hybridize(static_alloc=True, static_shape=True)
     start, saved, every = time.perf_counter() - p.elapsed, bool(p.epoch or p.step), tcfg.checkpoint_every
     while p.epoch < tcfg.epochs:

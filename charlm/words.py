@@ -78,8 +78,7 @@ def build_vocab(d, path, bos=False):
     counts = collections.Counter()
     for piece in _lines(d, path, d.max_chars):
         counts.update(piece.split())
-    counts.pop(UNK, None)  # PTB-style text spells <unk> out: it is the special token, not a word
-    specials = [UNK, EOS] + ([BOS] if bos else [])
+    specials = [UNK, EOS] + ([BOS] if bos else [])  # PTB-style text spells <unk> out: the token, not a word
     words = sorted((w for w, c in counts.items() if c >= d.min_freq and w not in specials),
                    key=lambda w: (-counts[w], w))
     if d.max_vocab:
