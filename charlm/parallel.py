@@ -54,7 +54,7 @@ class Workers:
         Updates run on the servers only under dist_async, where MXNet requires it; otherwise each
         device updates its copy with the summed gradient, which keeps the learning rate and the
         optimizer state in this process, where lr_decay and checkpoints reach them."""
-        kind = _ServerTrainer if self.is_async else gluon.Trainer
+        kind = _ServerTrainer if self.is_async else _Trainer
         return kind(params, optimizer, optimizer_params, kvstore=self.kv or self.kvstore,
                     update_on_kvstore=self.is_async)
 
@@ -71,7 +71,23 @@ class Workers:
         return tuple(float(v) for v in buf.asnumpy())
 
 
-class _ServerTrainer(gluon.Trainer):
+class _Trainer(gluon.Trainer):
+    """A Trainer that waits until every worker holds rank 0's initial weights before it pushes a gradient."""
+
+    def _init_params(self):
+        # MXNet's Trainer broadcasts rank 0's initial weights (push, then an asynchronous pull) and right
+        # away pushpulls the first gradients on the same keys. On CPU, MXNet 1.9.1's dist kvstore pushpulls
+        # straight from the gradient array (KVStoreDist::PushPullImpl), so no engine dependency orders the
+        # gradient after the weight's pull. When both workers' gradients for a key reached the server first,
+        # the server held their sum (with no optimizer on the servers it keeps the last sum) and the late
+        # pull wrote that sum into the weight, on one worker or both: 7 of 12 tiny dist_sync runs measured
+        # here, the weight then wrong (and different between workers) for the rest of the run. Waiting for
+        # the pulls costs one sync per Trainer.
+        super()._init_params()
+        nd.waitall()
+
+
+class _ServerTrainer(_Trainer):
     """A Trainer whose optimizer runs on the servers (dist_async)."""
 
     def save_states(self, fname):
