@@ -1,10 +1,12 @@
 """Continuing a prefix: greedy (the tutorial's predict), or sampling with temperature and top-k."""
 import numpy as np
 
+from . import model as models
 from .data import letters
 from .engine import mx, nd
 from .errors import CharlmError
 
+GREEDY_STEPS = 32  # characters per call of the greedy block
 
 def normalise(prefix, data_cfg):
     """Apply the training text's normalisations to a prefix."""
@@ -32,9 +34,7 @@ def encode_prefix(prefix, vocab, data_cfg):
 
 
 def _choose(logits, temperature, top_k):
-    """Next ids (1,) from logits (1, V): argmax, or a draw from the tempered, top-k-cut softmax."""
-    if temperature is None and top_k is None:
-        return logits.argmax(axis=-1)
+    """Next ids (1,) drawn from logits (1, V) through the tempered, top-k-cut softmax."""
     if top_k is not None:
         kth = nd.topk(logits, k=top_k, ret_typ="value")[:, -1:]  # (1, 1), the k-th largest
         logits = nd.where(nd.broadcast_greater_equal(logits, kth), logits, nd.zeros_like(logits) - 1e30)
@@ -48,10 +48,18 @@ def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None
         mx.random.seed(seed)
     state = model.begin_state(1, ctx)
     logits, state = model(nd.array(prefix_ids, ctx=ctx).reshape((-1, 1)), state)  # the prefix in one call
-    chosen, step = [], model.stepper()
-    for i in range(length):
-        chosen.append(_choose(logits[-1], temperature, top_k))  # on the device: no host sync per character
-        if i + 1 < length:
-            logits, state = step(chosen[-1].reshape((1, 1)), state)
-    ids = nd.concat(*chosen, dim=0).asnumpy() if chosen else []
+    chosen = []  # kept on the device: no host sync per character
+    if temperature is None and top_k is None:
+        block = models.greedy(model, GREEDY_STEPS)
+        logits = logits[-1:]
+        for _ in range(0, length, GREEDY_STEPS):  # the last call may run past length: cut below
+            ids, logits, state = block(logits, state)
+            chosen.append(ids.reshape((-1,)))
+    else:
+        step = model.stepper()
+        for i in range(length):
+            chosen.append(_choose(logits[-1], temperature, top_k))
+            if i + 1 < length:
+                logits, state = step(chosen[-1].reshape((1, 1)), state)
+    ids = nd.concat(*chosen, dim=0).asnumpy()[:length] if chosen else []
     return vocab.decode(list(prefix_ids) + list(ids))

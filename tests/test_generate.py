@@ -66,3 +66,20 @@ def test_prefix_is_lowercased_like_the_training_text(trained):
 def test_bad_prefixes_are_clear_errors(trained, text, message):
     with pytest.raises(CharlmError, match=message):
         generate.encode_prefix(text, trained.vocab, trained.cfg.data)
+
+
+@pytest.mark.parametrize("cell, num_layers", [("rnn", 1), ("gru", 2), ("lstm", 2), ("scratch-rnn", 1),
+                                              ("scratch-gru", 1), ("scratch-lstm", 1)])
+def test_greedy_blocks_of_steps_equal_rerunning_the_whole_text(tiny_cfg, cell, num_layers, monkeypatch):
+    """Greedy generation runs GREEDY_STEPS characters per call (5 here, so 12 characters take three calls,
+    the last cut short); the text is the argmax continuation of re-reading everything each step."""
+    monkeypatch.setattr(generate, "GREEDY_STEPS", 5)
+    tiny_cfg.model.cell, tiny_cfg.model.num_layers = cell, num_layers
+    s = train.setup(tiny_cfg, mx.cpu())
+    for p in s.model.collect_params().values():
+        p.set_data(nd.array(np.random.default_rng(0).normal(0, 1, size=p.shape)))
+    ids = list(prefix(s))
+    for _ in range(12):
+        logits, _ = s.model(nd.array(ids).reshape((-1, 1)), s.model.begin_state(1, mx.cpu()))
+        ids.append(int(logits[-1].argmax(axis=-1).asscalar()))
+    assert generate.complete(s.model, s.vocab, prefix(s), 12, mx.cpu()) == s.vocab.decode(ids)

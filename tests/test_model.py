@@ -116,3 +116,24 @@ def test_stepper_one_character_at_a_time_equals_the_whole_sequence(cell, num_lay
     np.testing.assert_allclose(nd.concat(*steps, dim=0).asnumpy(), whole.asnumpy(), rtol=1e-5, atol=1e-5)
     for a, b in zip(state, whole_state):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["scratch-rnn", "scratch-lstm", "scratch-gru"])
+def test_scratch_sequences_longer_than_the_unrolled_graph_run_in_pieces(cell, monkeypatch):
+    """Cut into pieces of MAX_UNROLL steps, a sequence gives the same logits, state and gradients."""
+    model = build(cell)
+    randomize(model)
+    X = nd.array(np.random.default_rng(5).integers(0, V, size=(7, N)))
+    results = []
+    for max_unroll in (64, 3):  # one piece of 7 steps; pieces of 3, 3 and 1
+        monkeypatch.setattr(models, "MAX_UNROLL", max_unroll)
+        with mx.autograd.record():
+            logits, state = model(X, model.begin_state(N, mx.cpu()))
+            loss = (logits ** 2).sum() + sum((s ** 2).sum() for s in state)
+        loss.backward()
+        grads = [p.grad().asnumpy().copy() for p in model.collect_params().values()]
+        results.append((logits.asnumpy(), [s.asnumpy() for s in state], grads))
+    (whole, whole_state, whole_grads), (pieces, piece_state, piece_grads) = results
+    np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-6)
+    for a, b in zip(piece_state + piece_grads, whole_state + whole_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
