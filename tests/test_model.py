@@ -137,3 +137,48 @@ def test_scratch_sequences_longer_than_the_unrolled_graph_run_in_pieces(cell, mo
     np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-6)
     for a, b in zip(piece_state + piece_grads, whole_state + whole_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+GLUON_LAYERS = {"rnn": lambda: gluon.rnn.RNN(H, 2, activation="tanh", input_size=4),
+                "lstm": lambda: gluon.rnn.LSTM(H, 2, input_size=4), "gru": lambda: gluon.rnn.GRU(H, 2, input_size=4)}
+
+
+def gluon_layer_and_its_file(cell, model, path):
+    """A random Gluon fused layer, and a parameter file of `model` holding it as Gluon saves its layers."""
+    layer = GLUON_LAYERS[cell]()
+    layer.initialize(mx.init.Uniform(0.5))
+    pieces = {f"rnn.{name}": p.data() for name, p in layer._collect_params_with_prefix().items()}
+    others = {name: p.data() for name, p in model._collect_params_with_prefix().items() if not name.startswith("rnn.")}
+    nd.save(str(path), {**pieces, **others})
+    return layer
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_flat_fused_layer_equals_gluons_layer_and_reads_its_files(cell, tmp_path):
+    """Loaded from a file of Gluon's per-gate parameters (charlm's earlier layout), the flat layer gives
+    Gluon's layer's outputs and states: the pieces are packed in the operator's order."""
+    model = build(cell)
+    layer = gluon_layer_and_its_file(cell, model, tmp_path / "old.params")
+    model.load_parameters(str(tmp_path / "old.params"), ctx=mx.cpu())
+    assert model.packed  # so a resume refuses the per-piece optimizer state saved beside such a file
+    x = nd.array(np.random.default_rng(6).normal(size=(T, N, 4)))
+    state = [nd.array(np.random.default_rng(7 + k).normal(size=s.shape)) for k, s in
+             enumerate(model.begin_state(N, mx.cpu()))]
+    ours, our_state = model.rnn(x, state)
+    theirs, their_state = layer(x, state)
+    np.testing.assert_allclose(ours.asnumpy(), theirs.asnumpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(our_state, their_state):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_flat_fused_layer_starts_like_gluons_xavier_matrices_and_zero_biases():
+    model = models.build(ModelConfig(cell="lstm", hidden_size=64, embed_size=16, num_layers=2), V, mx.cpu())
+    pieces = model.rnn.unpack(nd, model.rnn.parameters.data())
+    for name, value in pieces.items():
+        value = value.asnumpy()
+        if name.endswith("bias"):
+            assert not value.any(), name
+        else:
+            bound = np.sqrt(6 / sum(value.shape))  # Xavier: uniform in +-sqrt(3 / mean(fan_in, fan_out))
+            assert np.abs(value).max() <= bound and np.abs(value).max() > 0.9 * bound, name
+            assert abs(value.std() - bound / np.sqrt(3)) < 0.1 * bound, name
