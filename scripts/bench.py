@@ -1,0 +1,364 @@
+"""Training speed of charlm against the tutorial-style loop and PyTorch, on the same text and shapes.
+
+    python scripts/bench.py                        # tm-lstm and tm-rnn: charlm, its scratch cells, the tutorial loop
+    python scripts/bench.py --torch-python PY      # add PyTorch rows, run by that interpreter (torch is never a
+                                                   # charlm dependency: give a venv that has it)
+    python scripts/bench.py --scaling              # LSTM tokens/s and peak RSS, hidden 128-1024 x batch 16-128
+    python scripts/bench.py --extras               # generation, `charlm generate`, `charlm --help`, 100 MB corpus
+    python scripts/bench.py --json results.json    # also write every measurement as JSON
+
+The shapes are the independent harness's (../shared/bench): `tm-lstm` is an LSTM of hidden 256, one layer,
+input embedding 43, seq_len 35, batch 32, SGD lr 0.2 without momentum, gradient clipping at global norm 5;
+`tm-rnn` the same with a tanh RNN. Every implementation reads the bundled Time Machine as consecutive
+(truncated-BPTT) batches. Each measurement is a fresh process: 5 warm-up steps, then whole steps for about
+--seconds, ended by a device sync. Within a round the implementations take turns, in an order that rotates
+from round to round; the table gives the median over the rounds with (min-max). Run nothing else meanwhile:
+on 2 cores a second busy process halves every figure."""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = {"tm-lstm": "lstm", "tm-rnn": "rnn"}
+TM = dict(embed=43, hidden=256, seq_len=35, batch=32, lr=0.2, clip=5.0)
+WARMUP = 5
+
+
+# Workers: each runs in its own process and prints one JSON line.
+
+def _batches(ids, batch, seq_len):
+    """Consecutive windows of `batch` parallel streams: [(x, y)] of (seq_len, batch) lists of ids."""
+    n = (len(ids) - 1) // batch
+    rows = [ids[b * n:(b + 1) * n + 1] for b in range(batch)]
+    return [([[row[t] for row in rows] for t in range(i, i + seq_len)],
+             [[row[t + 1] for row in rows] for t in range(i, i + seq_len)])
+            for i in range(0, n - seq_len + 1, seq_len)]
+
+
+def _timed(step, sync, seconds, tokens_per_step, warmup=WARMUP, every=5):
+    """tokens/s of step() after `warmup` steps, over whole steps lasting at least `seconds` (checked after
+    a sync every `every` steps)."""
+    for _ in range(warmup):
+        first = step()
+    sync()
+    steps, start = 0, time.perf_counter()
+    while True:
+        last = step()
+        steps += 1
+        if steps % every == 0:
+            sync()
+            if time.perf_counter() - start >= seconds:
+                break
+    elapsed = time.perf_counter() - start
+    return {"tokens_per_s": steps * tokens_per_step / elapsed, "steps": steps, "first": first, "last": last}
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def work_charlm(a):
+    """charlm's own training loop (train.train_steps, as `charlm train` runs it) on the bundled corpus."""
+    import numpy as np
+
+    from charlm import config, model as models, train
+    from charlm.engine import mx, nd
+
+    cfg = config.Config()
+    d, m, t = cfg.data, cfg.model, cfg.train
+    d.val_frac, d.iterator, d.seq_len, d.batch_size = 0.0, "sequential", a.seq_len, a.batch
+    m.cell, m.hidden_size, m.num_layers, m.dropout = a.cell, a.hidden, 1, 0.0
+    m.embed_size = 0 if a.cell.startswith("scratch") else a.embed
+    t.optimizer, t.lr, t.grad_clip = "sgd", a.lr, a.clip
+    s = train.setup(cfg, mx.cpu())
+    trainer = train.make_trainer(s.model, t)
+    loss_fn = models.TokenNLL()
+    loss_fn.hybridize(static_alloc=True, static_shape=True)
+    batches = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
+    # fit calls train_steps once an epoch, which syncs at its end; chunks of 10 batches measured the same as 5 or 20
+    run, chunk = {"i": 0, "state": None}, 10
+
+    def step():
+        if run["i"] + chunk > len(batches):
+            run["i"], run["state"] = 0, None
+        sums = train.Sums(s.device)
+        run["i"], run["state"], _ = train.train_steps(s, loss_fn, trainer, batches, run["i"], run["i"] + chunk,
+                                                      sums, run["state"])
+        return sums.nll
+
+    tokens = chunk * a.seq_len * a.batch
+    result = _timed(step, nd.waitall, a.seconds, tokens, warmup=1, every=1)
+    result["first"], result["last"] = (float(v.asscalar()) / tokens for v in (result["first"], result["last"]))
+    return {**result, "vocab": len(s.vocab)}
+
+
+def work_tutorial(a):
+    """The Gluon rnn-scratch tutorial's loop: one-hot inputs, one dot per weight per time step, the loss of
+    the concatenated outputs, clipping with a host read of the norm, and a hand-written SGD update."""
+    from charlm import data
+    from charlm.engine import autograd, gluon, nd
+
+    vocab, ids = data.load_corpus(None, lowercase=True)
+    V, H = len(vocab), a.hidden
+    batches = _batches([int(i) for i in ids], a.batch, a.seq_len)
+    gates = {"scratch-rnn": 1, "scratch-lstm": 4}[a.cell]
+
+    def normal(shape):
+        return nd.random.normal(scale=0.01, shape=shape)
+
+    weights = [[normal((V, H)), normal((H, H)), nd.zeros(H)] for _ in range(gates)]
+    params = [p for gate in weights for p in gate] + [normal((H, V)), nd.zeros(V)]
+    for p in params:
+        p.attach_grad()
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    run = {"i": 0, "state": None}
+
+    def cell(X, state):
+        def pre(k, h):
+            W_x, W_h, b = weights[k]
+            return nd.dot(X, W_x) + nd.dot(h, W_h) + b
+        if gates == 1:
+            h = nd.tanh(pre(0, state[0]))
+            return h, [h]
+        h, c = state
+        i, f, o, g = nd.sigmoid(pre(0, h)), nd.sigmoid(pre(1, h)), nd.sigmoid(pre(2, h)), nd.tanh(pre(3, h))
+        c = f * c + i * g
+        h = o * nd.tanh(c)
+        return h, [h, c]
+
+    def step():
+        x, y = batches[run["i"] % len(batches)]
+        run["i"] += 1
+        state = run["state"] or [nd.zeros((a.batch, H)) for _ in range(1 if gates == 1 else 2)]
+        state = [s.detach() for s in state]
+        inputs = [nd.one_hot(nd.array(row), V) for row in x]
+        with autograd.record():
+            outputs = []
+            for X in inputs:
+                h, state = cell(X, state)
+                outputs.append(nd.dot(h, params[-2]) + params[-1])
+            loss = loss_fn(nd.concat(*outputs, dim=0), nd.array([v for row in y for v in row])).mean()
+        loss.backward()
+        norm = sum((p.grad ** 2).sum() for p in params).sqrt().asscalar()  # the tutorial's host read
+        scale = min(1.0, a.clip / norm)
+        for p in params:
+            p[:] = p - a.lr * scale * p.grad
+        run["state"] = state
+        return float(loss.asscalar())
+
+    return {**_timed(step, nd.waitall, a.seconds, a.seq_len * a.batch), "vocab": V}
+
+
+def work_torch(a):
+    """PyTorch's nn.Embedding -> nn.LSTM / nn.RNN(tanh) -> nn.Linear, with all cores."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    ids = [int(v) for v in Path(a.ids).read_bytes()]
+    V, E, H = max(ids) + 1, a.embed, a.hidden
+    batches = [(torch.tensor(x), torch.tensor(y)) for x, y in _batches(ids, a.batch, a.seq_len)]
+    torch.manual_seed(0)
+    layer = torch.nn.LSTM(E, H) if a.cell == "lstm" else torch.nn.RNN(E, H, nonlinearity="tanh")
+    model = torch.nn.ModuleList([torch.nn.Embedding(V, E), layer, torch.nn.Linear(H, V)])
+    optimizer = torch.optim.SGD(model.parameters(), lr=a.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    run = {"i": 0, "state": None}
+
+    def step():
+        x, y = batches[run["i"] % len(batches)]
+        run["i"] += 1
+        state = run["state"]
+        if state is not None:
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        out, run["state"] = model[1](model[0](x), state)
+        loss = loss_fn(model[2](out).reshape(-1, V), y.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        optimizer.step()
+        return loss
+
+    result = _timed(step, lambda: None, a.seconds, a.seq_len * a.batch)  # CPU torch runs synchronously
+    result["first"], result["last"] = float(result["first"]), float(result["last"])
+    return {**result, "vocab": V, "torch": torch.__version__}
+
+
+def work_generate(a):
+    """Greedy continuation of 1,000 characters by the default model (speed does not depend on the weights)."""
+    from charlm import config, data, generate, model as models
+    from charlm.engine import mx
+
+    cfg = config.Config()
+    vocab, _ = data.load_corpus(None, lowercase=True)
+    model = models.build(cfg.model, len(vocab), mx.cpu())
+    prefix = vocab.encode("the time ma")
+    generate.complete(model, vocab, prefix, 100, mx.cpu())  # builds the graphs
+    start = time.perf_counter()
+    generate.complete(model, vocab, prefix, 1000, mx.cpu())
+    return {"chars_per_s": 1000 / (time.perf_counter() - start)}
+
+
+def work_corpus(a):
+    """Reading and encoding a text file (a.ids): seconds and the id type."""
+    from charlm import data
+
+    start = time.perf_counter()
+    _, ids = data.load_corpus(a.ids)
+    return {"seconds": time.perf_counter() - start, "dtype": str(ids.dtype), "chars": len(ids)}
+
+
+WORKERS = {"charlm": work_charlm, "tutorial": work_tutorial, "torch": work_torch, "generate": work_generate,
+           "corpus": work_corpus}
+
+
+# The driver.
+
+def measure(python, impl, **args):
+    """Run one worker in a fresh process; its JSON result with the peak RSS."""
+    cmd = [python, __file__, "--worker", impl] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def median_of(results, key="tokens_per_s"):
+    values = [r[key] for r in results]
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(values, scale=1e3, unit="k"):
+    mid, lo, hi = values
+    return f"{mid / scale:,.1f}{unit} ({lo / scale:,.1f}-{hi / scale:,.1f})"
+
+
+def compare(args, ids_path):
+    """The headline table: for each shape, charlm's layer, its scratch cell, the tutorial loop, PyTorch."""
+    jobs = []
+    for shape, cell in SHAPES.items():
+        jobs += [(shape, "charlm", cell, sys.executable), (shape, "charlm", "scratch-" + cell, sys.executable),
+                 (shape, "tutorial", "scratch-" + cell, sys.executable)]
+        if args.torch_python:
+            jobs.append((shape, "torch", cell, args.torch_python))
+    results = {job[:3]: [] for job in jobs}
+    for r in range(args.rounds):
+        for shape, impl, cell, python in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+            results[shape, impl, cell].append(measure(python, impl, cell=cell, ids=ids_path, seconds=args.seconds,
+                                                      **TM))
+    print("| shape | implementation | tokens/s, median (min-max) | vs tutorial loop | vs PyTorch "
+          "| peak RSS MB | loss first -> last |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for (shape, impl, cell), rs in results.items():
+        mid = median_of(rs)
+        tutorial = median_of(results[shape, "tutorial", "scratch-" + SHAPES[shape]])[0]
+        torch = results.get((shape, "torch", SHAPES[shape]))
+        name = {"charlm": f"charlm `--cell {cell}`", "tutorial": f"tutorial-style loop ({cell})",
+                "torch": f"PyTorch {rs[0].get('torch', '')} nn.{cell.upper()}"}[impl]
+        vs_torch = f"{mid[0] / median_of(torch)[0]:.2f}x" if torch else "-"
+        print(f"| {shape} | {name} | {fmt(mid)} | {mid[0] / tutorial:.1f}x | {vs_torch} "
+              f"| {max(x['peak_rss_mb'] for x in rs):.0f} | {rs[0]['first']:.2f} -> {rs[0]['last']:.2f} |")
+        rows.append({"shape": shape, "impl": impl, "cell": cell, "runs": rs})
+    return rows
+
+
+def scaling(args, ids_path):
+    """LSTM tokens/s and peak RSS over hidden x batch, charlm against PyTorch when given."""
+    impls = [("charlm", sys.executable)] + ([("torch", args.torch_python)] if args.torch_python else [])
+    rows = []
+    print("| hidden | batch | charlm tokens/s | charlm peak RSS MB |"
+          + (" PyTorch tokens/s | PyTorch peak RSS MB | charlm / PyTorch |" if args.torch_python else ""))
+    print("|---|---|---|---|" + ("---|---|---|" if args.torch_python else ""))
+    for hidden in (128, 256, 512, 1024):
+        for batch in (16, 32, 64, 128):
+            shape = {**TM, "hidden": hidden, "batch": batch}
+            got = {impl: measure(python, impl, cell="lstm", ids=ids_path, seconds=args.seconds, **shape)
+                   for impl, python in impls}
+            line = f"| {hidden} | {batch} | {got['charlm']['tokens_per_s'] / 1e3:,.1f}k | " \
+                   f"{got['charlm']['peak_rss_mb']:.0f} |"
+            if "torch" in got:
+                line += f" {got['torch']['tokens_per_s'] / 1e3:,.1f}k | {got['torch']['peak_rss_mb']:.0f} | " \
+                        f"{got['charlm']['tokens_per_s'] / got['torch']['tokens_per_s']:.2f}x |"
+            print(line, flush=True)
+            rows.append({"hidden": hidden, "batch": batch, **got})
+    return rows
+
+
+def extras(args):
+    """Generation speed, `charlm generate` and `charlm --help` wall times, and encoding a 100 MB corpus."""
+    charlm = [sys.executable, "-m", "charlm"]
+
+    def wall(cmd, times=5):
+        seconds = []
+        for _ in range(times):
+            start = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            seconds.append(time.perf_counter() - start)
+        return statistics.median(seconds)
+
+    gen = [measure(sys.executable, "generate")["chars_per_s"] for _ in range(3)]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(charlm + ["train", "--epochs", "1", "--max-chars", "20000", "--sample-every", "0",
+                                 "--runs-dir", tmp, "--name", "r"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        generate_s = wall(charlm + ["generate", "the time ma", "--length", "1000", "--run", f"{tmp}/r"])
+        big = Path(tmp) / "big.txt"
+        book = (ROOT / "data" / "timemachine.txt").read_bytes()
+        with open(big, "wb") as f:
+            for _ in range(100 * 2**20 // len(book) + 1):
+                f.write(book)
+        corpus = measure(sys.executable, "corpus", ids=big)
+    help_s = wall(charlm + ["--help"])
+    print("| measurement | result | target |")
+    print("|---|---|---|")
+    print(f"| greedy generation, 1,000 characters, default model | {statistics.median(gen):,.0f} chars/s "
+          f"(min {min(gen):,.0f}) | >= 5,000 |")
+    print(f"| `charlm generate \"the time ma\" --length 1000`, process start to exit | {generate_s:.2f} s | < 3 s |")
+    print(f"| `charlm --help` | {help_s:.2f} s | < 0.5 s |")
+    print(f"| encoding a {corpus['chars'] / 1e6:.0f} MB text | {corpus['seconds']:.2f} s, ids as {corpus['dtype']} "
+          f"| < 10 s |")
+    return {"generate_chars_per_s": gen, "generate_wall_s": generate_s, "help_wall_s": help_s, "corpus": corpus}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--torch-python", help="an interpreter that can import torch (adds the PyTorch rows)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
+    parser.add_argument("--scaling", action="store_true", help="the hidden x batch table instead")
+    parser.add_argument("--extras", action="store_true", help="generation, start-up and corpus figures instead")
+    parser.add_argument("--json", help="write the measurements here")
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    for name, value in {**TM, "cell": "lstm", "ids": ""}.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = WORKERS[args.worker](args)
+        print(json.dumps({**result, "peak_rss_mb": _peak_rss_mb()}))
+        return
+    cores = len(os.sched_getaffinity(0))
+    print(f"_{time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.processor() or platform.machine()}, {cores} cores, "
+          f"Python {platform.python_version()}, `python scripts/bench.py {' '.join(sys.argv[1:])}`_\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        # The ids the PyTorch worker reads, which cannot import charlm: the bundled text as charlm encodes it.
+        from charlm import data
+        _, ids = data.load_corpus(None, lowercase=True)
+        ids_path = Path(tmp) / "ids.bin"
+        ids_path.write_bytes(ids.astype("uint8").tobytes())
+        if args.extras:
+            results = extras(args)
+        elif args.scaling:
+            results = scaling(args, ids_path)
+        else:
+            results = compare(args, ids_path)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
