@@ -187,7 +187,7 @@ def work_torch(a):
         return loss
 
     result = _timed(step, lambda: None, a.seconds, a.seq_len * a.batch)  # CPU torch runs synchronously
-    result["first"], result["last"] = float(result["first"]), float(result["last"])
+    result["first"], result["last"] = result["first"].item(), result["last"].item()
     return {**result, "vocab": V, "torch": torch.__version__}
 
 
