@@ -8,6 +8,7 @@ from .errors import CharlmError
 
 GREEDY_STEPS = 32  # characters per call of the greedy block
 
+
 def normalise(prefix, data_cfg):
     """Apply the training text's normalisations to a prefix."""
     if data_cfg.lowercase:
