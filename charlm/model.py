@@ -272,32 +272,34 @@ class _Steps(gluon.HybridBlock):
         self.parameters = self.params.get("parameters")  # the fused layer's own Parameter, found by its name
 
     def hybrid_forward(self, F, X, state, parameters):
-        w = self.layer.unpack(F, parameters)
-        if not self.greedy:
-            return self._step(F, X, state, w)  # X: ids (1, N) -> logits (1, N, V), state
-        chosen, logits = [], X  # X: the logits (1, N, V) to continue from
-        for _ in range(self.greedy):
-            chosen.append(F.argmax(logits, axis=-1))  # (1, N)
-            logits, state = self._step(F, chosen[-1], state, w)
-        return F.concat(*chosen, dim=0), logits, state  # ids (greedy, N), the last step's logits, state
-
-    def _step(self, F, X, state, w):
-        layers, H = self.layer.num_layers, self.layer.hidden_size
-        x = X.reshape((-1,))  # (1, N) -> (N,)
-        x = self.embedding(x) if self.embedding else F.one_hot(x, self.vocab_size)  # (N, E)
+        w, layers = self.layer.unpack(F, parameters), self.layer.num_layers
+        # Per layer [h] or [h, c], each (N, H): split from (layers, N, H) once per call, not once per step.
         per_kind = [F.split(s, num_outputs=layers, axis=0, squeeze_axis=True) for s in state]
-        if layers == 1:
-            per_kind = [[p] for p in per_kind]
+        cells = [[kind if layers == 1 else kind[layer] for kind in per_kind] for layer in range(layers)]
+        if not self.greedy:
+            logits, cells = self._step(F, X.reshape((-1,)), cells, w)  # X: ids (1, N)
+        else:
+            chosen, logits = [], F.squeeze(X, axis=0)  # X: the logits (1, N, V) to continue from
+            for _ in range(self.greedy):
+                chosen.append(F.argmax(logits, axis=-1))  # (N,)
+                logits, cells = self._step(F, chosen[-1], cells, w)
+        state = [F.stack(*[cell[k] for cell in cells], axis=0) for k in range(len(state))]  # (layers, N, H)
+        logits = logits.expand_dims(axis=0)  # (1, N, V)
+        return (logits, state) if not self.greedy else (F.stack(*chosen, axis=0), logits, state)
+
+    def _step(self, F, ids, cells, w):
+        """One step from ids (N,) and per-layer states: logits (N, V) and the new per-layer states."""
+        x = self.embedding(ids) if self.embedding else F.one_hot(ids, self.vocab_size)  # (N, E)
+        H = self.layer.hidden_size
         width, new = GATES[self.cell] * H, []
-        for layer in range(layers):
+        for layer, cell in enumerate(cells):
             def hh(h, layer=layer):
                 return F.FullyConnected(h, w[f"l{layer}_h2h_weight"], w[f"l{layer}_h2h_bias"], num_hidden=width)
 
             x = F.FullyConnected(x, w[f"l{layer}_i2h_weight"], w[f"l{layer}_i2h_bias"], num_hidden=width)
-            x, layer_state = STEPS[self.cell](F, x, [kind[layer] for kind in per_kind], hh, None, H)
-            new.append(layer_state)
-        state = [F.stack(*[s[k] for s in new], axis=0) for k in range(len(state))]  # back to (layers, N, H)
-        return self.decoder(x).expand_dims(axis=0), state  # logits: (1, N, V)
+            x, cell = STEPS[self.cell](F, x, cell, hh, None, H)
+            new.append(cell)
+        return self.decoder(x), new
 
 
 class _Greedy(gluon.HybridBlock):
