@@ -7,14 +7,14 @@ from .errors import CharlmError
 MAX_BASE = 10  # digits are 0-9
 
 
-def write_number(n, base, msd_first):
-    """n in base, least significant digit first unless msd_first."""
-    digits = np.base_repr(int(n), base)
+def write_number(n, base, msd_first, width=0):
+    """n in base, zero-padded to width digits, least significant digit first unless msd_first."""
+    digits = np.base_repr(int(n), base).zfill(width)
     return digits if msd_first else digits[::-1]
 
 
-def make_lines(digits, count, seed, base=10, msd_first=False):
-    """count lines `a+b=c` with a and b drawn uniformly below base**digits."""
+def make_lines(digits, count, seed, base=10, msd_first=False, pad=False):
+    """count lines `a+b=c` with a and b drawn uniformly below base**digits (fixed width if pad)."""
     if not 2 <= base <= MAX_BASE:
         raise CharlmError(f"--base must be between 2 and {MAX_BASE}, got {base}")
     if digits < 1 or count < 1:
@@ -23,8 +23,11 @@ def make_lines(digits, count, seed, base=10, msd_first=False):
         raise CharlmError(f"--digits {digits} in base {base} is too large (at most {int(62 / np.log2(base))})")
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, base ** digits, size=(2, count), dtype=np.int64)
-    return [f"{write_number(x, base, msd_first)}+{write_number(y, base, msd_first)}="
-            f"{write_number(x + y, base, msd_first)}" for x, y in zip(a, b)]
+    # padded, digit i of a, b and c sits at the same offset in every line, as in the tutorial's 8-bit
+    # numbers; c gets one digit more for the final carry
+    width = digits if pad else 0
+    return [f"{write_number(x, base, msd_first, width)}+{write_number(y, base, msd_first, width)}="
+            f"{write_number(x + y, base, msd_first, width + pad)}" for x, y in zip(a, b)]
 
 
 def split_line(line):

@@ -31,6 +31,23 @@ def test_least_significant_digit_first_is_the_default():
     assert addition.write_number(5, 2, msd_first=True) == "101"
 
 
+def test_pad_writes_fixed_width_numbers_with_the_zeros_on_the_most_significant_side():
+    assert addition.make_lines(2, 4, seed=0, pad=True) == ["58+03=511", "36+40=760", "15+70=850", "62+10=720"]
+    assert addition.make_lines(2, 4, seed=0, pad=True, msd_first=True) == ["85+30=115", "63+04=067", "51+07=058",
+                                                                          "26+01=027"]
+    assert addition.make_lines(2, 4, seed=0)[1] == "36+4=76"  # unpadded by default
+
+
+@pytest.mark.parametrize("base, msd_first", [(10, False), (10, True), (2, False)])
+def test_padded_lines_have_fixed_widths_and_right_sums(base, msd_first):
+    for line in addition.make_lines(6, 300, seed=4, base=base, msd_first=msd_first, pad=True):
+        a, b, c = line.replace("=", "+").split("+")
+        assert (len(a), len(b), len(c)) == (6, 6, 7)
+        if not msd_first:
+            a, b, c = a[::-1], b[::-1], c[::-1]
+        assert int(a, base) + int(b, base) == int(c, base)  # int() reads past the leading zeros
+
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], prog_name="charlm")
 
@@ -40,6 +57,9 @@ def test_an_lstm_learns_one_digit_addition_and_eval_reports_its_accuracy(tmp_pat
     data = tmp_path / "add.txt"
     assert invoke("data", "addition", "--digits", 1, "--count", 3000, "--seed", 1, "-o", data).exit_code == 0
     assert len(data.read_text().splitlines()) == 3000
+    padded = tmp_path / "padded.txt"
+    assert invoke("data", "addition", "--digits", 2, "--count", 4, "--seed", 0, "--pad", "-o", padded).exit_code == 0
+    assert padded.read_text() == "58+03=511\n36+40=760\n15+70=850\n62+10=720\n"
     result = invoke("train", "--data", data, "--mode", "lines", "--runs-dir", tmp_path / "runs", "--name", "add",
                     "--hidden-size", 64, "--embed-size", 16, "--num-layers", 1, "--dropout", 0, "--batch-size", 32,
                     "--epochs", 4, "--lr", 0.01, "--lr-decay", 1, "--sample-every", 0, "--val-frac", 0.05)
