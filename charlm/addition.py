@@ -40,12 +40,15 @@ def split_line(line):
 
 def accuracy(model, vocab, line_start, lines, ctx, batch_size=256):
     """Exact-match accuracy of greedy completions of each line's prompt, up to the line end, against its
-    answer; line_start is the id that opens a line (the line-start token, or the line break)."""
+    answer, and the accuracy of each answer position as written (position 0 first: the units digit unless
+    --msd-first), over the lines whose answer is that long; line_start is the id that opens a line (the
+    line-start token, or the line break)."""
     if not lines:
         raise CharlmError("no addition lines to evaluate")
     pairs = [split_line(line) for line in lines]
     prompts = [np.concatenate([[line_start], vocab.encode(p)]) for p, _ in pairs]
-    correct = 0
+    correct, longest_answer = 0, max(len(answer) for _, answer in pairs)
+    right, seen = np.zeros(longest_answer), np.zeros(longest_answer)
     by_length = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
@@ -62,7 +65,9 @@ def accuracy(model, vocab, line_start, lines, ctx, batch_size=256):
                 chosen.append(logits[-1].argmax(axis=-1))
             out = nd.stack(*chosen, axis=0).asnumpy().astype(int)  # (longest, N)
             for n, i in enumerate(group):
-                ids = list(out[:, n])
-                ids = ids[:ids.index(vocab.eos)] if vocab.eos in ids else None  # an answer must end its line
-                correct += ids is not None and vocab.decode(ids) == pairs[i][1]
-    return correct / len(lines)
+                ids, answer = list(out[:, n]), pairs[i][1]
+                written = vocab.decode(ids[:ids.index(vocab.eos)] if vocab.eos in ids else ids)
+                correct += vocab.eos in ids and written == answer  # an answer must end its line
+                seen[:len(answer)] += 1
+                right[:len(answer)] += [k < len(written) and written[k] == c for k, c in enumerate(answer)]
+    return correct / len(lines), list(right / seen)

@@ -459,11 +459,13 @@ def _eval_addition(run, vocab, data_path, as_json, gpu):
     start = vocab.bos if d.mode == "lines" else vocab.eos
     if vocab.level != "char" or start is None:
         raise CharlmError(f"{run.path} is not a character model trained on lines: it cannot answer a+b=")
-    result = {"accuracy": addition.accuracy(run.load_model(ctx), vocab, start, lines, ctx), "count": len(lines)}
+    exact, positions = addition.accuracy(run.load_model(ctx), vocab, start, lines, ctx)
+    result = {"accuracy": exact, "count": len(lines), "position_accuracy": positions}
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"accuracy {result['accuracy']:.4f} | {result['count']:,} lines")
+        click.echo(f"accuracy {exact:.4f} | {len(lines):,} lines | by answer position (as written): "
+                   + " ".join(f"{p:.2f}" for p in positions))
 
 
 @main.group("data")

@@ -70,3 +70,5 @@ def test_an_lstm_learns_one_digit_addition_and_eval_reports_its_accuracy(tmp_pat
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
     assert scores["count"] == 200 and scores["accuracy"] >= 0.95
+    units, tens = scores["position_accuracy"]  # sums of one-digit numbers have answers of 1 or 2 digits
+    assert units >= scores["accuracy"] and tens >= 0.9  # every exact answer has its units digit right
