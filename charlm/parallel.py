@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import autograd, gluon, mx, nd, on_device
+from .engine import autograd, gluon, keep_up, mx, nd, on_device
 from .errors import CharlmError
 from .launch import DMLC_ENV, KVSTORES
 
@@ -195,6 +195,7 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
         sums.nll += total
         sums.norm += norm
         checks.append(total + norm)
+        keep_up(checks)
         sums.tokens += Y.size
         i += 1
         if on_batch:

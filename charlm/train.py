@@ -146,6 +146,7 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
         sums.nll += total
         sums.norm += norm
         checks.append(total + norm)  # non-finite when either is: read once, at the end
+        engine.keep_up(checks)
         sums.tokens += count
         i += 1
         if on_batch:

@@ -31,3 +31,24 @@ def test_contexts_one_device_is_a_context_several_a_list(kwargs, expected):
 def test_contexts_bad_device_choices_are_clear_errors(kwargs, message):
     with pytest.raises(CharlmError, match=message):
         engine.contexts(**kwargs)
+
+
+def test_keep_up_waits_every_ahead_steps_for_the_step_ahead_back(monkeypatch):
+    """The host never gets more than 2 x AHEAD steps ahead of the device, and waits only every AHEAD steps."""
+    from charlm import engine
+
+    monkeypatch.setattr(engine, "AHEAD", 3)
+    waited = []
+
+    class Step:
+        def __init__(self, i):
+            self.i = i
+
+        def wait_to_read(self):
+            waited.append(self.i)
+
+    results = []
+    for i in range(10):
+        results.append(Step(i))
+        engine.keep_up(results)
+    assert waited == [2, 5]  # at 6 and 9 steps queued, the steps 3 back from the last
