@@ -1,6 +1,7 @@
 """The memory task: lines `a+b=c`, and the exact-match accuracy of greedy completions after `=`."""
 import numpy as np
 
+from . import model as models
 from .engine import nd
 from .errors import CharlmError
 
@@ -52,18 +53,14 @@ def accuracy(model, vocab, line_start, lines, ctx, batch_size=256):
     by_length = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
-    step = model.stepper()
     for length, members in by_length.items():
         for start in range(0, len(members), batch_size):
             group = members[start:start + batch_size]
             longest = max(len(pairs[i][1]) for i in group) + 1  # the answer and its line end
             X = nd.array(np.stack([prompts[i] for i in group], axis=1), ctx=ctx)  # (T, N)
             logits, state = model(X, model.begin_state(len(group), ctx))
-            chosen = [logits[-1].argmax(axis=-1)]
-            for _ in range(longest - 1):
-                logits, state = step(chosen[-1].reshape((1, -1)), state)
-                chosen.append(logits[-1].argmax(axis=-1))
-            out = nd.stack(*chosen, axis=0).asnumpy().astype(int)  # (longest, N)
+            out, _, _ = models.greedy(model, longest)(logits[-1:], state)
+            out = out.asnumpy().astype(int)  # (longest, N)
             for n, i in enumerate(group):
                 ids, answer = list(out[:, n]), pairs[i][1]
                 written = vocab.decode(ids[:ids.index(vocab.eos)] if vocab.eos in ids else ids)

@@ -167,8 +167,7 @@ def evaluate(model, ids, cfg, vocab, ctx):
     batches = batches_of(cfg, vocab, ids)
     loss_fn = models.TokenNLL(masked=batches.padded)
     nll_sum, tokens, state = nd.zeros(1, ctx=ctx), 0, None
-    for x, y in batches:
-        X, Y = nd.array(x, ctx=ctx), nd.array(y, ctx=ctx)
+    for x, y, X, Y in engine.on_device(batches, 0, len(batches), ctx):
         if state is None or not batches.carries_state:
             state = model.begin_state(X.shape[1], ctx)
         logits, state = model(X, state)
