@@ -239,16 +239,18 @@ class RNNLM(gluon.HybridBlock):
         """Gluon's load_parameters, which also reads files saved by Gluon's own fused layers (a parameter per
         gate group: charlm before the flat layout) by packing their pieces into the flat vector; `packed`
         then says so."""
-        loaded = mx.nd.load(filename)
-        old = ["rnn._unfused.{}.{}_{}".format(*name[1:].split("_")) for name, _ in self.rnn.pieces]  # l0_i2h_bias
-        if isinstance(loaded, dict) and all(name in loaded for name in old):
-            flat = mx.nd.concat(*[loaded.pop(name).reshape((-1,)) for name in old], dim=0)
-            loaded["rnn.parameters"] = flat
-            self.packed = True  # the optimizer state saved beside such a file is per piece: not resumable
-            with tempfile.TemporaryDirectory() as tmp:
-                mx.nd.save(f"{tmp}/packed.params", loaded)
-                return super().load_parameters(f"{tmp}/packed.params", ctx=ctx, **kwargs)
-        return super().load_parameters(filename, ctx=ctx, **kwargs)
+        try:
+            return super().load_parameters(filename, ctx=ctx, **kwargs)
+        except AssertionError:  # Gluon checks for missing parameters before it sets any
+            loaded = mx.nd.load(filename)
+            old = ["rnn._unfused.{}.{}_{}".format(*name[1:].split("_")) for name, _ in self.rnn.pieces]
+            if not (isinstance(loaded, dict) and all(name in loaded for name in old)):
+                raise
+        loaded["rnn.parameters"] = mx.nd.concat(*[loaded.pop(name).reshape((-1,)) for name in old], dim=0)
+        self.packed = True  # the optimizer state saved beside such a file is per piece: not resumable
+        with tempfile.TemporaryDirectory() as tmp:
+            mx.nd.save(f"{tmp}/packed.params", loaded)
+            return super().load_parameters(f"{tmp}/packed.params", ctx=ctx, **kwargs)
 
     def hybrid_forward(self, F, X, state):
         x = self.embedding(X) if self.embedding else F.one_hot(X, self.vocab_size)  # (T, N, E)
