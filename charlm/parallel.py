@@ -5,9 +5,7 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
-from .engine import autograd, gluon, keep_up, mx, nd, on_device
+from .engine import autograd, gluon, mx, nd, on_device
 from .errors import CharlmError
 from .launch import DMLC_ENV, KVSTORES
 
@@ -182,7 +180,7 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
     if state is not None and batches.carries_state:
         parts = [gluon.utils.split_and_load(h, w.ctxs, batch_axis=axis) for h in state]
         states = [[part[d] for part in parts] for d in range(len(w.ctxs))]
-    i, checks, start = first, [], time.perf_counter()
+    i, start = first, time.perf_counter()
     for _, _, X, Y in on_device(batches, first, end, w.ctxs[0]):
         if stop and stop():
             break
@@ -192,21 +190,15 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
         else:
             states = [[h.detach() for h in state] for state in states]
         total, norm, states = train_step(w, s.model, loss_fn, trainer, grads, Xs, Ys, states, s.cfg.train)
-        sums.nll += total
-        sums.norm += norm
-        checks.append(total + norm)
-        keep_up(checks)
-        sums.tokens += Y.size
+        sums.add(total, norm, Y.size)
         i += 1
         if on_batch:
             on_batch(i, len(batches), sums.tokens, lambda t=sums.tokens: sums.nll.asscalar() / t)
-    nd.waitall()
-    sums.seconds += time.perf_counter() - start
-    bad = np.flatnonzero(~np.isfinite(nd.concat(*checks, dim=0).asnumpy())) if checks else []
+    bad = sums.end_stretch(start, first)
     if states is not None:
         state = [nd.concat(*(st[k].as_in_context(w.ctxs[0]) for st in states), dim=axis)
                  for k in range(len(states[0]))]
-    return i, state, first + int(bad[0]) if len(bad) else None
+    return i, state, bad
 
 
 class NoRun:

@@ -119,6 +119,24 @@ class Sums:
         self.nll = nd.array([saved.get("nll", 0.0)], ctx=ctx)
         self.norm = nd.array([saved.get("grad_norm", 0.0)], ctx=ctx)
         self.tokens, self.seconds = saved.get("tokens", 0), saved.get("train_s", 0.0)
+        self.checks = []  # total + norm of each batch of the stretch: non-finite when either is
+
+    def add(self, total, norm, tokens):
+        """One batch: its NLL sum and gradient norm (on the device) and its count of real targets."""
+        self.nll += total
+        self.norm += norm
+        self.tokens += tokens
+        self.checks.append(total + norm)
+        engine.keep_up(self.checks)
+
+    def end_stretch(self, start, first):
+        """Wait for the queued batches (the one host sync of a stretch, so the time is honest) and add the
+        seconds since start; return the index of the stretch's first non-finite batch, counted from first."""
+        nd.waitall()
+        self.seconds += time.perf_counter() - start
+        bad = np.flatnonzero(~np.isfinite(nd.concat(*self.checks, dim=0).asnumpy())) if self.checks else []
+        self.checks = []
+        return first + int(bad[0]) if len(bad) else None
 
     def read(self):
         """The sums as plain numbers (a host sync), as saved in a mid-epoch checkpoint."""
@@ -133,7 +151,7 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
     if s.workers:
         return parallel.train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch, stop)
     grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
-    i, checks, start = first, [], time.perf_counter()
+    i, start = first, time.perf_counter()
     for x, y, X, Y in engine.on_device(batches, first, end, s.ctx):
         if stop and stop():
             break
@@ -143,18 +161,11 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
         else:
             state = [h.detach() for h in state]  # truncated BPTT: keep the values, cut the graph
         total, norm, state = train_step(s.model, loss_fn, trainer, grads, X, Y, state, s.cfg.train, count)
-        sums.nll += total
-        sums.norm += norm
-        checks.append(total + norm)  # non-finite when either is: read once, at the end
-        engine.keep_up(checks)
-        sums.tokens += count
+        sums.add(total, norm, count)
         i += 1
         if on_batch:
             on_batch(i, len(batches), sums.tokens, lambda t=sums.tokens: sums.nll.asscalar() / t)
-    nd.waitall()  # the one host sync of the stretch, so the timing below is honest
-    sums.seconds += time.perf_counter() - start
-    bad = np.flatnonzero(~np.isfinite(nd.concat(*checks, dim=0).asnumpy())) if checks else []
-    return i, state, first + int(bad[0]) if len(bad) else None
+    return i, state, sums.end_stretch(start, first)
 
 
 def real_targets(y, batches):
