@@ -14,8 +14,9 @@ def write_number(n, base, msd_first, width=0):
     return digits if msd_first else digits[::-1]
 
 
-def make_lines(digits, count, seed, base=10, msd_first=False, pad=False):
-    """count lines `a+b=c` with a and b drawn uniformly below base**digits (fixed width if pad)."""
+def make_lines(digits, count, seed, base=10, msd_first=False, pad=False, mixed=False):
+    """count lines `a+b=c` with a and b drawn uniformly below base**digits (fixed width if pad); if mixed,
+    each number's digit count is drawn uniformly from 1 to digits first."""
     if not 2 <= base <= MAX_BASE:
         raise CharlmError(f"--base must be between 2 and {MAX_BASE}, got {base}")
     if digits < 1 or count < 1:
@@ -23,7 +24,14 @@ def make_lines(digits, count, seed, base=10, msd_first=False, pad=False):
     if base ** digits > 2**62:
         raise CharlmError(f"--digits {digits} in base {base} is too large (at most {int(62 / np.log2(base))})")
     rng = np.random.default_rng(seed)
-    a, b = rng.integers(0, base ** digits, size=(2, count), dtype=np.int64)
+    if mixed:
+        # uniform values are almost all full length; uniform lengths put short sums, where each digit of
+        # c sits a few steps from the digits it adds, beside long ones (a curriculum within every batch)
+        lengths = rng.integers(1, digits + 1, size=(2, count))
+        low = np.where(lengths > 1, base ** (lengths - 1), 0)
+        a, b = low + (rng.random((2, count)) * (base ** lengths - low)).astype(np.int64)
+    else:
+        a, b = rng.integers(0, base ** digits, size=(2, count), dtype=np.int64)
     # padded, digit i of a, b and c sits at the same offset in every line, as in the tutorial's 8-bit
     # numbers; c gets one digit more for the final carry
     width = digits if pad else 0

@@ -480,12 +480,14 @@ def data_group():
 @click.option("--base", default=10, show_default=True, help="number base (2 for the binary-adder tutorial)")
 @click.option("--msd-first", is_flag=True, help="write the most significant digit first  [default: least first]")
 @click.option("--pad", is_flag=True, help="zero-pad a and b to --digits digits and c to one more (fixed width)")
+@click.option("--mixed", is_flag=True, help="draw each number's digit count uniformly from 1 to --digits, "
+              "then its value  [default: values uniform below base**digits, almost all full length]")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="file to write")
 @_user_errors
-def data_addition(digits, count, seed, base, msd_first, pad, output):
+def data_addition(digits, count, seed, base, msd_first, pad, mixed, output):
     """Write lines a+b=c: the memory task of the binary-adder tutorial, in decimal by default."""
     from .addition import make_lines
     from .run import write_text
 
-    write_text(output, "\n".join(make_lines(digits, count, seed, base, msd_first, pad)) + "\n")
+    write_text(output, "\n".join(make_lines(digits, count, seed, base, msd_first, pad, mixed)) + "\n")
     click.echo(f"wrote {count:,} lines to {output}")

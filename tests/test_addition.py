@@ -72,3 +72,27 @@ def test_an_lstm_learns_one_digit_addition_and_eval_reports_its_accuracy(tmp_pat
     assert scores["count"] == 200 and scores["accuracy"] >= 0.95
     units, tens = scores["position_accuracy"]  # sums of one-digit numbers have answers of 1 or 2 digits
     assert units >= scores["accuracy"] and tens >= 0.9  # every exact answer has its units digit right
+
+
+@pytest.mark.parametrize("base", [10, 2])
+def test_mixed_draws_digit_counts_uniformly_and_keeps_the_sums_right(base):
+    lines = addition.make_lines(6, 6000, seed=4, base=base, mixed=True)
+    counts = {}
+    for line in lines:
+        a, b, c = (n[::-1] for n in line.replace("=", "+").split("+"))
+        assert int(a, base) + int(b, base) == int(c, base)
+        for n in (a, b):
+            assert n == "0" or n[0] != "0"  # written without leading zeros: the length is the digit count
+            counts[len(n)] = counts.get(len(n), 0) + 1
+    assert sorted(counts) == list(range(1, 7))
+    assert all(abs(k / 12000 - 1 / 6) < 0.02 for k in counts.values())  # 2,000 +- 2% each
+    # without --mixed nearly every number has all its digits
+    full = [line.split("+")[0] for line in addition.make_lines(6, 1000, seed=4, base=base)]
+    assert sum(len(n) == 6 for n in full) > 1000 * (1 - 2 / base)
+
+
+def test_mixed_is_a_cli_flag(tmp_path):
+    out = tmp_path / "m.txt"
+    result = CliRunner().invoke(main, ["data", "addition", "--digits", 5, "--count", 300, "--mixed", "-o", out])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().splitlines() == addition.make_lines(5, 300, seed=1, mixed=True)
