@@ -343,6 +343,43 @@ class TokenNLL(gluon.HybridBlock):
         return nll * (Y >= 0) if self.masked else nll
 
 
+def _sums(F, nll, Y, mean):
+    """(NLL sum, the loss to differentiate): that sum, or when mean the sum over the real targets' count."""
+    total = F.sum(nll)
+    return total, F.broadcast_div(total, F.maximum(F.sum(Y >= 0), 1)) if mean else total
+
+
+class _Objective(gluon.HybridBlock):
+    """A HybridBlock model and its loss as one graph (see objective)."""
+
+    def __init__(self, model, masked, mean, **kwargs):
+        super().__init__(**kwargs)
+        self.model, self.nll, self.mean = model, TokenNLL(masked), mean
+
+    def hybrid_forward(self, F, X, Y, state):
+        logits, state = self.model(X, state)
+        return (*_sums(F, self.nll(logits, Y), Y, self.mean), state)
+
+
+def objective(model, masked=False, mean=True):
+    """The training objective of model: `total, loss, state = objective(X, Y, state)`, total the NLL sum
+    of the batch and loss what is differentiated (total, or its mean over the real targets when mean).
+
+    For a HybridBlock, model and loss run as one graph: two cached graphs and the ops between them cost
+    0.2 ms more host time per step, and the device waits that long (measured at the tm shapes)."""
+    if isinstance(model, gluon.HybridBlock):
+        block = _Objective(model, masked, mean)
+        block.hybridize(static_alloc=True, static_shape=True)
+        return block
+    nll = TokenNLL(masked)  # ScratchLM: a Block of per-length graphs, so its loss runs beside them
+    nll.hybridize(static_alloc=True, static_shape=True)
+
+    def run(X, Y, state):
+        logits, state = model(X, state)
+        return (*_sums(mx.nd, nll(logits, Y), Y, mean), state)
+    return run
+
+
 def build(model_cfg, vocab_size, ctx):
     """A hybridized, initialised model for a ModelConfig."""
     if model_cfg.cell in GATES:

@@ -5,7 +5,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from .engine import autograd, gluon, mx, nd, on_device
+from .engine import autograd, clip_global_norm, gluon, mx, nd, on_device
 from .errors import CharlmError
 from .launch import DMLC_ENV, KVSTORES
 
@@ -134,12 +134,14 @@ def allsum(workers, *values):
 
 def clip_summed(grads, max_norm):
     """Scale each device's gradients (grads[device][param]) so that their sum over the devices has a
-    global L2 norm of at most max_norm; return the norm of that sum before scaling, on the first device."""
+    global L2 norm of at most max_norm (none at 0); return the norm of that sum before scaling, on the first device."""
     if len(grads) == 1:
-        return gluon.utils.clip_global_norm(grads[0], max_norm, check_isfinite=False)
+        return clip_global_norm(grads[0], max_norm)
     ctx = grads[0][0].context
     summed = [nd.add_n(*(g.as_in_context(ctx) for g in same)) for same in zip(*grads)]
     norm = nd.add_n(*(nd.sum(g * g) for g in summed)).sqrt()
+    if not max_norm:
+        return norm
     scale = nd.minimum(max_norm / (norm + 1e-8), 1.0)  # clip_global_norm's own formula
     for device in grads:
         for g in device:
@@ -147,28 +149,28 @@ def clip_summed(grads, max_norm):
     return norm
 
 
-def train_step(w, model, loss_fn, trainer, grads, Xs, Ys, states, tcfg):
+def train_step(w, objective, trainer, grads, Xs, Ys, states, tcfg):
     """train.train_step on every device at once. The loss is scaled and the gradient clipped as one
     device with the whole batch (of every worker, under dist_sync) would: the norm is that of the sum."""
     tokens = sum(X.size for X in Xs) * (1 if w.is_async else w.num_workers)
     with autograd.record():
-        outs = [model(X, state) for X, state in zip(Xs, states)]
-        totals = [loss_fn(logits, Y).sum() for (logits, _), Y in zip(outs, Ys)]
+        outs = [objective(X, Y, state) for X, Y, state in zip(Xs, Ys, states)]
+        totals = [total for total, _, _ in outs]  # the objective's own mean is per device: not used
         losses = totals if tcfg.loss_reduction == "sum" else [total / tokens for total in totals]
     autograd.backward(losses)
-    clip = tcfg.grad_clip or float("inf")
+    clip = tcfg.grad_clip
     if w.is_async:
         norm = clip_summed(grads, clip)  # each worker's push is an update of its own: clip what it pushes
         trainer.step(1)
     else:
         trainer.allreduce_grads()  # every device now holds the gradient summed over devices and workers
-        norm = [gluon.utils.clip_global_norm(g, clip, check_isfinite=False) for g in grads][0]
+        norm = [clip_global_norm(g, clip) for g in grads][0]
         trainer.update(1)
     total = nd.add_n(*(t.as_in_context(w.ctxs[0]) for t in totals))
-    return total, norm, [state for _, state in outs]
+    return total, norm, [state for _, _, state in outs]
 
 
-def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=None, stop=None):
+def train_steps(s, objective, trainer, batches, first, end, sums, state, on_batch=None, stop=None):
     """train.train_steps with each batch split along N over the devices. The carried state comes in and
     goes out whole, on the first device, so checkpoints hold it as one device would."""
     w, axis = s.workers, s.model.state_batch_axis
@@ -189,11 +191,11 @@ def train_steps(s, loss_fn, trainer, batches, first, end, sums, state, on_batch=
             states = [s.model.begin_state(x.shape[1], x.context) for x in Xs]
         else:
             states = [[h.detach() for h in state] for state in states]
-        total, norm, states = train_step(w, s.model, loss_fn, trainer, grads, Xs, Ys, states, s.cfg.train)
+        total, norm, states = train_step(w, objective, trainer, grads, Xs, Ys, states, s.cfg.train)
         sums.add(total, norm, Y.size)
         i += 1
         if on_batch:
-            on_batch(i, len(batches), sums.tokens, lambda t=sums.tokens: sums.nll.asscalar() / t)
+            on_batch(i, len(batches), sums.tokens, sums.mean_loss)
     bad = sums.end_stretch(start, first)
     if states is not None:
         state = [nd.concat(*(st[k].as_in_context(w.ctxs[0]) for st in states), dim=axis)

@@ -80,15 +80,14 @@ def work_charlm(a):
     t.optimizer, t.lr, t.grad_clip = "sgd", a.lr, a.clip
     s = train.setup(cfg, mx.cpu())
     trainer = train.make_trainer(s.model, t)
-    loss_fn = models.TokenNLL()
-    loss_fn.hybridize(static_alloc=True, static_shape=True)
+    objective = models.objective(s.model)
     batches = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
     # As fit does: one train_steps call per epoch, which syncs once, at its end. WARMUP batches first.
-    _, state, _ = train.train_steps(s, loss_fn, trainer, batches, 0, WARMUP, train.Sums(s.device), None)
+    _, state, _ = train.train_steps(s, objective, trainer, batches, 0, WARMUP, train.Sums(), None)
     first, sums, seconds = WARMUP, [], 0.0
     while seconds < a.seconds:
-        sums.append(train.Sums(s.device))
-        _, state, _ = train.train_steps(s, loss_fn, trainer, batches, first, len(batches), sums[-1], state)
+        sums.append(train.Sums())
+        _, state, _ = train.train_steps(s, objective, trainer, batches, first, len(batches), sums[-1], state)
         first, state, seconds = 0, None, seconds + sums[-1].seconds
     tokens = sum(x.tokens for x in sums)
     return {"tokens_per_s": tokens / seconds, "steps": tokens // (a.seq_len * a.batch), "vocab": len(s.vocab),

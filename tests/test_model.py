@@ -182,3 +182,38 @@ def test_flat_fused_layer_starts_like_gluons_xavier_matrices_and_zero_biases():
             bound = np.sqrt(6 / sum(value.shape))  # Xavier: uniform in +-sqrt(3 / mean(fan_in, fan_out))
             assert np.abs(value).max() <= bound and np.abs(value).max() > 0.9 * bound, name
             assert abs(value.std() - bound / np.sqrt(3)) < 0.1 * bound, name
+
+
+@pytest.mark.parametrize("cell", ["lstm", "scratch-gru"])
+@pytest.mark.parametrize("masked, mean", [(False, True), (True, True), (True, False)])
+def test_objective_is_the_models_nll_sum_and_its_mean_over_real_targets_gradients_too(cell, masked, mean):
+    """The one graph of model and loss (a Python function for scratch cells) against the two blocks."""
+    model = build(cell, dropout=0.0)  # training mode: dropout would draw other masks in each run
+    randomize(model)
+    X = ids()
+    Y = ids(3).asnumpy()
+    if masked:
+        Y[-1, 0] = Y[-2, 0] = -1  # padding
+    Y = nd.array(Y)
+    params = list(model.collect_params().values())
+
+    def run(forward):
+        state = model.begin_state(N, mx.cpu())
+        with mx.autograd.record():
+            total, loss, state = forward(X, state)
+        loss.backward()
+        return total.asscalar(), loss.asscalar(), [p.grad().asnumpy().copy() for p in params], state
+
+    def two_blocks(X, state):
+        logits, state = model(X, state)
+        total = models.TokenNLL(masked)(logits, Y).sum()
+        return total, total / (int((Y >= 0).sum().asscalar()) if mean else 1), state
+
+    objective = models.objective(model, masked, mean)
+    got, want = run(lambda X, state: objective(X, Y, state)), run(two_blocks)
+    assert got[0] == pytest.approx(want[0], rel=1e-5) and got[1] == pytest.approx(want[1], rel=1e-5)
+    assert got[1] == pytest.approx(want[0] / ((T * N - 2 * masked) if mean else 1), rel=1e-5)
+    for g, w in zip(got[2], want[2]):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+    for g, w in zip(got[3], want[3]):
+        np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 import math
+import time
 
 import numpy as np
 import pytest
@@ -65,8 +66,9 @@ def one_step(tiny_cfg, clip, reduction="mean"):
     params = [p for p in s.model.collect_params().values() if p.grad_req != "null"]
     trainer = train.make_trainer(s.model, tiny_cfg.train)
     X, Y = next(iter(data.RandomBatches(s.train_ids, 4, 8, np.random.default_rng(0))))
-    _, norm, _ = train.train_step(s.model, models.TokenNLL(), trainer, [p.grad() for p in params],
-                                  nd.array(X), nd.array(Y), s.model.begin_state(4, mx.cpu()), tiny_cfg.train)
+    objective = models.objective(s.model, mean=reduction == "mean")
+    _, norm, _ = train.train_step(objective, trainer, [p.grad() for p in params], nd.array(X), nd.array(Y),
+                                  s.model.begin_state(4, mx.cpu()), clip)
     return float(norm.asscalar()), grad_norm(params)
 
 
@@ -92,9 +94,9 @@ def test_sequential_training_carries_state_between_batches(tiny_cfg, monkeypatch
     seen = []
     real_step = train.train_step
 
-    def spy(model, loss_fn, trainer, grads, X, Y, state, *rest):
+    def spy(objective, trainer, grads, X, Y, state, *rest):
         seen.append(float(sum(abs(h).sum().asscalar() for h in state)))
-        return real_step(model, loss_fn, trainer, grads, X, Y, state, *rest)
+        return real_step(objective, trainer, grads, X, Y, state, *rest)
 
     monkeypatch.setattr(train, "train_step", spy)
     train.fit(s, NoRun())
@@ -145,9 +147,9 @@ def test_rollback_gives_up_after_three_tries(tiny_cfg, monkeypatch):
     s = train.setup(tiny_cfg, mx.cpu())
     real, tries = train.train_steps, []
 
-    def always_bad(s, loss_fn, trainer, batches, first, *args):
+    def always_bad(s, objective, trainer, batches, first, *args):
         tries.append(1)
-        done, state, _ = real(s, loss_fn, trainer, batches, first, *args)
+        done, state, _ = real(s, objective, trainer, batches, first, *args)
         return done, state, first
 
     monkeypatch.setattr(train, "train_steps", always_bad)
@@ -214,12 +216,32 @@ def test_rollback_goes_back_to_a_mid_epoch_checkpoint(tiny_cfg, tmp_path, monkey
     tiny_cfg.train.on_divergence, tiny_cfg.train.checkpoint_every, tiny_cfg.train.epochs = "rollback", 20, 1
     real, starts = train.train_steps, []
 
-    def nan_once_at_40(s, loss_fn, trainer, batches, first, *args):
+    def nan_once_at_40(s, objective, trainer, batches, first, *args):
         starts.append(first)
-        done, state, bad = real(s, loss_fn, trainer, batches, first, *args)
+        done, state, bad = real(s, objective, trainer, batches, first, *args)
         return done, state, 45 if first == 40 and starts.count(40) == 1 else bad
 
     monkeypatch.setattr(train, "train_steps", nan_once_at_40)
     run, _ = train_in(tiny_cfg, tmp_path / "r")
     assert starts[:5] == [0, 20, 40, 40, 60]
     assert run.read_state()["lr_scale"] == 0.5 and [r["epoch"] for r in run.metrics()] == [1]
+
+
+def test_sums_add_up_on_the_host_and_find_the_first_non_finite_batch():
+    sums = train.Sums({"nll": 1.5, "grad_norm": 0.5, "tokens": 10, "train_s": 2.0})  # a mid-epoch checkpoint's
+    batches = [(2.0, 1.0), (3.0, float("nan")), (float("inf"), 2.0), (4.0, 1.0)]
+    for total, norm in batches[:2]:
+        sums.add(nd.array([total]), nd.array([norm]), 5)
+    assert sums.mean_loss() == pytest.approx((1.5 + 2.0 + 3.0) / 20)
+    assert sums.end_stretch(time.perf_counter(), first=7) == 8  # the stretch's second batch
+    for total, norm in batches[2:]:
+        sums.add(nd.array([total]), nd.array([norm]), 5)
+    assert sums.end_stretch(time.perf_counter(), first=9) == 9
+    read = sums.read()
+    assert read["tokens"] == 30 and read["train_s"] >= 2.0
+    assert read["nll"] == float("inf") and math.isnan(read["grad_norm"])
+    clean = train.Sums()
+    clean.add(nd.array([2.0]), nd.array([1.0]), 4)
+    assert clean.end_stretch(time.perf_counter(), first=0) is None
+    assert clean.end_stretch(time.perf_counter(), first=1) is None  # an empty stretch
+    assert clean.read()["nll"] == 2.0 and clean.read()["grad_norm"] == 1.0
