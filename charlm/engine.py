@@ -104,19 +104,24 @@ class _NormScale(gluon.HybridBlock):
 _NORM_SCALES = {}  # (max_norm, shapes, device) -> its _NormScale
 
 
-def clip_global_norm(arrays, max_norm):
-    """Scale arrays in place so that their global L2 norm is at most max_norm (none when max_norm is 0 or
-    None); return the norm before, (1,) on the arrays' device.
-
-    gluon.utils.clip_global_norm's maths with one cached graph for the norm and the factor: it took 0.32
-    ms of host time per call for 4 arrays, this 0.12 ms, and the device waits for the host's time."""
+def global_norm(arrays, max_norm):
+    """The global L2 norm of arrays, (1,) on their device, and the factor that brings it to at most max_norm
+    (None when max_norm is 0 or None): gluon.utils.clip_global_norm's maths in one cached graph, which took
+    0.12 ms of host time per call for 4 arrays where Gluon's took 0.32 ms (the device waits for the host)."""
     key = (max_norm or 0.0, tuple(a.shape for a in arrays), str(arrays[0].context))
     if key not in _NORM_SCALES:
         _NORM_SCALES[key] = _NormScale(max_norm or 0.0)
         _NORM_SCALES[key].hybridize(static_alloc=True, static_shape=True)
     # flat views made outside the graph: a reshape inside it is a copy
     norm, scale = _NORM_SCALES[key](*[a.reshape((-1,)) for a in arrays])
-    if max_norm:
+    return norm, scale if max_norm else None
+
+
+def clip_global_norm(arrays, max_norm):
+    """Scale arrays in place so that their global L2 norm is at most max_norm (none when max_norm is 0 or
+    None); return the norm before, (1,) on the arrays' device."""
+    norm, scale = global_norm(arrays, max_norm)
+    if scale is not None:
         for a in arrays:
             a *= scale
     return norm

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import data, engine, generate, lines, model as models, parallel
+from . import data, engine, generate, lines, model as models, optim, parallel
 from .engine import autograd, gluon, mx, nd
 from .errors import CharlmError
 
@@ -101,7 +101,7 @@ def train_step(objective, trainer, grads, X, Y, state, grad_clip):
         total, loss, state = objective(X, Y, state)
     loss.backward()
     # No isfinite check: it would force a host sync every step; divergence is caught per stretch.
-    norm = engine.clip_global_norm(grads, grad_clip)
+    norm = optim.clip(trainer, grads, grad_clip)
     trainer.step(1)
     return total, norm, state
 
@@ -213,8 +213,9 @@ def _samples(s):
 
 def make_trainer(model, tcfg, workers=None):
     """A Gluon Trainer for the configured optimizer and learning rate (over `workers` when data-parallel)."""
-    args = model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr}
-    return workers.trainer(*args) if workers else gluon.Trainer(*args)
+    if workers:
+        return workers.trainer(model.collect_params(), tcfg.optimizer, {"learning_rate": tcfg.lr})
+    return gluon.Trainer(model.collect_params(), optim.create(tcfg.optimizer, tcfg.lr))
 
 
 @dataclass

@@ -1,0 +1,79 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from charlm import optim
+from charlm.engine import gluon, mx, nd
+
+SHAPES = [(6, 4), (4,), (3, 5), (5,), (2, 2)]  # five: SGD's updater aggregates four at a time
+
+
+def params(seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, shape in enumerate(SHAPES):
+        p = gluon.Parameter(f"p{i}", shape=shape)
+        p.initialize(ctx=mx.cpu())
+        p.set_data(nd.array(rng.normal(size=shape)))
+        out.append(p)
+    return out
+
+
+def train(optimizer, ours, steps=3):
+    """Weights after `steps` updates with made-up gradients clipped at a norm the gradients exceed."""
+    ps = params(0)
+    trainer = gluon.Trainer(ps, optimizer)
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        with mx.autograd.record():  # the gradient of sum(p * c) is c
+            loss = nd.add_n(*[(p.data() * nd.array(rng.normal(size=p.shape))).sum() for p in ps])
+        loss.backward()
+        grads = [p.grad() for p in ps]
+        if ours:
+            optim.clip(trainer, grads, 0.5)
+        else:
+            gluon.utils.clip_global_norm(grads, 0.5, check_isfinite=False)
+        trainer.step(1)
+    return [p.data().asnumpy() for p in ps], trainer
+
+
+@pytest.mark.parametrize("name, stock", [("sgd", mx.optimizer.SGD), ("adam", mx.optimizer.Adam)])
+def test_the_factor_inside_the_update_equals_clipping_then_mxnets_optimizer(name, stock):
+    ours, trainer = train(optim.create(name, 0.1), ours=True)
+    theirs, _ = train(stock(learning_rate=0.1), ours=False)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert trainer.optimizer.grad_scale is not None
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_saved_states_keep_the_class_but_not_the_steps_factor(name, tmp_path):
+    _, trainer = train(optim.create(name, 0.1), ours=True)
+    trainer.save_states(str(tmp_path / "t.states"))
+    restored = gluon.Trainer(params(0), optim.create(name, 0.1))
+    restored.load_states(str(tmp_path / "t.states"))
+    assert type(restored.optimizer) is optim.OPTIMIZERS[name] and restored.optimizer.grad_scale is None
+    assert "grad_scale" not in pickle.loads(pickle.dumps(trainer.optimizer)).__dict__
+
+
+def test_an_optimizer_that_takes_no_factor_gets_its_gradients_scaled():
+    """As an optimizer unpickled from a run saved before charlm's own would be."""
+    ps = params(0)
+    trainer = gluon.Trainer(ps, mx.optimizer.Adam(learning_rate=0.1))
+    grads = [p.grad() for p in ps]
+    for g in grads:
+        g[:] = 1.0
+    norm = optim.clip(trainer, grads, 0.5)
+    assert norm.asscalar() == pytest.approx(np.sqrt(sum(np.prod(s) for s in SHAPES)), rel=1e-6)
+    assert np.sqrt(sum((g.asnumpy() ** 2).sum() for g in grads)) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_without_clipping_no_factor_is_set_and_gradients_stay():
+    ps = params(0)
+    trainer = gluon.Trainer(ps, optim.create("sgd", 0.1))
+    grads = [p.grad() for p in ps]
+    for g in grads:
+        g[:] = 3.0
+    optim.clip(trainer, grads, 0)
+    assert trainer.optimizer.grad_scale is None and all((g.asnumpy() == 3.0).all() for g in grads)
