@@ -28,10 +28,6 @@ class _Scaled:
             cache[key] = nd.array(values, ctx=ctx)
         return cache[key]
 
-    def _scale_in_place(self, grads):
-        for grad in grads:
-            grad *= self.grad_scale
-
 
 class SGD(_Scaled, mx.optimizer.SGD):
     """MXNet's SGD; without momentum the factor scales the learning rates (preloaded_multi_sgd_update)."""
@@ -41,7 +37,7 @@ class SGD(_Scaled, mx.optimizer.SGD):
             return super()._update_impl(indices, weights, grads, states, multi_precision)
         many = isinstance(indices, (tuple, list))
         if self.momentum or multi_precision or not many:
-            self._scale_in_place(grads if many else [grads])
+            engine.scale(grads if many else [grads], self.grad_scale)
             return super()._update_impl(indices, weights, grads, states, multi_precision)
         self._update_count(indices)
         ctx = weights[0].context
@@ -60,7 +56,7 @@ class Adam(_Scaled, mx.optimizer.Adam):
         if self.grad_scale is None:
             return super().update(index, weight, grad, state)
         if self._get_wd(index) or grad.stype != "default":
-            self._scale_in_place([grad])
+            engine.scale([grad], self.grad_scale)
             return super().update(index, weight, grad, state)
         self._update_count(index)
         t = self._index_update_count[index]
@@ -80,13 +76,12 @@ def create(name, learning_rate):
 
 
 def clip(trainer, grads, max_norm):
-    """Clip grads to a global L2 norm of at most max_norm (none at 0) for trainer's next step: the factor
-    goes to the optimizer when it takes one, else grads are scaled in place (an optimizer unpickled from a
-    run saved before this module). Returns the norm before, (1,) on the device."""
+    """Clip grads (flat views of the gradients) to a global L2 norm of at most max_norm (none at 0) for
+    trainer's next step: the factor goes to the optimizer when it takes one, else grads are scaled in place
+    (an optimizer unpickled from a run saved before this module). Returns the norm before, (1,) on the device."""
     norm, factor = engine.global_norm(grads, max_norm)
     if isinstance(trainer.optimizer, _Scaled):
         trainer.optimizer.grad_scale = factor
     elif factor is not None:
-        for grad in grads:
-            grad *= factor
+        engine.scale(grads, factor)
     return norm

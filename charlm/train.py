@@ -96,7 +96,7 @@ def batches_of(cfg, vocab, ids, rng=None):
 
 def train_step(objective, trainer, grads, X, Y, state, grad_clip):
     """One update: forward, backward, clip by global norm (none at 0), step. Returns (NLL sum, norm, state)
-    on the device."""
+    on the device. grads are flat views of the gradients."""
     with autograd.record():
         total, loss, state = objective(X, Y, state)
     loss.backward()
@@ -154,7 +154,8 @@ def train_steps(s, objective, trainer, batches, first, end, sums, state, on_batc
     Returns (batches done, carried state, index of the first batch whose loss or norm is not finite)."""
     if s.workers:
         return parallel.train_steps(s, objective, trainer, batches, first, end, sums, state, on_batch, stop)
-    grads = [p.grad(s.ctx) for p in s.model.collect_params().values() if p.grad_req != "null"]
+    # flat views of the gradients, made once: what optim.clip takes
+    grads = [p.grad(s.ctx).reshape((-1,)) for p in s.model.collect_params().values() if p.grad_req != "null"]
     i, start = first, time.perf_counter()
     for x, y, X, Y in engine.on_device(batches, first, end, s.ctx):
         if stop and stop():

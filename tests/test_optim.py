@@ -29,7 +29,7 @@ def train(optimizer, ours, steps=3):
         with mx.autograd.record():  # the gradient of sum(p * c) is c
             loss = nd.add_n(*[(p.data() * nd.array(rng.normal(size=p.shape))).sum() for p in ps])
         loss.backward()
-        grads = [p.grad() for p in ps]
+        grads = [p.grad().reshape((-1,)) for p in ps]
         if ours:
             optim.clip(trainer, grads, 0.5)
         else:
@@ -61,7 +61,7 @@ def test_an_optimizer_that_takes_no_factor_gets_its_gradients_scaled():
     """As an optimizer unpickled from a run saved before charlm's own would be."""
     ps = params(0)
     trainer = gluon.Trainer(ps, mx.optimizer.Adam(learning_rate=0.1))
-    grads = [p.grad() for p in ps]
+    grads = [p.grad().reshape((-1,)) for p in ps]
     for g in grads:
         g[:] = 1.0
     norm = optim.clip(trainer, grads, 0.5)
@@ -72,7 +72,7 @@ def test_an_optimizer_that_takes_no_factor_gets_its_gradients_scaled():
 def test_without_clipping_no_factor_is_set_and_gradients_stay():
     ps = params(0)
     trainer = gluon.Trainer(ps, optim.create("sgd", 0.1))
-    grads = [p.grad() for p in ps]
+    grads = [p.grad().reshape((-1,)) for p in ps]
     for g in grads:
         g[:] = 3.0
     optim.clip(trainer, grads, 0)

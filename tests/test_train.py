@@ -67,7 +67,8 @@ def one_step(tiny_cfg, clip, reduction="mean"):
     trainer = train.make_trainer(s.model, tiny_cfg.train)
     X, Y = next(iter(data.RandomBatches(s.train_ids, 4, 8, np.random.default_rng(0))))
     objective = models.objective(s.model, mean=reduction == "mean")
-    _, norm, _ = train.train_step(objective, trainer, [p.grad() for p in params], nd.array(X), nd.array(Y),
+    flat = [p.grad().reshape((-1,)) for p in params]
+    _, norm, _ = train.train_step(objective, trainer, flat, nd.array(X), nd.array(Y),
                                   s.model.begin_state(4, mx.cpu()), clip)
     return float(norm.asscalar()), grad_norm(params)
 
