@@ -39,15 +39,16 @@ def train(optimizer, ours, steps=3):
 
 
 @pytest.mark.parametrize("name, stock", [("sgd", mx.optimizer.SGD), ("adam", mx.optimizer.Adam)])
-def test_the_factor_inside_the_update_equals_clipping_then_mxnets_optimizer(name, stock):
+def test_charlms_clip_and_update_equal_clipping_then_mxnets_optimizer(name, stock):
+    """SGD takes the factor inside its update; Adam is MXNet's own, its gradients scaled in place."""
     ours, trainer = train(optim.create(name, 0.1), ours=True)
     theirs, _ = train(stock(learning_rate=0.1), ours=False)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert trainer.optimizer.grad_scale is not None
+    assert (getattr(trainer.optimizer, "grad_scale", None) is not None) == (name == "sgd")
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize("name", ["sgd"])
 def test_saved_states_keep_the_class_but_not_the_steps_factor(name, tmp_path):
     _, trainer = train(optim.create(name, 0.1), ours=True)
     trainer.save_states(str(tmp_path / "t.states"))
