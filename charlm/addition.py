@@ -26,7 +26,12 @@ def make_lines(digits, count, seed, base=10, msd_first=False, pad=False, mixed=F
     rng = np.random.default_rng(seed)
     if mixed:
         # uniform values are almost all full length; uniform lengths put short sums, where each digit of
-        # c sits a few steps from the digits it adds, beside long ones (a curriculum within every batch)
+        # c sits a few steps from the digits it adds, beside long ones (a curriculum within every batch).
+        # The value is a float draw scaled to its range: exact only below 2**53 (above, its low digits
+        # would come out biased).
+        if base ** digits > 2**53:
+            raise CharlmError(f"--mixed takes numbers below 2**53: --digits at most {int(53 / np.log2(base))} "
+                              f"in base {base}")
         lengths = rng.integers(1, digits + 1, size=(2, count))
         low = np.where(lengths > 1, base ** (lengths - 1), 0)
         a, b = low + (rng.random((2, count)) * (base ** lengths - low)).astype(np.int64)

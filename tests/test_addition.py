@@ -96,3 +96,9 @@ def test_mixed_is_a_cli_flag(tmp_path):
     result = CliRunner().invoke(main, ["data", "addition", "--digits", 5, "--count", 300, "--mixed", "-o", out])
     assert result.exit_code == 0, result.output
     assert out.read_text().splitlines() == addition.make_lines(5, 300, seed=1, mixed=True)
+
+
+def test_mixed_refuses_numbers_its_float_draw_cannot_make_exactly():
+    assert len(addition.make_lines(15, 10, seed=0, mixed=True)) == 10
+    with pytest.raises(addition.CharlmError, match="--mixed takes numbers below 2\\*\\*53: --digits at most 15"):
+        addition.make_lines(16, 10, seed=0, mixed=True)
