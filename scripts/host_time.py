@@ -1,0 +1,74 @@
+"""Host (Python) time per training step at the tm shapes (35 x 32 batches, hidden 256, SGD, clip 5).
+
+    python scripts/host_time.py                 # ms per step, host CPU ms per step, for tm-lstm and tm-rnn
+    python scripts/host_time.py --busy 1        # the same with 1 ms of extra host work per step
+    MXNET_EXEC_BULK_EXEC_TRAIN=0 python scripts/host_time.py --cells scratch-lstm --profile
+                                                # and MXNet's profile of the timed epoch, op by op
+
+Runs charlm's training loop (train.train_steps, as `charlm train` does) over one epoch of the bundled book
+after 20 warm-up batches, in this process, with whatever charlm is importable (PYTHONPATH=<a checkout>
+times another commit; commits before models.objective are handled too). Run nothing else at the time."""
+import argparse
+import time
+
+import numpy as np
+
+from charlm import config, engine, model as models, train
+from charlm.engine import mx
+
+WARMUP = 20
+
+
+def measure(cell, busy_ms, profile=False):
+    cfg = config.Config()
+    d, m, t = cfg.data, cfg.model, cfg.train
+    d.val_frac, d.iterator, d.seq_len, d.batch_size = 0.0, "sequential", 35, 32
+    m.cell, m.hidden_size, m.num_layers, m.dropout, m.embed_size = cell, 256, 1, 0.0, 43
+    t.optimizer, t.lr, t.grad_clip = "sgd", 0.2, 5.0
+    s = train.setup(cfg, mx.cpu())
+    trainer = train.make_trainer(s.model, t)
+    if hasattr(models, "objective"):
+        loss, sums = models.objective(s.model), train.Sums
+    else:  # before the one-graph objective
+        loss = models.TokenNLL()
+        loss.hybridize(static_alloc=True, static_shape=True)
+        sums = lambda: train.Sums(s.device)  # noqa: E731
+    if busy_ms:
+        keep_up = engine.keep_up
+
+        def busy_keep_up(results):
+            start = time.thread_time()
+            while time.thread_time() - start < busy_ms / 1e3:
+                pass
+            keep_up(results)
+        engine.keep_up = busy_keep_up
+    batches = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
+    _, state, _ = train.train_steps(s, loss, trainer, batches, 0, WARMUP, sums(), None)
+    steps = len(batches) - WARMUP
+    if profile:
+        mx.profiler.set_config(profile_all=True, aggregate_stats=True)
+        mx.profiler.set_state("run")
+    wall, host = time.perf_counter(), time.thread_time()
+    train.train_steps(s, loss, trainer, batches, WARMUP, len(batches), sums(), state)
+    wall, host = time.perf_counter() - wall, time.thread_time() - host
+    if profile:
+        mx.profiler.set_state("stop")
+        print(f"{steps} steps of {cell}:\n{mx.profiler.dumps(reset=True)}")
+    return wall / steps * 1e3, host / steps * 1e3, steps * 35 * 32 / wall
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--busy", type=float, default=0.0, help="extra host work per step, ms")
+    parser.add_argument("--cells", nargs="+", default=["lstm", "rnn"], help="cells at the tm shape")
+    parser.add_argument("--profile", action="store_true", help="print MXNet's per-op profile of each epoch")
+    args = parser.parse_args()
+    rows = [(cell, *measure(cell, args.busy, args.profile)) for cell in args.cells]
+    print("| cell | ms per step | host CPU ms per step | tokens/s |")
+    print("|---|---|---|---|")
+    for cell, step, host, rate in rows:
+        print(f"| {cell} | {step:.2f} | {host:.2f} | {rate / 1e3:.1f}k |")
+
+
+if __name__ == "__main__":
+    main()
