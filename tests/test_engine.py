@@ -1,3 +1,8 @@
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -87,3 +92,23 @@ def test_on_device_yields_every_batch_as_it_is_in_blocks_of_mixed_shapes(monkeyp
         assert x is bx and y is by
         np.testing.assert_array_equal(X.asnumpy(), bx)
         np.testing.assert_array_equal(Y.asnumpy(), by)
+
+
+SUBNORMALS = """
+import numpy as np
+from charlm import engine
+from charlm.engine import nd
+x = nd.array(np.full(1 << 20, 0x000AE398, dtype=np.uint32).view(np.float32))  # 1e-39, a subnormal, as raw bits
+print(engine.FLUSH_DENORMALS, int(((x * 2).asnumpy().view(np.uint32) != 0).sum()))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64", reason="set on x86-64 Linux only")
+@pytest.mark.parametrize("setting, expected", [(None, "True 0"), ("0", f"False {1 << 20}")])
+def test_subnormals_are_flushed_in_mxnets_threads_unless_turned_off(setting, expected):
+    env = {k: v for k, v in os.environ.items() if k != "CHARLM_FLUSH_DENORMALS"}
+    if setting is not None:
+        env["CHARLM_FLUSH_DENORMALS"] = setting
+    # A million elements: MXNet multiplies them on its engine thread with OpenMP's threads, not this one.
+    out = subprocess.run([sys.executable, "-c", SUBNORMALS], env=env, check=True, stdout=subprocess.PIPE, text=True)
+    assert out.stdout.split() == expected.split()
