@@ -1,12 +1,13 @@
 """MXNet, imported once with charlm's thread and floating-point defaults, and device selection."""
 import ctypes
-import ctypes.util
 import os
 import platform
 import re
 import sys
 
 import numpy as np
+
+from .errors import CharlmError
 
 # MXNet's OpenMP assumes SMT and uses half the cores; on these 2-core machines that is one
 # thread. Using every core measured +40% on the fused LSTM. Set before import: read only then.
@@ -16,12 +17,15 @@ os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 def flush_denormals():
     """Turn on flush-to-zero and denormals-are-zero (x86-64 Linux) for this thread and the threads it starts
     later, which inherit its floating-point environment; True if set. Off with CHARLM_FLUSH_DENORMALS=0."""
-    if os.environ.get("CHARLM_FLUSH_DENORMALS", "1") == "0" or sys.platform != "linux" \
-            or platform.machine() != "x86_64":
+    setting = os.environ.get("CHARLM_FLUSH_DENORMALS", "1")
+    if setting not in ("0", "1"):
+        raise CharlmError(f"CHARLM_FLUSH_DENORMALS must be 0 (keep subnormal floats) or 1 (flush them), "
+                          f"got {setting!r}")
+    if setting == "0" or sys.platform != "linux" or platform.machine() != "x86_64":
         return False
-    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm = ctypes.CDLL(None)  # Python's own symbols, libm's among them: find_library("m") runs ldconfig
     env = (ctypes.c_uint32 * 8)()  # glibc's x86-64 fenv_t: 32 bytes, the SSE control word MXCSR in the last 4
-    if libm.fegetenv(env) != 0:
+    if not hasattr(libm, "fegetenv") or libm.fegetenv(env) != 0:
         return False
     for kind in (np.float16, np.float32, np.float64, np.longdouble):
         np.finfo(kind)  # built once and cached; built with subnormals flushed, numpy warns that they are zero
@@ -38,7 +42,6 @@ FLUSH_DENORMALS = flush_denormals()
 import mxnet as mx  # noqa: E402
 from mxnet import autograd, gluon, nd  # noqa: E402,F401
 
-from .errors import CharlmError  # noqa: E402
 
 PREFETCH = 64  # batches copied to a device together (see on_device)
 AHEAD = 32  # batches the host may queue ahead of the device (see keep_up)

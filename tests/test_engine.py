@@ -112,3 +112,12 @@ def test_subnormals_are_flushed_in_mxnets_threads_unless_turned_off(setting, exp
     # A million elements: MXNet multiplies them on its engine thread with OpenMP's threads, not this one.
     out = subprocess.run([sys.executable, "-c", SUBNORMALS], env=env, check=True, stdout=subprocess.PIPE, text=True)
     assert out.stdout.split() == expected.split()
+
+
+def test_a_bad_flush_setting_is_a_one_line_error(corpus):
+    env = {**os.environ, "CHARLM_FLUSH_DENORMALS": "false"}
+    out = subprocess.run([sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--runs-dir", "runs"],
+                         env=env, cwd=corpus.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert out.returncode == 1 and not (corpus.parent / "runs").exists()
+    assert out.stderr == ("Error: CHARLM_FLUSH_DENORMALS must be 0 (keep subnormal floats) or 1 (flush them), "
+                          "got 'false'\n")
