@@ -282,14 +282,21 @@ def _stretch_seed(seed, epoch, step):
     return int(np.random.default_rng([seed, epoch, step]).integers(2**31))
 
 
+def objective_of(s):
+    """The setup's training objective (models.objective) as its config asks: masked in lines mode, and the
+    mean or the sum of the NLL ("sum" is the tutorial's scaling: lr and clip apply to the summed loss's
+    gradient)."""
+    d, t = s.cfg.data, s.cfg.train
+    return models.objective(s.model, masked=d.mode == "lines", mean=t.loss_reduction == "mean")
+
+
 def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=None):
     """Train up to cfg.train.epochs (from `progress` when resuming), checkpointing every
     train.checkpoint_every batches and after each epoch, evaluating and sampling after each epoch;
     return the best checkpoint metric. Once stop() is true, saves a checkpoint and raises Interrupted."""
     tcfg, dcfg = s.cfg.train, s.cfg.data
     trainer, p = trainer or make_trainer(s.model, tcfg, s.workers), progress or Progress()
-    # "sum" is the tutorial's scaling: lr and clip apply to the gradient of the summed loss.
-    objective = models.objective(s.model, masked=dcfg.mode == "lines", mean=tcfg.loss_reduction == "mean")
+    objective = objective_of(s)
     start, saved, every = time.perf_counter() - p.elapsed, bool(p.epoch or p.step), tcfg.checkpoint_every
     while p.epoch < tcfg.epochs:
         epoch = p.epoch + 1

@@ -69,7 +69,7 @@ def work_charlm(a):
     """charlm's own training loop (train.train_steps, as `charlm train` runs it) on the bundled corpus."""
     import numpy as np
 
-    from charlm import config, model as models, train
+    from charlm import config, train
     from charlm.engine import mx
 
     cfg = config.Config()
@@ -80,7 +80,7 @@ def work_charlm(a):
     t.optimizer, t.lr, t.grad_clip = "sgd", a.lr, a.clip
     s = train.setup(cfg, mx.cpu())
     trainer = train.make_trainer(s.model, t)
-    objective = models.objective(s.model)
+    objective = train.objective_of(s)
     batches = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
     # As fit does: one train_steps call per epoch, which syncs once, at its end. WARMUP batches first.
     _, state, _ = train.train_steps(s, objective, trainer, batches, 0, WARMUP, train.Sums(), None)

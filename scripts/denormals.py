@@ -21,7 +21,7 @@ def measure(run, trained, batches):
     """Training tokens/s in this process (see the module docstring)."""
     import numpy as np
 
-    from charlm import config, model as models, train
+    from charlm import config, train
     from charlm.engine import mx
 
     cfg = config.resolve([os.path.join(run, "config.yaml")])
@@ -29,7 +29,7 @@ def measure(run, trained, batches):
     if trained:
         s.model.load_parameters(os.path.join(run, "params-best.params"), ctx=mx.cpu())
     trainer = train.make_trainer(s.model, cfg.train)
-    objective = models.objective(s.model, masked=cfg.data.mode == "lines", mean=cfg.train.loss_reduction == "mean")
+    objective = train.objective_of(s)
     order = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
     end = min(len(order), WARMUP + batches)
     _, state, _ = train.train_steps(s, objective, trainer, order, 0, WARMUP, train.Sums(), None)
