@@ -131,14 +131,17 @@ def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, *
 def _new_run(config_files, typed, sets, runs_dir, name, devices, kvstore):
     """Resolve the config, read the corpus, build the model and create the run directory (rank 0 only)."""
     from . import engine, parallel, train as training  # a parameter server's process serves from here on
-    from .run import Run
+    from .run import BEST, Run, init_source
 
     cfg = configs.resolve(config_files, typed, sets)
-    for key in ("path", "valid_path", "test_path"):
-        if getattr(cfg.data, key):  # absolute: the run reproduces from any directory
-            setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).expanduser().resolve()))
+    for part, key in ((cfg.data, "path"), (cfg.data, "valid_path"), (cfg.data, "test_path"), (cfg.train, "init_from")):
+        if getattr(part, key):  # absolute: the run reproduces from any directory
+            setattr(part, key, str(Path(getattr(part, key)).expanduser().resolve()))
+    source = init_source(cfg) if cfg.train.init_from else None
     ctx = engine.contexts(*devices)
-    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore))
+    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), source and source.vocab())
+    if source:
+        source.load_params(s.model, source.path / BEST, ctx)
     if s.workers and s.workers.rank:
         return s, parallel.NoRun()
     run = Run.create(runs_dir, name)
@@ -163,7 +166,8 @@ def _resumed_run(run, epochs, devices, kvstore):
         click.echo(f"{run.path} has trained {done} of {cfg.train.epochs} epochs: give --epochs to extend it")
         return None
     ctx = engine.contexts(*devices)
-    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore))
+    # a run started from another keeps that run's vocabulary, which its own text need not fill
+    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), run.vocab() if cfg.train.init_from else None)
     if s.vocab.tokens != run.vocab().tokens:
         raise CharlmError(f"the text of {run.path} has changed since the run started (another vocabulary)")
     run.start(cfg, s.vocab, fresh=False)

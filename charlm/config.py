@@ -74,6 +74,8 @@ class TrainConfig:
                                choices=("mean", "sum"))
     epochs: int = _opt(20, "passes over the training text")
     seed: int = _opt(0, "random seed for initialisation, dropout and batch order")
+    init_from: typing.Optional[str] = _opt(None, "start from the best parameters and the vocabulary of this run "
+                                                 "directory instead of random weights (fine-tuning)")
     checkpoint_every: int = _opt(0, "also checkpoint every N batches within an epoch, for long epochs (0 = only "
                                     "at the end of each epoch)")
     on_divergence: str = _opt("stop", "on a NaN/inf loss or gradient: stop, or rollback to the last checkpoint "

@@ -260,6 +260,32 @@ class Run:
         return model
 
 
+# the model settings that shape the parameters; dropout may differ between a run and one started from it
+SHAPE_KEYS = ("cell", "embed_size", "hidden_size", "num_layers", "tie_weights")
+
+
+def init_source(cfg):
+    """The run cfg.train.init_from names, checked to hold best parameters that fit cfg's model and a
+    vocabulary that fits cfg's data settings."""
+    source = find(cfg.train.init_from)
+    where = f"--init-from {source.path}"
+    theirs = source.config().model
+    differ = [k for k in SHAPE_KEYS if getattr(theirs, k) != getattr(cfg.model, k)]
+    if differ:
+        raise CharlmError(f"{where}: its model has " + ", ".join(f"{k} {getattr(theirs, k)}" for k in differ)
+                          + ", this config " + ", ".join(f"{getattr(cfg.model, k)}" for k in differ)
+                          + ": give the same model settings")
+    vocab = source.vocab()
+    if vocab.level != cfg.data.level:
+        raise CharlmError(f"{where}: it is a {vocab.level}-level run, this config is {cfg.data.level}-level")
+    if cfg.data.mode == "lines" and vocab.bos is None:
+        raise CharlmError(f"{where}: its vocabulary has no line-start token (a stream-mode run); lines mode needs "
+                          f"one")
+    if not (source.path / BEST).exists():
+        raise CharlmError(f"{where}: it has no {BEST}: it has not finished an epoch yet")
+    return source
+
+
 def find(run=None, runs_dir="runs"):
     """The run directory given, or the one `runs_dir/latest` points to; checked to be a run."""
     path = Path(run) if run else Path(runs_dir) / LATEST

@@ -51,11 +51,11 @@ class Setup:
         return self.ctx[0] if isinstance(self.ctx, list) else self.ctx
 
 
-def setup(cfg, ctx, workers=None):
+def setup(cfg, ctx, workers=None, vocab=None):
     """Seed, read and split the corpus (or read the validation file; this worker's part of them), check it
-    fills a batch, and build the model."""
+    fills a batch, and build the model; the corpus is encoded with vocab when given, else with its own."""
     d = cfg.data
-    vocab, ids = data.corpus_of(d)
+    vocab, ids = data.corpus_of(d, vocab=vocab)
     if d.valid_path:
         train_ids, val_ids = ids, data.corpus_of(d, d.valid_path, vocab)[1]
     else:

@@ -138,6 +138,45 @@ def test_resume_extends_a_run_exactly_as_if_never_stopped(corpus, tmp_path):
     assert "epochs: 4" in (runs / "cut" / "config.yaml").read_text()
 
 
+@pytest.fixture
+def fewer(tmp_path):
+    """A text with only some of the tiny corpus's characters."""
+    path = tmp_path / "fewer.txt"
+    path.write_text("the lazy dog jumps over the quick brown fox.\n" * 30, encoding="utf-8")
+    return path
+
+
+def test_init_from_starts_from_the_runs_best_parameters_and_vocabulary(trained, fewer):
+    """With a learning rate too small to move them, the new run's weights are the source run's best ones; its
+    text may use fewer characters, and the source's vocabulary is kept so the weights line up."""
+    from charlm.engine import nd
+
+    runs, _ = trained
+    result = invoke("train", "--data", fewer, "--runs-dir", runs, "--name", "tuned", *TINY, "--epochs", 1,
+                    "--lr", 1e-9, "--init-from", runs / "r1")
+    assert result.exit_code == 0, result.output
+    source, tuned = runs / "r1", runs / "tuned"
+    assert (tuned / "vocab.json").read_text() == (source / "vocab.json").read_text()
+    assert yaml.safe_load((tuned / "config.yaml").read_text())["train"]["init_from"] == str(source.resolve())
+    before, after = (nd.load(str(run / "params-best.params")) for run in (source, tuned))
+    assert before.keys() == after.keys()
+    for name in before:
+        assert after[name].asnumpy() == pytest.approx(before[name].asnumpy(), abs=1e-6)
+
+
+def test_a_run_started_from_another_resumes_without_it(trained, fewer, tmp_path):
+    import shutil
+
+    runs, _ = trained
+    shutil.copytree(runs / "r1", tmp_path / "source")
+    args = ["train", "--data", fewer, "--runs-dir", runs, "--name", "tuned", *TINY]
+    assert invoke(*args, "--epochs", 1, "--init-from", tmp_path / "source").exit_code == 0
+    shutil.rmtree(tmp_path / "source")
+    result = invoke("train", "--resume", runs / "tuned", "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["epoch"] for line in (runs / "tuned" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_resume_of_a_finished_run_says_how_to_extend_it(trained):
     runs, _ = trained
     result = invoke("train", "--resume", "--runs-dir", runs)
