@@ -85,9 +85,17 @@ def test_yaml_round_trip_reproduces_the_config(tmp_path):
     assert again == cfg
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "tutorial-scratch.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")
+                                         if not p.name.startswith("sweep")))  # a sweep file is another format
 def test_shipped_configs_load(name):
     config.resolve([ROOT / "configs" / name])
+
+
+def test_addition_tune_layers_on_addition():
+    cfg = config.resolve([ROOT / "configs" / "addition.yaml", ROOT / "configs" / "addition-tune.yaml"])
+    first = config.resolve([ROOT / "configs" / "addition.yaml"])
+    assert cfg.model == first.model and cfg.data == first.data  # the same model, so --init-from fits
+    assert cfg.train.lr < first.train.lr and cfg.train.epochs < first.train.epochs
 
 
 def test_shipped_default_config_spells_out_the_defaults():

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from charlm import sweep as sweeps
+from charlm import config, sweep as sweeps
 from charlm.cli import main
 from charlm.errors import CharlmError
 
@@ -18,6 +18,18 @@ def sweep_file(tmp_path, doc, name="s"):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
+
+
+def test_shipped_sweep_plans_the_six_cells_as_valid_configs(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # its base path is relative to the repository
+    sweep = sweeps.load("configs/sweep-cells.yaml")
+    points = [point for _, point in sweeps.plan(sweep)]
+    assert [p["model.cell"] for p in points] == list(config.CELLS)
+    for p in points:
+        cfg = config.resolve(sweep.base, {tuple(k.split(".")): v for k, v in p.items()})
+        assert (cfg.model.cell, cfg.model.hidden_size, cfg.train.epochs) == (p["model.cell"], 256, 10)
 
 
 def test_grid_runs_every_combination_in_order(tmp_path):
