@@ -260,17 +260,22 @@ class Run:
         return model
 
 
-# the model settings that shape the parameters; dropout may differ between a run and one started from it
-SHAPE_KEYS = ("cell", "embed_size", "hidden_size", "num_layers", "tie_weights")
+# the model settings that shape the parameters (of a Gluon cell; a scratch cell's are its first two only);
+# dropout may differ between a run and one started from it
+SHAPE_KEYS = ("cell", "hidden_size", "embed_size", "num_layers", "tie_weights")
 
 
 def init_source(cfg):
     """The run cfg.train.init_from names, checked to hold best parameters that fit cfg's model and a
     vocabulary that fits cfg's data settings."""
-    source = find(cfg.train.init_from)
+    try:
+        source = find(cfg.train.init_from)
+    except CharlmError as e:
+        raise CharlmError(f"--init-from: {e}") from None
     where = f"--init-from {source.path}"
     theirs = source.config().model
-    differ = [k for k in SHAPE_KEYS if getattr(theirs, k) != getattr(cfg.model, k)]
+    keys = SHAPE_KEYS[:2] if cfg.model.cell in configs.SCRATCH_CELLS else SHAPE_KEYS
+    differ = [k for k in keys if getattr(theirs, k) != getattr(cfg.model, k)]
     if differ:
         raise CharlmError(f"{where}: its model has " + ", ".join(f"{k} {getattr(theirs, k)}" for k in differ)
                           + ", this config " + ", ".join(f"{getattr(cfg.model, k)}" for k in differ)

@@ -177,6 +177,16 @@ def test_a_run_started_from_another_resumes_without_it(trained, fewer, tmp_path)
     assert [json.loads(line)["epoch"] for line in (runs / "tuned" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_init_from_a_scratch_run_ignores_the_settings_scratch_cells_have_not(corpus, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["train", "--data", corpus, "--runs-dir", runs, *TINY, "--cell", "scratch-rnn", "--epochs", 1]
+    assert invoke(*args, "--name", "s").exit_code == 0
+    result = invoke(*args, "--num-layers", 3, "--embed-size", 0, "--init-from", runs / "s")
+    assert result.exit_code == 0, result.output
+    result = invoke(*args, "--hidden-size", 8, "--init-from", runs / "s")
+    assert result.exit_code == 1 and "its model has hidden_size 16, this config 8" in result.output
+
+
 def test_resume_of_a_finished_run_says_how_to_extend_it(trained):
     runs, _ = trained
     result = invoke("train", "--resume", "--runs-dir", runs)
