@@ -113,7 +113,9 @@ def addition():
     print("|---|---|---|---|---|---|")
     for cell in ("lstm", "rnn"):
         first = time.strftime(f"addition-{cell}-%Y%m%d-%H%M%S")
-        stages = [(first, ["-c", "configs/addition.yaml", "--data", data.relative_to(ROOT), "--cell", cell]),
+        # Adam 1e-2 leaves the RNN guessing uniformly (training perplexity 13.6 throughout): 2e-3 for it
+        lr = ["--lr", 0.002] if cell == "rnn" else []
+        stages = [(first, ["-c", "configs/addition.yaml", "--data", data.relative_to(ROOT), "--cell", cell, *lr]),
                   (f"{first}-tuned", ["-c", "configs/addition.yaml", "-c", "configs/addition-tune.yaml", "--data",
                                       long.relative_to(ROOT), "--cell", cell, "--init-from",
                                       (RUNS / first).relative_to(ROOT)])]
