@@ -12,6 +12,10 @@ from .errors import CharlmError
 # MXNet's OpenMP assumes SMT and uses half the cores; on these 2-core machines that is one
 # thread. Using every core measured +40% on the fused LSTM. Set before import: read only then.
 os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+# MXNet's operator tuning keeps elementwise ops it judges small on one thread. The gated scratch cells
+# are made of such ops, a few per time step: on every thread they measured 4-7% faster (scratch-lstm,
+# scratch-gru), and the other cells the same (scripts/bench.py). Also read only at import.
+os.environ.setdefault("MXNET_USE_OPERATOR_TUNING", "0")
 
 
 def flush_denormals():

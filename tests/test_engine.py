@@ -121,3 +121,15 @@ def test_a_bad_flush_setting_is_a_one_line_error(corpus):
     assert out.returncode == 1 and not (corpus.parent / "runs").exists()
     assert out.stderr == ("Error: CHARLM_FLUSH_DENORMALS must be 0 (keep subnormal floats) or 1 (flush them), "
                           "got 'false'\n")
+
+
+ENV_DEFAULTS = "import os, charlm.engine; print(os.environ['OMP_NUM_THREADS'], os.environ['MXNET_USE_OPERATOR_TUNING'])"
+
+
+@pytest.mark.parametrize("given, expected", [({}, f"{len(os.sched_getaffinity(0))} 0"),
+                                             ({"OMP_NUM_THREADS": "1", "MXNET_USE_OPERATOR_TUNING": "1"}, "1 1")])
+def test_thread_defaults_are_set_before_mxnet_unless_given(given, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MXNET_USE_OPERATOR_TUNING")}
+    out = subprocess.run([sys.executable, "-c", ENV_DEFAULTS], env={**env, **given}, check=True,
+                         stdout=subprocess.PIPE, text=True)
+    assert out.stdout.split()[-2:] == expected.split()
