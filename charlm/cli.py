@@ -137,9 +137,9 @@ def _new_run(config_files, typed, sets, runs_dir, name, devices, kvstore):
     for part, key in ((cfg.data, "path"), (cfg.data, "valid_path"), (cfg.data, "test_path"), (cfg.train, "init_from")):
         if getattr(part, key):  # absolute: the run reproduces from any directory
             setattr(part, key, str(Path(getattr(part, key)).expanduser().resolve()))
-    source = init_source(cfg) if cfg.train.init_from else None
+    source, vocab = init_source(cfg) if cfg.train.init_from else (None, None)
     ctx = engine.contexts(*devices)
-    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), source and source.vocab())
+    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), vocab)
     if source:
         source.load_params(s.model, source.path / BEST, ctx)
     if s.workers and s.workers.rank:
@@ -165,10 +165,10 @@ def _resumed_run(run, epochs, devices, kvstore):
     if done >= cfg.train.epochs:
         click.echo(f"{run.path} has trained {done} of {cfg.train.epochs} epochs: give --epochs to extend it")
         return None
-    ctx = engine.contexts(*devices)
+    ctx, saved = engine.contexts(*devices), run.vocab()
     # a run started from another keeps that run's vocabulary, which its own text need not fill
-    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), run.vocab() if cfg.train.init_from else None)
-    if s.vocab.tokens != run.vocab().tokens:
+    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), saved if cfg.train.init_from else None)
+    if s.vocab.tokens != saved.tokens:
         raise CharlmError(f"the text of {run.path} has changed since the run started (another vocabulary)")
     run.start(cfg, s.vocab, fresh=False)
     trainer = training.make_trainer(s.model, cfg.train, s.workers)

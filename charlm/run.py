@@ -266,8 +266,8 @@ SHAPE_KEYS = ("cell", "hidden_size", "embed_size", "num_layers", "tie_weights")
 
 
 def init_source(cfg):
-    """The run cfg.train.init_from names, checked to hold best parameters that fit cfg's model and a
-    vocabulary that fits cfg's data settings."""
+    """(run, its vocabulary) of the run cfg.train.init_from names, checked to hold best parameters that fit
+    cfg's model and a vocabulary that fits cfg's data settings."""
     try:
         source = find(cfg.train.init_from)
     except CharlmError as e:
@@ -288,7 +288,7 @@ def init_source(cfg):
                           f"one")
     if not (source.path / BEST).exists():
         raise CharlmError(f"{where}: it has no {BEST}: it has not finished an epoch yet")
-    return source
+    return source, vocab
 
 
 def find(run=None, runs_dir="runs"):
