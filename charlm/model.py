@@ -128,8 +128,12 @@ class _Unrolled(gluon.HybridBlock):
     def hybrid_forward(self, F, X, state, W_xh, W_hh, b_h, W_hq, b_q, b_hn=None):
         # one_hot(X)·Wxh + bh selects rows of Wxh + bh: take() is the same product without a V-wide GEMM,
         # and adding bh to the V rows rather than to all T x N of them keeps its gradient a small sum.
-        x = F.take(F.broadcast_add(W_xh, b_h), X)  # (T, N, G*H)
-        xs = F.split(x, num_outputs=self.steps, axis=0, squeeze_axis=True) if self.steps > 1 else [F.squeeze(x, axis=0)]
+        # One take per step: a take of all steps then split into steps copies (T, N, G*H) once forward and
+        # once backward, and scratch-lstm measured 10% faster without those copies (scratch-rnn the same).
+        table = F.broadcast_add(W_xh, b_h)  # (V, G*H)
+        ids = (F.split(X, num_outputs=self.steps, axis=0, squeeze_axis=True) if self.steps > 1
+               else [F.squeeze(X, axis=0)])
+        xs = [F.take(table, ids_t) for ids_t in ids]  # each (N, G*H)
         # FullyConnected (oneDNN) multiplies these small matrices 2.5x faster than dot (OpenBLAS); it wants
         # the weight as (out, in), so it is transposed once per call, not once per step.
         W_hh_t, H = F.transpose(W_hh), self.hidden_size
