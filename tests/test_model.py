@@ -184,10 +184,13 @@ def test_flat_fused_layer_starts_like_gluons_xavier_matrices_and_zero_biases():
             assert abs(value.std() - bound / np.sqrt(3)) < 0.1 * bound, name
 
 
-@pytest.mark.parametrize("cell", ["lstm", "scratch-gru"])
+@pytest.mark.parametrize("cell, max_unroll", [("lstm", 64), ("scratch-gru", 64), ("scratch-gru", T - 1)])
 @pytest.mark.parametrize("masked, mean", [(False, True), (True, True), (True, False)])
-def test_objective_is_the_models_nll_sum_and_its_mean_over_real_targets_gradients_too(cell, masked, mean):
-    """The one graph of model and loss (a Python function for scratch cells) against the two blocks."""
+def test_objective_is_the_models_nll_sum_and_its_mean_over_real_targets_gradients_too(cell, max_unroll, masked, mean,
+                                                                                       monkeypatch):
+    """The one graph of model and loss (per sequence length for scratch cells; beside the model when a
+    sequence runs in pieces) against the two blocks."""
+    monkeypatch.setattr(models, "MAX_UNROLL", max_unroll)
     model = build(cell, dropout=0.0)  # training mode: dropout would draw other masks in each run
     randomize(model)
     X = ids()
