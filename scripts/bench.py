@@ -1,6 +1,6 @@
 """Training speed of charlm against the tutorial-style loop and PyTorch, on the same text and shapes.
 
-    python scripts/bench.py                        # tm-lstm and tm-rnn: charlm, its scratch cells, the tutorial loop
+    python scripts/bench.py                        # tm-lstm, -rnn, -gru: charlm, its scratch cells, the tutorial loop
     python scripts/bench.py --torch-python PY      # add PyTorch rows, run by that interpreter (torch is never a
                                                    # charlm dependency: give a venv that has it)
     python scripts/bench.py --scaling              # LSTM tokens/s and peak RSS, hidden 128-1024 x batch 16-128
@@ -9,11 +9,11 @@
 
 The shapes are the independent harness's (../shared/bench): `tm-lstm` is an LSTM of hidden 256, one layer,
 input embedding 43, seq_len 35, batch 32, SGD lr 0.2 without momentum, gradient clipping at global norm 5;
-`tm-rnn` the same with a tanh RNN. Every implementation reads the bundled Time Machine as consecutive
-(truncated-BPTT) batches. Each measurement is a fresh process: 5 warm-up steps, then whole steps for about
---seconds, ended by a device sync. Within a round the implementations take turns, in an order that rotates
-from round to round; the table gives the median over the rounds with (min-max). Run nothing else meanwhile:
-on 2 cores a second busy process halves every figure."""
+`tm-rnn` the same with a tanh RNN; `tm-gru`, not one of the harness's, with a GRU. Every implementation
+reads the bundled Time Machine as consecutive (truncated-BPTT) batches. Each measurement is a fresh
+process: 5 warm-up steps, then whole steps for about --seconds, ended by a device sync. Within a round the
+implementations take turns, in an order that rotates from round to round; the table gives the median over
+the rounds with (min-max). Run nothing else meanwhile: on 2 cores a second busy process halves every figure."""
 import argparse
 import json
 import os
@@ -24,10 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES = {"tm-lstm": "lstm", "tm-rnn": "rnn"}
+SHAPES = {"tm-lstm": "lstm", "tm-rnn": "rnn", "tm-gru": "gru"}
 TM = dict(embed=43, hidden=256, seq_len=35, batch=32, lr=0.2, clip=5.0)
 WARMUP = 5
 
@@ -103,7 +104,7 @@ def work_tutorial(a):
     vocab, ids = data.load_corpus(None, lowercase=True)
     V, H = len(vocab), a.hidden
     batches = _batches([int(i) for i in ids], a.batch, a.seq_len)
-    gates = {"scratch-rnn": 1, "scratch-lstm": 4}[a.cell]
+    gates = {"scratch-rnn": 1, "scratch-lstm": 4, "scratch-gru": 3}[a.cell]
 
     def normal(shape):
         return nd.random.normal(scale=0.01, shape=shape)
@@ -122,6 +123,11 @@ def work_tutorial(a):
         if gates == 1:
             h = nd.tanh(pre(0, state[0]))
             return h, [h]
+        if gates == 3:  # d2l's GRU from scratch
+            h = state[0]
+            r, z = nd.sigmoid(pre(0, h)), nd.sigmoid(pre(1, h))
+            h = z * h + (1 - z) * nd.tanh(pre(2, r * h))
+            return h, [h]
         h, c = state
         i, f, o, g = nd.sigmoid(pre(0, h)), nd.sigmoid(pre(1, h)), nd.sigmoid(pre(2, h)), nd.tanh(pre(3, h))
         c = f * c + i * g
@@ -131,7 +137,7 @@ def work_tutorial(a):
     def step():
         x, y = batches[run["i"] % len(batches)]
         run["i"] += 1
-        state = run["state"] or [nd.zeros((a.batch, H)) for _ in range(1 if gates == 1 else 2)]
+        state = run["state"] or [nd.zeros((a.batch, H)) for _ in range(2 if gates == 4 else 1)]
         state = [s.detach() for s in state]
         inputs = [nd.one_hot(nd.array(row), V) for row in x]
         with autograd.record():
@@ -152,7 +158,7 @@ def work_tutorial(a):
 
 
 def work_torch(a):
-    """PyTorch's nn.Embedding -> nn.LSTM / nn.RNN(tanh) -> nn.Linear, with all cores."""
+    """PyTorch's nn.Embedding -> nn.LSTM / nn.RNN(tanh) / nn.GRU -> nn.Linear, with all cores."""
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -160,7 +166,7 @@ def work_torch(a):
     V, E, H = max(ids) + 1, a.embed, a.hidden
     batches = [(torch.tensor(x), torch.tensor(y)) for x, y in _batches(ids, a.batch, a.seq_len)]
     torch.manual_seed(0)
-    layer = torch.nn.LSTM(E, H) if a.cell == "lstm" else torch.nn.RNN(E, H, nonlinearity="tanh")
+    layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(a.cell, partial(torch.nn.RNN, nonlinearity="tanh"))(E, H)
     model = torch.nn.ModuleList([torch.nn.Embedding(V, E), layer, torch.nn.Linear(H, V)])
     optimizer = torch.optim.SGD(model.parameters(), lr=a.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
