@@ -131,7 +131,7 @@ class _Unrolled(gluon.HybridBlock):
         # one_hot(X)·Wxh + bh selects rows of Wxh + bh: take() is the same product without a V-wide GEMM,
         # and adding bh to the V rows rather than to all T x N of them keeps its gradient a small sum.
         # One take per step: a take of all steps then split into steps copies (T, N, G*H) once forward and
-        # once backward, and scratch-lstm measured 10% faster without those copies (scratch-rnn the same).
+        # once backward, and scratch-lstm measured 7% faster without those copies (scratch-rnn the same).
         table = F.broadcast_add(W_xh, b_h)  # (V, G*H)
         ids = (F.split(X, num_outputs=self.steps, axis=0, squeeze_axis=True) if self.steps > 1
                else [F.squeeze(X, axis=0)])
