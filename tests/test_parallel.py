@@ -32,9 +32,12 @@ def curve(cfg, ctx):
     return [(r["train_loss"], r["val_loss"], r["grad_norm"]) for r in run.records]
 
 
-@pytest.mark.parametrize("iterator, reduction, clip", [("sequential", "mean", 0.05), ("random", "sum", 1.0)])
-def test_two_cpu_contexts_follow_the_loss_curve_of_one(tiny_cfg, iterator, reduction, clip):
+@pytest.mark.parametrize("cell, iterator, reduction, clip", [("lstm", "sequential", "mean", 0.05),
+                                                            ("lstm", "random", "sum", 1.0),
+                                                            ("scratch-gru", "sequential", "mean", 0.05)])
+def test_two_cpu_contexts_follow_the_loss_curve_of_one(tiny_cfg, cell, iterator, reduction, clip):
     """Batch 2B split over 2 devices trains like batch 2B on one: same losses, same (clipped) gradient norms."""
+    tiny_cfg.model.cell = cell
     tiny_cfg.data.iterator, tiny_cfg.train.loss_reduction, tiny_cfg.train.grad_clip = iterator, reduction, clip
     tiny_cfg.model.dropout, tiny_cfg.train.epochs = 0.0, 3  # dropout masks come from other random streams
     one, two = curve(tiny_cfg, mx.cpu()), curve(tiny_cfg, TWO)
