@@ -9,6 +9,8 @@ Runs charlm's training loop (train.train_steps, as `charlm train` does) over one
 after 20 warm-up batches, in this process, with whatever charlm is importable (PYTHONPATH=<a checkout>
 times another commit; commits before models.objective are handled too). Run nothing else at the time."""
 import argparse
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -46,7 +48,9 @@ def measure(cell, busy_ms, profile=False):
     _, state, _ = train.train_steps(s, loss, trainer, batches, 0, WARMUP, sums(), None)
     steps = len(batches) - WARMUP
     if profile:
-        mx.profiler.set_config(profile_all=True, aggregate_stats=True)
+        # MXNet also writes a trace of every op (100+ MB), by default as ./profile.json: not into the checkout
+        trace = os.path.join(tempfile.gettempdir(), "charlm-host-time-profile.json")
+        mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=trace)
         mx.profiler.set_state("run")
     wall, host = time.perf_counter(), time.thread_time()
     train.train_steps(s, loss, trainer, batches, WARMUP, len(batches), sums(), state)
