@@ -162,7 +162,11 @@ def work_torch(a):
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    ids = [int(v) for v in Path(a.ids).read_bytes()]
+    # The bundled text as charlm encodes it: charlm.data needs numpy only, not MXNet, which this venv lacks.
+    sys.path.insert(0, str(ROOT))
+    from charlm import data
+
+    ids = [int(i) for i in data.load_corpus(None, lowercase=True)[1]]
     V, E, H = max(ids) + 1, a.embed, a.hidden
     batches = [(torch.tensor(x), torch.tensor(y)) for x, y in _batches(ids, a.batch, a.seq_len)]
     torch.manual_seed(0)
@@ -238,7 +242,7 @@ def fmt(values, scale=1e3, unit="k"):
     return f"{mid / scale:,.1f}{unit} ({lo / scale:,.1f}-{hi / scale:,.1f})"
 
 
-def compare(args, ids_path):
+def compare(args):
     """The headline table: for each shape, charlm's layer, its scratch cell, the tutorial loop, PyTorch."""
     jobs = []
     for shape, cell in SHAPES.items():
@@ -249,7 +253,7 @@ def compare(args, ids_path):
     results = {job[:3]: [] for job in jobs}
     for r in range(args.rounds):
         for shape, impl, cell, python in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
-            results[shape, impl, cell].append(measure(python, impl, cell=cell, ids=ids_path, seconds=args.seconds,
+            results[shape, impl, cell].append(measure(python, impl, cell=cell, seconds=args.seconds,
                                                       **TM))
     print("| shape | implementation | tokens/s, median (min-max) | vs tutorial loop | vs PyTorch "
           "| peak RSS MB | loss first -> last |")
@@ -268,7 +272,7 @@ def compare(args, ids_path):
     return rows
 
 
-def scaling(args, ids_path):
+def scaling(args):
     """LSTM tokens/s and peak RSS over hidden x batch, charlm against PyTorch when given."""
     impls = [("charlm", sys.executable)] + ([("torch", args.torch_python)] if args.torch_python else [])
     rows = []
@@ -278,7 +282,7 @@ def scaling(args, ids_path):
     for hidden in (128, 256, 512, 1024):
         for batch in (16, 32, 64, 128):
             shape = {**TM, "hidden": hidden, "batch": batch}
-            got = {impl: measure(python, impl, cell="lstm", ids=ids_path, seconds=args.seconds, **shape)
+            got = {impl: measure(python, impl, cell="lstm", seconds=args.seconds, **shape)
                    for impl, python in impls}
             line = f"| {hidden} | {batch} | {got['charlm']['tokens_per_s'] / 1e3:,.1f}k | " \
                    f"{got['charlm']['peak_rss_mb']:.0f} |"
@@ -344,18 +348,12 @@ def main():
     cores = len(os.sched_getaffinity(0))
     print(f"_{time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.processor() or platform.machine()}, {cores} cores, "
           f"Python {platform.python_version()}, `python scripts/bench.py {' '.join(sys.argv[1:])}`_\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        # The ids the PyTorch worker reads, which cannot import charlm: the bundled text as charlm encodes it.
-        from charlm import data
-        _, ids = data.load_corpus(None, lowercase=True)
-        ids_path = Path(tmp) / "ids.bin"
-        ids_path.write_bytes(ids.astype("uint8").tobytes())
-        if args.extras:
-            results = extras(args)
-        elif args.scaling:
-            results = scaling(args, ids_path)
-        else:
-            results = compare(args, ids_path)
+    if args.extras:
+        results = extras(args)
+    elif args.scaling:
+        results = scaling(args)
+    else:
+        results = compare(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
