@@ -1,5 +1,6 @@
 """The run directory: config, vocabulary, checkpoints, state and metrics, each file written atomically."""
 import contextlib
+import fcntl
 import json
 import os
 import time
@@ -51,16 +52,6 @@ def _pid_in(path):
         return None
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
-
-
 class Run:
     """One run directory under a runs directory."""
 
@@ -92,24 +83,37 @@ class Run:
     def lock(self):
         """Hold the run directory for this process: a second training of it refuses to start.
 
-        The lock file holds the owner's pid; a lock left by a process that no longer runs is taken over."""
+        An flock on the lock file, which the kernel drops when its process exits however it ends: a lock
+        is never stale, and a test-then-take race cannot hand it to two processes. The file holds the
+        owner's pid for the message. Temporary files of writes killed midway are removed once it is held."""
         path = self.path / LOCK
         while True:
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as e:
+                raise CharlmError(f"cannot lock {self.path} for training: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
                 owner = _pid_in(path)
-                if owner and owner != os.getpid() and _alive(owner):
-                    raise CharlmError(f"{self.path} is being trained by process {owner} (lock file {path}); "
-                                      f"wait for it or stop it first") from None
-                path.unlink(missing_ok=True)  # stale: its process is gone
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+                raise CharlmError(f"{self.path} is being trained by {f'process {owner}' if owner else 'another process'}"
+                                  f" (lock file {path}); wait for it or stop it first") from None
+            try:  # the file locked is still the one at path: a holder that was releasing may have removed it
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
         try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            for tmp in self.path.glob(".*.tmp"):  # only a trainer writes here, and it held this lock
+                tmp.unlink(missing_ok=True)
             yield self
         finally:
-            path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # removed while still held, then released
+            os.close(fd)
 
     def start(self, cfg, vocab, fresh=True):
         """Write the resolved config and the vocabulary, and a new state.json when fresh."""

@@ -254,14 +254,16 @@ def test_a_signal_stops_at_a_batch_boundary_keeps_the_checkpoint_and_says_how_to
 
 def test_a_run_in_training_refuses_a_second_training_and_a_stale_lock_is_taken_over(trained):
     runs, _ = trained
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hold = "from charlm.run import Run; import sys, time\nwith Run(sys.argv[1]).lock(): print(flush=True); time.sleep(60)"
+    owner = subprocess.Popen([sys.executable, "-c", hold, str(runs / "r1")], stdout=subprocess.PIPE)
     try:
-        (runs / "r1" / ".lock").write_text(f"{owner.pid}\n")
+        owner.stdout.readline()  # it holds the lock
         result = invoke("train", "--resume", runs / "r1", "--epochs", 3)
         assert result.exit_code == 1 and f"being trained by process {owner.pid}" in result.output
     finally:
         owner.kill()
         owner.wait()
+    assert (runs / "r1" / ".lock").read_text() == f"{owner.pid}\n"  # killed: its lock file stays behind
     result = invoke("train", "--resume", runs / "r1", "--epochs", 3)  # its owner is gone: the lock is stale
     assert result.exit_code == 0, result.output
     assert not (runs / "r1" / ".lock").exists()

@@ -1,5 +1,7 @@
 import json
+import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -105,3 +107,38 @@ def test_parameters_saved_after_generating_load_into_a_fresh_model(saved):
     generate.complete(s.model, s.vocab, s.vocab.encode("the"), 3, mx.cpu())
     s.model.save_parameters(str(r.path / "params-best.params"))
     assert r.load_model(mx.cpu()) is not None
+
+
+def _hold_lock(path, barrier, held):
+    barrier.wait()
+    try:
+        with runs.Run(path).lock():
+            held.put(1)
+            time.sleep(0.2)  # long enough that a second holder would overlap this one
+    except CharlmError:
+        pass
+
+
+def test_processes_racing_for_a_run_lock_get_it_one_at_a_time(tmp_path):
+    """Processes that try to lock a run at the same moment: exactly one holds it (an earlier lock read a
+    just-created, still empty lock file as stale and gave it to two processes in 6 of 20 trials here)."""
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(20):
+        barrier, held = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_hold_lock, args=(tmp_path, barrier, held)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        holders = 0
+        while not held.empty():
+            holders += held.get()
+        assert holders == 1, f"trial {trial}: {holders} processes held the lock"
+        assert not (tmp_path / runs.LOCK).exists()
+
+
+def test_taking_the_lock_removes_temporary_files_of_killed_writes(tmp_path):
+    (tmp_path / ".last-e1-s0.params.999999.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "last-e1-s0.params").write_bytes(b"a checkpoint")
+    with runs.Run(tmp_path).lock():
+        assert sorted(p.name for p in tmp_path.iterdir()) == [runs.LOCK, "last-e1-s0.params"]
