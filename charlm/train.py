@@ -247,10 +247,10 @@ def restore(s, run, trainer):
     """Load the run's last checkpoint into s.model and trainer; return where it stands."""
     state = run.read_state()
     done, step, partial = state.get("epoch", 0), state.get("step", 0), state.get("partial")
+    records = run.keep_metrics(done)  # a kill between an epoch's metrics line and its checkpoint left a line
     if not done and not step:
         return Progress()
     hidden = run.load_last(s.model, trainer, s.ctx)
-    records = run.keep_metrics(done)
     elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
     return Progress(done, step, partial, hidden, min(map(checkpoint_metric, records), default=math.inf), elapsed,
                     state.get("lr_scale", 1.0))

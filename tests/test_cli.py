@@ -269,6 +269,21 @@ def test_a_run_in_training_refuses_a_second_training_and_a_stale_lock_is_taken_o
     assert not (runs / "r1" / ".lock").exists()
 
 
+def test_a_kill_between_the_first_metrics_line_and_its_checkpoint_resumes_without_a_second_line(trained):
+    """Killed after epoch 1's metrics line was appended but before state.json named its checkpoint, the
+    run resumes from the start; epoch 1's line must not appear twice."""
+    runs, _ = trained
+    run = runs / "r1"
+    lines = (run / "metrics.jsonl").read_text().splitlines()[:1]
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")
+    for old in run.glob("last-*"):
+        old.unlink()
+    (run / "state.json").write_text(json.dumps({"epoch": 0, "status": "running"}))
+    result = invoke("train", "--resume", run, "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(corpus, tmp_path):
     """Kill -9 a training again and again, wherever it is (saving included): the run always loads."""
     runs, rng = tmp_path / "runs", __import__("random").Random(0)
