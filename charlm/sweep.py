@@ -22,6 +22,8 @@ from .run import CONFIG, Run, write_text
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
 FAILURES = "failures.json"
+MAX_RUNS = 10_000  # each run is a training process: a larger run_cap is a slip, and its plan would not fit in memory
+MAX_BOUND = 2**53  # distribution bounds: beyond, floats skip integers and the draws overflow
 
 
 @dataclass
@@ -59,8 +61,11 @@ def _check_spec(key, spec, method, path):
     if dist not in DISTRIBUTIONS:
         raise CharlmError(f"{where}.distribution must be one of {', '.join(DISTRIBUTIONS)}, got {dist!r}")
     low, high = spec.get("min"), spec.get("max")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low <= high:
-        raise CharlmError(f"{where} needs numbers min <= max, got min {low!r}, max {high!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_BOUND for v in (low, high)) \
+            or not low <= high:
+        raise CharlmError(f"{where} needs numbers min <= max within ±2**53, got min {low!r}, max {high!r}")
+    if dist == "int_uniform" and not (isinstance(low, int) and isinstance(high, int)):
+        raise CharlmError(f"{where}: int_uniform needs integer min and max, got min {low!r}, max {high!r}")
     if dist == "log_uniform_values" and low <= 0:
         raise CharlmError(f"{where}: log_uniform_values needs min > 0")
     return {"distribution": dist, "min": low, "max": high}
@@ -80,31 +85,39 @@ def load(path):
         raise CharlmError(f"{path}: a sweep file is a mapping with base, method, metric and parameters")
     known = {"base", "method", "metric", "run_cap", "seed", "parameters"}
     if set(doc) - known:
-        unknown = sorted(set(doc) - known)[0]
+        unknown = sorted(set(doc) - known, key=str)[0]  # YAML keys need not be strings
         raise CharlmError(f"{path}: unknown key {unknown!r}; valid keys: {', '.join(sorted(known))}")
     method = doc.get("method", "grid")
     if method not in ("grid", "random"):
         raise CharlmError(f"{path}: method must be grid or random, got {method!r}")
-    metric = doc.get("metric") or {}
+    metric = {} if doc.get("metric") is None else doc["metric"]
+    if not isinstance(metric, dict):
+        raise CharlmError(f"{path}: metric must be a mapping like {{name: val_ppl, goal: minimize}}, got {metric!r}")
     name, goal = metric.get("name", "val_ppl"), metric.get("goal", "minimize")
     if name not in METRICS or goal not in ("minimize", "maximize"):
         raise CharlmError(f"{path}: metric needs name in {', '.join(METRICS)} and goal minimize or maximize")
     run_cap = doc.get("run_cap")
     if run_cap is None and method == "random":
         raise CharlmError(f"{path}: a random sweep needs run_cap (how many runs to draw)")
-    if run_cap is not None and (not isinstance(run_cap, int) or run_cap < 1):
-        raise CharlmError(f"{path}: run_cap must be a positive integer, got {run_cap!r}")
+    if run_cap is not None and (not isinstance(run_cap, int) or isinstance(run_cap, bool)
+                                or not 1 <= run_cap <= MAX_RUNS):
+        raise CharlmError(f"{path}: run_cap must be an integer from 1 to {MAX_RUNS}, got {run_cap!r}")
+    seed = doc.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise CharlmError(f"{path}: seed must be a non-negative integer, got {seed!r}")
     params = doc.get("parameters")
     if not isinstance(params, dict) or not params:
         raise CharlmError(f"{path}: parameters must map section.key to values or a distribution")
     for key in params:
         _check_key(key, path)
-    base = doc.get("base") or []
-    base = [base] if isinstance(base, str) else base
+    base = doc.get("base")
+    base = [] if base is None else [base] if isinstance(base, str) else base
+    if not isinstance(base, list) or not all(isinstance(file, str) for file in base):
+        raise CharlmError(f"{path}: base must be a config file path or a list of them, got {doc['base']!r}")
     for file in base:
         if not Path(file).is_file():
             raise CharlmError(f"{path}: base config {file} not found (paths are relative to the current directory)")
-    return Sweep(path.stem, base, method, name, goal, run_cap, doc.get("seed", 0),
+    return Sweep(path.stem, base, method, name, goal, run_cap, seed,
                  {k: _check_spec(k, v, method, path) for k, v in params.items()})
 
 

@@ -76,6 +76,41 @@ def test_bad_sweep_files_are_clear_errors(tmp_path, doc, message):
         sweeps.load(sweep_file(tmp_path, doc))
 
 
+ONE_PARAM = {"model.hidden_size": {"values": [1]}}
+RANDOM = {"method": "random", "run_cap": 2}
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"metric": "val_ppl", "parameters": ONE_PARAM}, "s.yaml: metric must be a mapping like {name: val_ppl"),
+    ({"metric": ["val_ppl"], "parameters": ONE_PARAM}, "s.yaml: metric must be a mapping"),
+    ({"base": 3, "parameters": ONE_PARAM}, "s.yaml: base must be a config file path or a list of them, got 3"),
+    ({"base": ["s.yaml", 3], "parameters": ONE_PARAM}, "s.yaml: base must be a config file path or a list of them"),
+    ({**RANDOM, "seed": -1, "parameters": ONE_PARAM}, "s.yaml: seed must be a non-negative integer, got -1"),
+    ({**RANDOM, "seed": "abc", "parameters": ONE_PARAM}, "s.yaml: seed must be a non-negative integer, got 'abc'"),
+    ({**RANDOM, "seed": 1.5, "parameters": ONE_PARAM}, "s.yaml: seed must be a non-negative integer"),
+    ({"run_cap": True, "parameters": ONE_PARAM}, "s.yaml: run_cap must be an integer from 1 to 10000, got True"),
+    ({"run_cap": 10**11, "parameters": ONE_PARAM}, "s.yaml: run_cap must be an integer from 1 to 10000"),
+    ({**RANDOM, "parameters": {"train.lr": {"distribution": "uniform", "min": 0, "max": float("inf")}}},
+     "parameters.train.lr needs numbers min <= max within"),
+    ({**RANDOM, "parameters": {"model.hidden_size": {"distribution": "int_uniform", "min": 1, "max": 10**24}}},
+     "parameters.model.hidden_size needs numbers min <= max within"),
+    ({**RANDOM, "parameters": {"model.hidden_size": {"distribution": "int_uniform", "min": 0.5, "max": 2.5}}},
+     "int_uniform needs integer min and max"),
+    ({1: "x", "methd": "grid", "parameters": ONE_PARAM}, "unknown key 1"),
+])
+def test_sweep_file_values_of_the_wrong_type_or_range_are_clear_errors(tmp_path, doc, message):
+    with pytest.raises(CharlmError) as e:
+        sweeps.load(sweep_file(tmp_path, doc))
+    assert message in str(e.value)
+
+
+def test_sweep_dry_run_with_a_bad_seed_is_one_line(tmp_path):
+    path = sweep_file(tmp_path, {**RANDOM, "seed": -1, "parameters": ONE_PARAM})
+    result = CliRunner().invoke(main, ["sweep", "--dry-run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+        f"Error: {path}: seed must be a non-negative integer, got -1"]
+
+
 @pytest.fixture
 def tiny_sweep(tmp_path, corpus):
     base = tmp_path / "base.yaml"
