@@ -6,6 +6,7 @@ from .engine import nd
 from .errors import CharlmError
 
 MAX_BASE = 10  # digits are 0-9
+MEMORY = 2 * 10**9  # bytes the lines may take: they are all built in memory, then written at once
 
 
 def write_number(n, base, msd_first, width=0):
@@ -21,8 +22,15 @@ def make_lines(digits, count, seed, base=10, msd_first=False, pad=False, mixed=F
         raise CharlmError(f"--base must be between 2 and {MAX_BASE}, got {base}")
     if digits < 1 or count < 1:
         raise CharlmError(f"--digits and --count must be at least 1, got {digits} and {count}")
-    if base ** digits > 2**62:
+    if seed < 0:
+        raise CharlmError(f"--seed must not be negative, got {seed}")
+    if digits > 62 or base ** digits > 2**62:  # too large in any base past 62: spares computing base ** a huge --digits
         raise CharlmError(f"--digits {digits} in base {base} is too large (at most {int(62 / np.log2(base))})")
+    # measured: about 100 bytes per line (its string object, list slot and draws), then 3 per character
+    limit = MEMORY // (100 + 3 * (3 * digits + 4))
+    if count > limit:
+        raise CharlmError(f"--count {count:,} is too many: the lines are built in memory, and with --digits {digits} "
+                          f"at most {limit:,} fit in about {MEMORY / 1e9:.0f} GB")
     rng = np.random.default_rng(seed)
     if mixed:
         # uniform values are almost all full length; uniform lengths put short sums, where each digit of
