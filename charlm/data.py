@@ -14,6 +14,8 @@ BOS, EOS = "\x02", "\n"  # in lines mode: ASCII start-of-text opens a line, the 
 _NON_LETTERS = re.compile("[^A-Za-z]+")
 CHUNK = 1 << 22  # bytes read per step: bounds the temporaries, whatever the size of the corpus
 UNICODE = 0x110000  # code points
+# train takes --encoding and --errors; eval has neither and reads text as its run was trained
+DECODE_HINT = "give its --encoding, or --errors replace (eval reads it with the run's data.encoding and data.errors)"
 
 
 def corpus_path(path):
@@ -23,15 +25,23 @@ def corpus_path(path):
     return Path(path).expanduser()
 
 
-def normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors, letters_only=False):
+def normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, errors, letters_only=False,
+                      hint=DECODE_HINT):
     """The file's text, read once in CHUNK-byte steps, with the tutorial's normalisations in its order."""
     try:
-        codec = codecs.lookup(encoding).name
+        info = codecs.lookup(encoding)
     except LookupError:
         raise CharlmError(f"unknown text encoding {encoding!r}") from None
+    if not info._is_text_encoding:  # rot13, base64, zlib...: codecs, but not from bytes to text
+        raise CharlmError(f"{encoding!r} is not a text encoding; give one such as utf-8, latin-1 or cp1252")
+    codec = info.name
     decoder, offset, held, left = codecs.getincrementaldecoder(codec)(errors), 0, "", max_chars or -1
     spaced = False
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CharlmError(f"cannot read data file {path}: {e.strerror}") from None
+    with f:
         while left:
             raw = f.read(CHUNK)
             # UTF-8 text never holds NUL; the first chunk is enough to tell a binary file.
@@ -43,7 +53,9 @@ def normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, erro
             except UnicodeDecodeError as e:
                 at = offset - buffered + e.start
                 raise CharlmError(f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at offset "
-                                  f"{at}; give its --encoding, or --errors replace") from None
+                                  f"{at}; {hint}") from None
+            except UnicodeError as e:  # not about one byte: a UTF-16 file without its byte order mark
+                raise CharlmError(f"{path} is not valid {encoding}: {e}; {hint}") from None
             offset += len(raw)
             held = text[-1:] if raw and text.endswith("\r") else ""  # "\r" + "\n" may straddle two chunks
             text = text[:len(text) - len(held)].replace("\r\n", "\n")
@@ -66,16 +78,20 @@ def normalised_chunks(path, lowercase, strip_newlines, max_chars, encoding, erro
 
 def check_file(path):
     """Return path if it is an existing file, else raise a CharlmError saying what it is."""
-    if not path.exists():
-        raise CharlmError(f"data file not found: {path}")
-    if path.is_dir():
-        raise CharlmError(f"data path is a directory, not a text file: {path}")
+    try:
+        if not path.exists():
+            raise CharlmError(f"data file not found: {path}")
+        if path.is_dir():
+            raise CharlmError(f"data path is a directory, not a text file: {path}")
+    except OSError as e:  # a directory on the way that cannot be searched
+        raise CharlmError(f"cannot read data file {path}: {e.strerror}") from None
     return path
 
 
 def read_text(path):
     """A whole UTF-8 text file, with the corpus reader's clear errors."""
-    return "".join(normalised_chunks(check_file(path), False, False, 0, "utf-8", "strict"))
+    return "".join(normalised_chunks(check_file(path), False, False, 0, "utf-8", "strict",
+                                     hint="convert it to UTF-8"))
 
 
 def letters(text):

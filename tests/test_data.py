@@ -132,6 +132,22 @@ def test_load_corpus_other_encodings_and_replacing_bad_bytes(tmp_path):
         data.load_corpus(path, encoding="klingon")
 
 
+@pytest.mark.parametrize("encoding", ["rot13", "base64", "hex", "zlib"])
+def test_load_corpus_rejects_codecs_that_are_not_text_encodings(tmp_path, encoding):
+    path = tmp_path / "text.txt"
+    path.write_bytes(b"abcd")
+    with pytest.raises(CharlmError, match=f"'{encoding}' is not a text encoding"):
+        data.load_corpus(path, encoding=encoding)
+
+
+def test_load_corpus_utf16_without_a_byte_order_mark_is_a_clear_error(tmp_path):
+    path = tmp_path / "u16.txt"
+    path.write_bytes("abc".encode("utf-16-be"))
+    with pytest.raises(CharlmError, match="is not valid utf-16: UTF-16 stream does not start with BOM; give its"):
+        data.load_corpus(path, encoding="utf-16")
+    assert text_of(path, encoding="utf-16-be") == "abc"
+
+
 def test_load_corpus_directory_is_an_error(tmp_path):
     with pytest.raises(CharlmError, match="directory"):
         data.load_corpus(tmp_path)
