@@ -13,6 +13,9 @@ from .errors import CharlmError
 
 CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
 SCRATCH_CELLS = CELLS[:3]  # no embedding, no stacking, no dropout
+# MXNet's updates refuse a learning rate below the smallest normal float32 (1.2e-38), Adam's after scaling it
+# by up to 0.3 in its first steps; and one below 1e-30 changes no weight of float32 size anyway.
+MIN_LR = 1e-30
 
 
 def _opt(default, help, **meta):
@@ -219,15 +222,17 @@ def validate(cfg):
         if getattr(getattr(cfg, section), name) < 1:
             raise CharlmError(f"{section}.{name} must be at least 1, got {getattr(getattr(cfg, section), name)}")
     for section, name in [("data", "max_chars"), ("model", "embed_size"), ("train", "grad_clip"),
-                          ("train", "sample_every"), ("train", "checkpoint_every"), ("data", "max_vocab")]:
-        if getattr(getattr(cfg, section), name) < 0:
-            raise CharlmError(f"{section}.{name} must not be negative")
+                          ("train", "sample_every"), ("train", "checkpoint_every"), ("data", "max_vocab"),
+                          ("train", "seed")]:
+        if not getattr(getattr(cfg, section), name) >= 0:  # not < 0: NaN is neither
+            raise CharlmError(f"{section}.{name} must not be negative, got {getattr(getattr(cfg, section), name)}")
     if not 0 <= cfg.data.val_frac < 1:
         raise CharlmError(f"data.val_frac must be in [0, 1), got {cfg.data.val_frac}")
     if not 0 <= cfg.model.dropout < 1:
         raise CharlmError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
-    if not 0 < cfg.train.lr < math.inf:
-        raise CharlmError(f"train.lr must be a positive number, got {cfg.train.lr}")
+    if not MIN_LR <= cfg.train.lr < math.inf:
+        raise CharlmError(f"train.lr must be a number of at least {MIN_LR:g} (smaller ones change no float32 "
+                          f"weight), got {cfg.train.lr}")
     for name in ("lr_decay", "plateau_factor"):
         if not 0 < getattr(cfg.train, name) <= 1:
             raise CharlmError(f"train.{name} must be in (0, 1], got {getattr(cfg.train, name)}")

@@ -6,6 +6,7 @@ import weakref
 import numpy as np
 
 from .engine import gluon, mx
+from .errors import CharlmError
 
 GATES = {"scratch-rnn": 1, "scratch-lstm": 4, "scratch-gru": 3}
 _STEPPERS = weakref.WeakKeyDictionary()  # RNNLM -> its one-step generation block
@@ -14,6 +15,7 @@ _STEPPERS = weakref.WeakKeyDictionary()  # RNNLM -> its one-step generation bloc
 _GRAPHS, _GREEDY = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()
 
 
+MAX_ARRAY = 2**31 - 1  # elements of one array in MXNet's release builds (int32 indexing)
 MAX_UNROLL = 64  # longer sequences run as pieces of this many steps, the state carried from piece to piece
 
 
@@ -406,6 +408,12 @@ def build(model_cfg, vocab_size, ctx):
     else:
         model = RNNLM(model_cfg.cell, vocab_size, model_cfg.embed_size, model_cfg.hidden_size,
                       model_cfg.num_layers, model_cfg.dropout, model_cfg.tie_weights)
+    for param in model.collect_params().values():
+        size = int(np.prod(param.shape))
+        if size > MAX_ARRAY:
+            raise CharlmError(f"the model is too large for MXNet: {param.name} would hold {size:,} numbers, "
+                              f"more than the {MAX_ARRAY:,} one array can; lower --hidden-size, --embed-size or "
+                              f"--num-layers")
     model.initialize(mx.init.Xavier(), ctx=ctx)
     model.hybridize(static_alloc=True, static_shape=True)
     return model

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import data, engine, generate, lines, model as models, optim, parallel
+from . import config as configs, data, engine, generate, lines, model as models, optim, parallel
 from .engine import autograd, gluon, mx, nd
 from .errors import CharlmError
+from .run import METRICS, STATE
 
 log = logging.getLogger(__name__)
 MAX_ROLLBACKS = 3
@@ -300,7 +301,8 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
     start, saved, every = time.perf_counter() - p.elapsed, bool(p.epoch or p.step), tcfg.checkpoint_every
     while p.epoch < tcfg.epochs:
         epoch = p.epoch + 1
-        trainer.set_learning_rate(tcfg.lr * p.lr_scale * tcfg.lr_decay ** (epoch - 1))
+        # Decay stops at the smallest learning rate charlm takes: MXNet's updates refuse much smaller ones.
+        trainer.set_learning_rate(max(tcfg.lr * p.lr_scale * tcfg.lr_decay ** (epoch - 1), configs.MIN_LR))
         # Batch order and dropout are drawn from (seed, epoch) alone, so an epoch replays exactly.
         rng = np.random.default_rng([tcfg.seed, epoch])
         epoch_seed = int(rng.integers(2**31))

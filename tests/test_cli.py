@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from charlm.cli import main
-from charlm.config import DataConfig
+from charlm.config import MIN_LR, DataConfig
 
 TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
         "--epochs", "2", "--sample-every", "1"]
@@ -282,6 +282,31 @@ def test_a_kill_between_the_first_metrics_line_and_its_checkpoint_resumes_withou
     result = invoke("train", "--resume", run, "--epochs", 2)
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_learning_rate_decayed_below_float32s_range_stops_at_the_smallest_one_charlm_takes(corpus, tmp_path):
+    """MXNet's updates refuse a learning rate below the smallest normal float32 (an error, and the run could
+    never be resumed): decay stops at config.MIN_LR."""
+    runs = tmp_path / "runs"
+    result = invoke("train", "--data", corpus, "--runs-dir", runs, "--name", "d", *TINY, "--epochs", 3,
+                    "--lr", "1e-29", "--lr-decay", "0.001")
+    assert result.exit_code == 0, result.output
+    lrs = [json.loads(line)["lr"] for line in (runs / "d" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-29, MIN_LR, MIN_LR], rel=1e-6)
+
+
+def test_an_mxnet_error_no_check_foresaw_is_one_line(corpus, tmp_path, monkeypatch):
+    from charlm import train as training
+    from charlm.engine import mx
+
+    def fail(*args, **kwargs):
+        raise mx.base.MXNetError("Traceback (most recent call last):\n  [bt] (0) libmxnet.so\n"
+                                 "MXNetError: could not execute a primitive")
+    monkeypatch.setattr(training, "fit", fail)
+    result = invoke("train", "--data", corpus, "--runs-dir", tmp_path / "runs", *TINY)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == ("Error: MXNet failed: could not execute a primitive "
+                                                      "(`charlm --debug ...` shows the traceback)")
 
 
 def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(corpus, tmp_path):
