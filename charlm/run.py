@@ -45,6 +45,23 @@ def write_text(path, text):
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def _read_text(path):
+    """A run file's text; a clear error when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CharlmError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise CharlmError(f"{path} is damaged (not UTF-8 text)") from None
+
+
+def _read_json(path):
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError:
+        raise CharlmError(f"{path} is damaged (not JSON)") from None
+
+
 def _pid_in(path):
     try:
         return int(path.read_text().strip())
@@ -182,22 +199,31 @@ class Run:
         self.write_state({**self.read_state(), "status": "finished"})
 
     def read_state(self):
-        """state.json as a dict ({} before it is first written)."""
+        """state.json as a dict ({} before it is first written); a clear error when it is damaged."""
         path = self.path / STATE
-        try:
-            return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CharlmError(f"{path} is damaged (not JSON)") from None
+        state = _read_json(path) if path.exists() else {}
+        kinds = {"epoch": int, "step": int, "last": str, "status": str, "best_epoch": (int, type(None)),
+                 "lr_scale": (int, float), "partial": (dict, type(None))}
+        if not isinstance(state, dict):
+            raise CharlmError(f"{path} is damaged (not a JSON object)")
+        for key, kind in kinds.items():
+            if key in state and not isinstance(state[key], kind):
+                raise CharlmError(f"{path} is damaged ({key} is {state[key]!r})")
+        return state
 
     def metrics(self):
-        """The metrics.jsonl records, in order, ignoring a line cut short by a crash."""
+        """The metrics.jsonl records, in order, ignoring a line cut short by a crash; a clear error when a
+        line is whole JSON but no record."""
         path = self.path / METRICS
         records = []
-        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        for n, line in enumerate(_read_text(path).splitlines() if path.exists() else [], 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
+                raise CharlmError(f"{path} is damaged (line {n} is not an epoch's record)")
+            records.append(record)
         return records
 
     def keep_metrics(self, last_epoch):
@@ -212,7 +238,12 @@ class Run:
 
     def vocab(self):
         """The run's vocabulary."""
-        return vocab_from_json((self.path / VOCAB).read_text(encoding="utf-8"))
+        path = self.path / VOCAB
+        text = _read_text(path)
+        try:
+            return vocab_from_json(text)
+        except (ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
+            raise CharlmError(f"{path} is damaged (not a vocabulary charlm wrote)") from None
 
     def load_params(self, model, path, ctx):
         """Load the parameter file path into model."""

@@ -251,10 +251,17 @@ def restore(s, run, trainer):
     records = run.keep_metrics(done)  # a kill between an epoch's metrics line and its checkpoint left a line
     if not done and not step:
         return Progress()
+    if done and (not records or records[-1]["epoch"] != done):
+        raise CharlmError(f"{run.path / METRICS} is damaged: it has no line for epoch {done}, the last "
+                          f"checkpoint's; its best loss is unknown")
     hidden = run.load_last(s.model, trainer, s.ctx)
-    elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
-    return Progress(done, step, partial, hidden, min(map(checkpoint_metric, records), default=math.inf), elapsed,
-                    state.get("lr_scale", 1.0))
+    try:
+        elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
+        best = min(map(checkpoint_metric, records), default=math.inf)
+    except (KeyError, TypeError):
+        raise CharlmError(f"{run.path / METRICS} or {run.path / STATE} is damaged: a loss or elapsed time "
+                          f"is missing") from None
+    return Progress(done, step, partial, hidden, best, elapsed, state.get("lr_scale", 1.0))
 
 
 def _recover(s, run, trainer, progress, saved, epoch, step):
