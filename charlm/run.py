@@ -36,7 +36,8 @@ def atomic_write(path, write):
         finally:
             os.close(dir_fd)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. no such directory: nothing to remove
+            tmp.unlink()
         raise CharlmError(f"cannot write {path}: {e.strerror}") from None
 
 
@@ -113,9 +114,10 @@ class Run:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                owner = _pid_in(path)
-                raise CharlmError(f"{self.path} is being trained by {f'process {owner}' if owner else 'another process'}"
-                                  f" (lock file {path}); wait for it or stop it first") from None
+                owner = _pid_in(path)  # none yet when the holder has only just taken it
+                who = f"process {owner}" if owner else "another process"
+                raise CharlmError(f"{self.path} is being trained by {who} (lock file {path}); wait for it or stop it "
+                                  f"first") from None
             try:  # the file locked is still the one at path: a holder that was releasing may have removed it
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     break

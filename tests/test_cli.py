@@ -254,7 +254,7 @@ def test_a_signal_stops_at_a_batch_boundary_keeps_the_checkpoint_and_says_how_to
 
 def test_a_run_in_training_refuses_a_second_training_and_a_stale_lock_is_taken_over(trained):
     runs, _ = trained
-    hold = "from charlm.run import Run; import sys, time\nwith Run(sys.argv[1]).lock(): print(flush=True); time.sleep(60)"
+    hold = "from charlm.run import Run; import sys, time\nwith Run(sys.argv[1]).lock(): print(flush=1); time.sleep(60)"
     owner = subprocess.Popen([sys.executable, "-c", hold, str(runs / "r1")], stdout=subprocess.PIPE)
     try:
         owner.stdout.readline()  # it holds the lock
