@@ -69,6 +69,44 @@ def _damage_optimizer_state(run):
     states.write_bytes(states.read_bytes()[:20])
 
 
+def _damage_vocab(run):
+    (run / "vocab.json").write_text('{"chars": ')
+
+
+def _damage_state(run):
+    state = run / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "epoch": "two"}))
+
+
+def _damage_metrics_line(run):
+    (run / "metrics.jsonl").write_text("5\n")
+
+
+def _delete_metrics(run):
+    (run / "metrics.jsonl").unlink()
+
+
+def _unlockable_run():
+    """A run directory this user may not write in (permissions do not stop root, who runs the tests here)."""
+    real = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, flags, *args, **kwargs)
+    return mock.patch("charlm.run.os.open", refuse)
+
+
+def _unreadable_data():
+    real = open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("secret.txt"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, *args, **kwargs)
+    return mock.patch("builtins.open", refuse)
+
+
 def _disk_full():
     return mock.patch("charlm.run.os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device"))
 
@@ -94,6 +132,11 @@ CASES = [
     ("empty file", lambda ws: _train(ws, "--data", str(ws.file("empty.txt", b""))), "holds no text"),
     ("invalid UTF-8", lambda ws: _train(ws, "--data", str(ws.file("latin1.txt", "caf\xe9 ".encode("latin-1") * 9))),
      "is not valid utf-8: byte 0xe9 at offset 3; give its --encoding, or --errors replace"),
+    ("`--encoding` that is not a text encoding", lambda ws: _train(ws, "--encoding", "rot13"),
+     "'rot13' is not a text encoding"),
+    ("UTF-16 without a byte order mark",
+     lambda ws: _train(ws, "--data", str(ws.file("u16.txt", TEXT.encode("utf-16-be"))), "--encoding", "utf-16"),
+     "is not valid utf-16: UTF-16 stream does not start with BOM; give its --encoding"),
     ("a binary file", lambda ws: _train(ws, "--data", str(ws.file("bin.dat", bytes(range(256)) * 4))),
      "looks like a binary file"),
     ("corpus too short for one batch", lambda ws: _train(ws, "--data", str(ws.file("short.txt", b"short"))),
@@ -107,6 +150,14 @@ CASES = [
     ("`--checkpoint-every -1`", lambda ws: _train(ws, "--checkpoint-every", "-1"),
      "train.checkpoint_every must not be negative"),
     ("`--val-frac 1`", lambda ws: _train(ws, "--val-frac", "1"), "data.val_frac must be in [0, 1)"),
+    ("`--seed -1`", lambda ws: _train(ws, "--seed", "-1"), "train.seed must not be negative, got -1"),
+    ("`--grad-clip nan`", lambda ws: _train(ws, "--grad-clip", "nan"), "train.grad_clip must not be negative, got nan"),
+    ("`--lr` too small to change a weight", lambda ws: _train(ws, "--lr", "1e-39"),
+     "train.lr must be a number of at least 1e-30"),
+    ("a model too large for MXNet's arrays", lambda ws: _train(ws, "--hidden-size", "30000"),
+     "the model is too large for MXNet"),
+    ("data file this user may not read", lambda ws: _train(ws, "--set", f"data.path={ws.file('secret.txt', b'x')}"),
+     "cannot read data file"),
     ("`--valid-data` file missing", lambda ws: _train(ws, "--valid-data", str(ws.tmp / "nope.txt")),
      "data file not found"),
     ("`data.buckets` not increasing", lambda ws: _train(ws, "--mode", "lines", "--set", "data.buckets=[8, 4]"),
@@ -145,6 +196,19 @@ CASES = [
     ("damaged optimizer state on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("states", _damage_optimizer_state)), "--epochs", "2"],
      "last-e1-s0.states (optimizer state) cannot be loaded"),
+    ("damaged vocabulary", lambda ws: ["generate", "the", "--run", str(ws.damaged_run("badvocab", _damage_vocab))],
+     "vocab.json is damaged (not a vocabulary charlm wrote)"),
+    ("damaged state file on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("badstate", _damage_state)), "--epochs", "2"],
+     "state.json is damaged (epoch is 'two')"),
+    ("a metrics line that is no record, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("badline", _damage_metrics_line)), "--epochs", "2"],
+     "metrics.jsonl is damaged (line 1 is not an epoch's record)"),
+    ("metrics file deleted, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("nometrics", _delete_metrics)), "--epochs", "2"],
+     "metrics.jsonl is damaged: it has no line for epoch 1"),
+    ("run directory this user may not write in, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.run), "--epochs", "2"], "cannot lock"),
     ("prefix with characters outside the vocabulary", lambda ws: ["generate", "the €", "--run", str(ws.run)],
      "prefix characters not in the model's vocabulary: '€'"),
     ("empty prefix", lambda ws: ["generate", "", "--run", str(ws.run)], "the prefix is empty"),
@@ -152,22 +216,40 @@ CASES = [
      "--length must be at least 1"),
     ("`--temperature 0`", lambda ws: ["generate", "the", "--temperature", "0", "--run", str(ws.run)],
      "--temperature must be positive"),
+    ("`--temperature nan`", lambda ws: ["generate", "the", "--temperature", "nan", "--run", str(ws.run)],
+     "--temperature must be positive, got nan"),
     ("`--top-k 0`", lambda ws: ["generate", "the", "--top-k", "0", "--run", str(ws.run)], "--top-k must be between 1"),
     ("`--top-k` larger than the vocabulary", lambda ws: ["generate", "the", "--top-k", "99", "--run", str(ws.run)],
      "--top-k must be between 1 and the vocabulary size"),
     ("text to evaluate with unknown characters",
      lambda ws: ["eval", "--run", str(ws.run), "--data", str(ws.file("e.txt", "naïve".encode()))],
      "characters not in the vocabulary: 'ï'"),
+    ("text to evaluate that is not UTF-8",
+     lambda ws: ["eval", "--run", str(ws.run), "--data", str(ws.file("e-latin1.txt", "caf\xe9".encode("latin-1")))],
+     "is not valid utf-8: byte 0xe9 at offset 3; give its --encoding, or --errors replace (eval reads it with the "
+     "run's data.encoding and data.errors)"),
     ("`eval --task addition` without `--data`", lambda ws: ["eval", "--task", "addition", "--run", str(ws.run)],
      "--task addition needs --data FILE"),
     ("`eval --task addition` on lines that are not a+b=c",
      lambda ws: ["eval", "--task", "addition", "--run", str(ws.run), "--data", str(ws.corpus)],
      "not an addition line (a+b=c)"),
+    ("`eval --task addition` on a file that is not UTF-8",
+     lambda ws: ["eval", "--task", "addition", "--run", str(ws.run), "--data",
+                 str(ws.file("add-latin1.txt", "1+1=2\xe9".encode("latin-1")))],
+     "is not valid utf-8: byte 0xe9 at offset 5; convert it to UTF-8"),
     ("`data addition --base 16`", lambda ws: ["data", "addition", "--base", "16", "-o", str(ws.tmp / "a.txt")],
      "--base must be between 2 and 10"),
     ("`data addition --mixed --digits 16`",
      lambda ws: ["data", "addition", "--mixed", "--digits", "16", "-o", str(ws.tmp / "a.txt")],
      "--mixed takes numbers below 2**53: --digits at most 15 in base 10"),
+    ("`data addition --seed -1`", lambda ws: ["data", "addition", "--seed", "-1", "-o", str(ws.tmp / "a.txt")],
+     "--seed must not be negative, got -1"),
+    ("`data addition` with more lines than memory holds",
+     lambda ws: ["data", "addition", "--count", "100000000000", "-o", str(ws.tmp / "a.txt")],
+     "--count 100,000,000,000 is too many: the lines are built in memory, and with --digits 8 at most 10,869,565"),
+    ("`data addition --digits` of a trillion",
+     lambda ws: ["data", "addition", "--digits", "1000000000000", "-o", str(ws.tmp / "a.txt")],
+     "--digits 1000000000000 in base 10 is too large (at most 18)"),
     ("`--gpu` with no GPU visible", lambda ws: _train(ws, "--gpu"), "--gpu: MXNet sees no GPU"),
     ("`--gpus` with no GPU visible", lambda ws: _train(ws, "--gpus", "0,1"), "--gpus: MXNet sees no GPU"),
     ("`--ctx` that is not a device list", lambda ws: _train(ws, "--ctx", "cpu0"),
@@ -192,6 +274,8 @@ CASES = [
 ]
 # Cases that need the machine to misbehave, or the environment of a cluster's worker.
 PATCHES = {"disk full while saving": _disk_full, "dist kvstore without a cluster": _no_cluster,
+           "run directory this user may not write in, on `--resume`": _unlockable_run,
+           "data file this user may not read": _unreadable_data,
            **dict.fromkeys(["`--kvstore dist_async` with a decaying learning rate",
                             "`--on-divergence rollback` with a dist kvstore",
                             "a launcher's worker with `--kvstore local`"], _worker_env)}
