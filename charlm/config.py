@@ -13,8 +13,8 @@ from .errors import CharlmError
 
 CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
 SCRATCH_CELLS = CELLS[:3]  # no embedding, no stacking, no dropout
-# MXNet's updates refuse a learning rate below the smallest normal float32 (1.2e-38), Adam's after scaling it
-# by up to 0.3 in its first steps; and one below 1e-30 changes no weight of float32 size anyway.
+# MXNet's updates refuse a learning rate below the smallest normal float32 (1.2e-38), Adam's after its first
+# steps' bias correction multiplies it by as little as 0.32; and one below 1e-30 changes no float32 weight.
 MIN_LR = 1e-30
 
 

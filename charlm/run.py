@@ -57,6 +57,7 @@ def _read_text(path):
 
 
 def _read_json(path):
+    """A run file's JSON; a clear error when it is not JSON."""
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError:
