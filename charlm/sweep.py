@@ -154,11 +154,11 @@ def plan(sweep):
 
 def status(run_dir, failures):
     """finished, failed, interrupted (resumable) or new."""
+    if (run_dir / CONFIG).exists() and Run(run_dir).read_state().get("status") == "finished":
+        return "finished"  # whatever an attempt recorded: another process (a resume, a second sweep) finished it
     if run_dir.name in failures:
         return "failed"
-    if not (run_dir / CONFIG).exists():
-        return "new"
-    return "finished" if Run(run_dir).read_state().get("status") == "finished" else "interrupted"
+    return "interrupted" if (run_dir / CONFIG).exists() else "new"
 
 
 def _yaml_value(value):
@@ -233,7 +233,8 @@ def summary(sweep, sweep_dir):
     rows = []
     for name, point in plan(sweep):
         run_dir = sweep_dir / name
-        row = {"run": name, **point, "status": status(run_dir, failures), "error": failures.get(name, "")}
+        state = status(run_dir, failures)
+        row = {"run": name, **point, "status": state, "error": failures.get(name, "") if state == "failed" else ""}
         records = [r for r in Run(run_dir).metrics() if sweep.metric in r]
         if records:
             pick = min if sweep.goal == "minimize" else max

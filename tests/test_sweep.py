@@ -213,3 +213,17 @@ def test_interrupted_sweep_stops_its_runs_and_resumes_on_rerun(tiny_sweep):
     assert state["status"] == "running" and state["epoch"] >= 1  # stopped, resumable, not failed
     assert not (runs / "tiny" / "failures.json").exists()  # no run finished, and none counts as failed
     assert sweeps.status(runs / "tiny" / "000-hidden_size=4", {}) == "interrupted"
+
+
+def test_a_run_finished_elsewhere_is_finished_whatever_an_earlier_attempt_recorded(tmp_path):
+    """A sweep's attempt failed (another process held the run's lock) but that process finished the run: the
+    sweep reports it finished, with no error, not failed forever."""
+    from charlm.run import CONFIG, STATE
+    run = tmp_path / "000-x"
+    run.mkdir()
+    (run / CONFIG).write_text("{}\n")
+    (run / STATE).write_text(json.dumps({"epoch": 2, "status": "finished"}))
+    failures = {"000-x": "…/000-x is being trained by process 1"}
+    assert sweeps.status(run, failures) == "finished"
+    (run / STATE).write_text(json.dumps({"epoch": 1, "status": "running"}))
+    assert sweeps.status(run, failures) == "failed"
