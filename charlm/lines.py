@@ -43,7 +43,8 @@ class LineBatches:
         ends = np.flatnonzero(tgt == eos)
         starts = np.concatenate([[0], ends[:-1] + 1])
         lengths = ends - starts + 1  # (input, target) pairs of each line, its line end included
-        self.buckets = list(buckets) or auto_buckets(lengths)
+        # A padded length past the longest line pads with nothing but padding: the longest line is enough.
+        self.buckets = sorted({min(b, int(lengths.max())) for b in buckets}) or auto_buckets(lengths)
         longest = self.buckets[-1]
         pieces = -(-lengths // longest)
         self.num_split = int((pieces > 1).sum())

@@ -33,6 +33,14 @@ def test_lines_go_to_the_smallest_bucket_that_fits_and_long_ones_are_split():
     assert {X.shape[0] for X, _ in batches} == {2, 4}
 
 
+def test_a_bucket_longer_than_any_line_pads_only_to_the_longest_line():
+    """Padding past the longest line is all padding: [4, 10**11] pads as [4, 10] (it allocated 11.6 TiB)."""
+    ids = np.array([5, EOS] + [6] * 9 + [EOS] + [7, 7, 7, EOS], dtype=np.uint8)
+    batches = lines.LineBatches(ids, BOS, EOS, batch_size=8, buckets=[4, 10**11])
+    assert batches.buckets == [4, 10] and batches.num_split == 0
+    assert {X.shape[0] for X, _ in batches} == {4, 10}
+
+
 def test_a_text_without_a_final_line_end_gets_one():
     X, Y = lines.LineBatches(np.array([5, 6], dtype=np.uint8), BOS, EOS, 1, [3])[0]
     assert X[:, 0].tolist() == [BOS, 5, 6] and Y[:, 0].tolist() == [5, 6, EOS]
