@@ -217,8 +217,14 @@ def _fit(s, run, trainer, progress):
     metric = "val" if len(s.val_ids) else "train"
     test = ""
     if cfg.data.test_path and root:
-        test = f" | test ppl {training.test(s, run)['test_ppl']:.3f}"
-    echo(f"done | best {metric} ppl {training.perplexity(best):.3f}{test} | {run.path}")
+        test = f" | test ppl {_ppl(training.test(s, run)['test_ppl'])}"
+    echo(f"done | best {metric} ppl {_ppl(training.perplexity(best))}{test} | {run.path}")
+
+
+def _ppl(value, decimals=3):
+    """A perplexity as text: fixed-point, or in exponent form once it is too large to read that way (a
+    diverging model's reaches 1e304)."""
+    return f"{value:.{decimals}f}" if value < 1e6 else f"{value:.{decimals}e}"
 
 
 def _silent(*args, **kwargs):
@@ -373,7 +379,7 @@ class _ProgressBar:
         loss = running_loss()  # a host sync: waits for the queued batches, so the rate below is real
         self.last = time.perf_counter()
         rate = (tokens - self.tokens0) / (self.last - self.start)
-        self.bar.set_postfix_str(f"loss {loss:.3f} ppl {perplexity(loss):.2f} {rate / 1e3:.1f}k tok/s")
+        self.bar.set_postfix_str(f"loss {loss:.3f} ppl {_ppl(perplexity(loss), 2)} {rate / 1e3:.1f}k tok/s")
 
     def close(self):
         if self.bar is not None:
@@ -383,8 +389,8 @@ class _ProgressBar:
 
 def _epoch_done(bar, r, samples):
     bar.close()
-    val = f" | val ppl {r['val_ppl']:.3f}" if "val_ppl" in r else ""
-    click.echo(f"epoch {r['epoch']} | train ppl {r['train_ppl']:.3f}{val} | {r['tokens_per_s'] / 1e3:.1f}k tok/s"
+    val = f" | val ppl {_ppl(r['val_ppl'])}" if "val_ppl" in r else ""
+    click.echo(f"epoch {r['epoch']} | train ppl {_ppl(r['train_ppl'])}{val} | {r['tokens_per_s'] / 1e3:.1f}k tok/s"
                f" | {r['elapsed_s']:.1f} s")
     for text in samples:
         click.echo(f"  > {text!r}")
@@ -456,7 +462,7 @@ def evaluate(data_path, task, as_json, run_dir, runs_dir, gpu):
         click.echo(json.dumps(result))
     else:
         per = "per word" if d.level == "word" else f"| bpc {result['bpc']:.3f}"
-        click.echo(f"loss {result['loss']:.4f} | ppl {result['ppl']:.3f} {per} | {tokens:,} tokens")
+        click.echo(f"loss {result['loss']:.4f} | ppl {_ppl(result['ppl'])} {per} | {tokens:,} tokens")
 
 
 def _eval_addition(run, vocab, data_path, as_json, gpu):
