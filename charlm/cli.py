@@ -178,9 +178,10 @@ def _resumed_run(run, epochs, devices, kvstore):
     s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), saved if cfg.train.init_from else None)
     if s.vocab.tokens != saved.tokens:
         raise CharlmError(f"the text of {run.path} has changed since the run started (another vocabulary)")
-    run.start(cfg, s.vocab, fresh=False)
     trainer = training.make_trainer(s.model, cfg.train, s.workers)
-    return s, run, trainer, training.restore(s, run, trainer)
+    progress = training.restore(s, run, trainer)  # first: a run it refuses keeps its files as they were
+    run.start(cfg, s.vocab, fresh=False)
+    return s, run, trainer, progress
 
 
 def _fit(s, run, trainer, progress):

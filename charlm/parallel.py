@@ -219,5 +219,8 @@ class NoRun:
     def read_state(self):
         return {}
 
+    def write_state(self, state):
+        """Nothing: rank 0 keeps the run's state."""
+
     def finish(self):
         """Nothing: rank 0 finishes the run."""

@@ -229,11 +229,9 @@ class Run:
             records.append(record)
         return records
 
-    def keep_metrics(self, last_epoch):
-        """Drop metrics lines past last_epoch (from a checkpoint that never completed); return the rest."""
-        records = [r for r in self.metrics() if r["epoch"] <= last_epoch]
+    def write_metrics(self, records):
+        """Replace metrics.jsonl with these records."""
         write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in records))
-        return records
 
     def config(self):
         """The run's resolved config."""

@@ -248,20 +248,22 @@ def restore(s, run, trainer):
     """Load the run's last checkpoint into s.model and trainer; return where it stands."""
     state = run.read_state()
     done, step, partial = state.get("epoch", 0), state.get("step", 0), state.get("partial")
-    records = run.keep_metrics(done)  # a kill between an epoch's metrics line and its checkpoint left a line
-    if not done and not step:
-        return Progress()
+    records = [r for r in run.metrics() if r["epoch"] <= done]
     if done and (not records or records[-1]["epoch"] != done):
         raise CharlmError(f"{run.path / METRICS} is damaged: it has no line for epoch {done}, the last "
                           f"checkpoint's; its best loss is unknown")
-    hidden = run.load_last(s.model, trainer, s.ctx)
-    try:
-        elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
-        best = min(map(checkpoint_metric, records), default=math.inf)
-    except (KeyError, TypeError):
-        raise CharlmError(f"{run.path / METRICS} or {run.path / STATE} is damaged: a loss or elapsed time "
-                          f"is missing") from None
-    return Progress(done, step, partial, hidden, best, elapsed, state.get("lr_scale", 1.0))
+    progress = Progress(lr_scale=state.get("lr_scale", 1.0))
+    if done or step:
+        hidden = run.load_last(s.model, trainer, s.ctx)
+        try:
+            elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
+            best = min(map(checkpoint_metric, records), default=math.inf)
+        except (KeyError, TypeError):
+            raise CharlmError(f"{run.path / METRICS} or {run.path / STATE} is damaged: a loss or elapsed time "
+                              f"is missing") from None
+        progress = Progress(done, step, partial, hidden, best, elapsed, progress.lr_scale)
+    run.write_metrics(records)  # without lines past the checkpoint: a kill after an epoch's line, before its own
+    return progress
 
 
 def _recover(s, run, trainer, progress, saved, epoch, step):
@@ -281,6 +283,7 @@ def _recover(s, run, trainer, progress, saved, epoch, step):
         s.model.initialize(mx.init.Xavier(), ctx=s.ctx, force_reinit=True)
         trainer, progress = make_trainer(s.model, s.cfg.train, s.workers), Progress()
     progress.rollbacks, progress.lr_scale = rollbacks, lr_scale
+    run.write_state({**run.read_state(), "lr_scale": lr_scale})  # a resume keeps it, checkpoint or not
     return trainer, progress
 
 

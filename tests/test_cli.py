@@ -309,6 +309,25 @@ def test_an_mxnet_error_no_check_foresaw_is_one_line(corpus, tmp_path, monkeypat
                                                       "(`charlm --debug ...` shows the traceback)")
 
 
+def test_a_refused_resume_leaves_the_run_as_it_was(trained):
+    import shutil
+    runs, _ = trained
+    run = runs / "copy"
+    shutil.copytree(runs / "r1", run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("5\n")  # damaged: the resume is refused
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    result = invoke("train", "--resume", run, "--epochs", 3)
+    assert result.exit_code == 1 and "metrics.jsonl is damaged" in result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # still "finished", nothing rewritten
+
+
+def test_perplexities_too_large_to_read_print_in_exponent_form():
+    from charlm.cli import _ppl
+    assert (_ppl(4.1071), _ppl(4.1071, 2), _ppl(123456.7)) == ("4.107", "4.11", "123456.700")
+    assert _ppl(8.2e307) == "8.200e+307"
+
+
 def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(corpus, tmp_path):
     """Kill -9 a training again and again, wherever it is (saving included): the run always loads."""
     runs, rng = tmp_path / "runs", __import__("random").Random(0)

@@ -18,6 +18,12 @@ class NoRun:
     def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0):
         self.records.append((record, is_best))
 
+    def read_state(self):
+        return {}
+
+    def write_state(self, state):
+        """Nothing kept: no test reads it back from here."""
+
 
 def test_loss_falls_on_a_small_corpus(tiny_cfg):
     tiny_cfg.train.epochs = 4
@@ -141,6 +147,28 @@ def test_rollback_reloads_the_last_checkpoint_with_half_the_learning_rate(tiny_c
     assert records[0]["lr"] == tiny_cfg.train.lr and records[1]["lr"] == tiny_cfg.train.lr / 2
     assert all(math.isfinite(r["train_loss"]) for r in records)
     assert run.read_state()["lr_scale"] == 0.5  # a resume keeps the halved rate
+
+
+def test_a_rollback_keeps_its_halved_learning_rate_in_state_json_before_any_later_checkpoint(tiny_cfg, tmp_path,
+                                                                                               monkeypatch):
+    """Divergence that never recovers: each rollback's rate is in state.json at once, so a resume keeps it."""
+    from charlm.run import Run
+    tiny_cfg.train.on_divergence = "rollback"
+    s = train.setup(tiny_cfg, mx.cpu())
+    run = Run.create(tmp_path, "r")
+    run.start(tiny_cfg, s.vocab)
+    real = train.train_steps
+
+    def always_bad(s, objective, trainer, batches, first, *args):
+        done, state, _ = real(s, objective, trainer, batches, first, *args)
+        return done, state, first
+
+    monkeypatch.setattr(train, "train_steps", always_bad)
+    with pytest.raises(CharlmError, match="diverged"):
+        train.fit(s, run)
+    assert run.read_state()["lr_scale"] == 0.5 ** train.MAX_ROLLBACKS
+    progress = train.restore(s, run, train.make_trainer(s.model, tiny_cfg.train))
+    assert (progress.epoch, progress.step, progress.lr_scale) == (0, 0, 0.5 ** train.MAX_ROLLBACKS)
 
 
 def test_rollback_gives_up_after_three_tries(tiny_cfg, monkeypatch):
