@@ -43,14 +43,17 @@ def plot(paths, output):
         raise CharlmError("charlm plot needs matplotlib: pip install 'charlm[plot]' "
                           "(or pip install matplotlib)") from None
     runs = runs_in(paths)
+    metrics = [run.metrics() for run in runs]
+    if not any(metrics):
+        raise CharlmError(f"no epoch has finished in {', '.join(map(str, paths))} yet: nothing to plot")
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for i, (run, label) in enumerate(zip(runs, labels(runs))):
-        records, color = run.metrics(), f"C{i % 10}"
-        epochs = [r["epoch"] for r in records]
+    for i, (records, label) in enumerate(zip(metrics, labels(runs))):
+        color, epochs = f"C{i % 10}", [r["epoch"] for r in records]
+        dots = {"marker": "o", "markersize": 3}  # a run of one epoch is one point: a line alone draws nothing
         if records and "val_ppl" in records[0]:
-            ax.plot(epochs, [r["val_ppl"] for r in records], color=color, label=f"{label} (val)")
+            ax.plot(epochs, [r["val_ppl"] for r in records], color=color, label=f"{label} (val)", **dots)
         ax.plot(epochs, [r["train_ppl"] for r in records], color=color, linestyle="--", alpha=0.6,
-                label=f"{label} (train)")
+                label=f"{label} (train)", **dots)
     ax.set_yscale("log")
     for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
         axis(ScalarFormatter())  # 4, 5, 6 rather than 4x10^0

@@ -190,6 +190,17 @@ def test_plot_writes_a_png_of_a_sweep(tiny_sweep):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_plot_of_runs_without_a_finished_epoch_is_a_clear_error(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    (run / "vocab.json").write_text('{"chars": ["a", "b"]}')
+    result = CliRunner().invoke(main, ["plot", str(run), "-o", str(tmp_path / "p.png")])
+    assert result.exit_code == 1 and "no epoch has finished" in result.output
+    assert not (tmp_path / "p.png").exists()
+
+
 def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     result = CliRunner().invoke(main, ["plot", str(tmp_path)])
