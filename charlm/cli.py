@@ -4,6 +4,7 @@ The only module that talks to the terminal.
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
 import functools
 import json
+import os
 import shutil
 import signal
 import sys
@@ -48,6 +49,11 @@ def _user_errors(command):
             if click.get_current_context().find_root().params.get("debug"):
                 raise
             if isinstance(e, CharlmError):
+                if True in getattr(sys.modules.get("charlm.parallel"), "JOINED", []):
+                    # A worker that fails alone (rank 0's run directory exists, say) would hang in MXNet's exit,
+                    # which waits for its peers: it ends at once, and the launcher reports its status.
+                    click.echo(f"Error: {e}", err=True)
+                    os._exit(1)
                 raise click.ClickException(str(e)) from None
             if type(e).__name__ != "MXNetError":  # matched by name: MXNet is imported only by commands that need it
                 raise

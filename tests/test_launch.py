@@ -132,6 +132,19 @@ def test_a_worker_that_dies_stops_the_whole_cluster(corpus, tmp_path, launched):
     assert cluster_pids(port) == []
 
 
+def test_an_error_of_rank_0_alone_ends_the_cluster_with_its_one_line_and_status_1(corpus, tmp_path, launched):
+    """Only rank 0 makes the run directory: its error ended in a server's C++ abort (status 134), rank 0 hanging
+    in MXNet's exit while the other worker pushed to keys rank 0 never set up."""
+    (tmp_path / "runs" / "d").mkdir(parents=True)
+    launch = launched("-n", 2, "--", "train", "--kvstore", "dist_sync", "--data", corpus, "--runs-dir", "runs",
+                      "--name", "d", *TINY)
+    port = launch.find_port()
+    assert launch.wait() == 1, launch.output()
+    assert "Error: run directory runs/d already exists" in launch.output()
+    assert "exited with status 1; stopping the others" in launch.output() and "terminate called" not in launch.output()
+    assert cluster_pids(port) == []
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_stops_the_whole_cluster(corpus, tmp_path, launched, sig, code):
     launch = launched("-n", 2, "--", "train", "--kvstore", "dist_sync", "--data", corpus, "--runs-dir", "runs",
