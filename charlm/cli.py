@@ -53,6 +53,8 @@ def _user_errors(command):
                     # A worker that fails alone (rank 0's run directory exists, say) would hang in MXNet's exit,
                     # which waits for its peers: it ends at once, and the launcher reports its status.
                     click.echo(f"Error: {e}", err=True)
+                    sys.stdout.flush()  # os._exit skips it: epoch lines piped to a log would be lost
+                    sys.stderr.flush()
                     os._exit(1)
                 raise click.ClickException(str(e)) from None
             if type(e).__name__ != "MXNetError":  # matched by name: MXNet is imported only by commands that need it
