@@ -49,7 +49,7 @@ def _user_errors(command):
             if click.get_current_context().find_root().params.get("debug"):
                 raise
             if isinstance(e, CharlmError):
-                if True in getattr(sys.modules.get("charlm.parallel"), "JOINED", []):
+                if getattr(sys.modules.get("charlm.parallel"), "joined", False):  # imported only by who trains
                     # A worker that fails alone (rank 0's run directory exists, say) would hang in MXNet's exit,
                     # which waits for its peers: it ends at once, and the launcher reports its status.
                     click.echo(f"Error: {e}", err=True)

@@ -9,7 +9,7 @@ from .engine import autograd, clip_global_norm, gluon, mx, nd, on_device
 from .errors import CharlmError
 from .launch import DMLC_ENV, KVSTORES
 
-JOINED = []  # [True] once this process has joined a dist kvstore's cluster (see cli._user_errors)
+joined = False  # whether this process has joined a dist kvstore's cluster (see cli._user_errors)
 SUM_KEY = 1 << 20  # the kvstore key for metric sums: far above the Trainer's keys, one per parameter
 
 
@@ -125,8 +125,8 @@ def connect(cfg, ctx, kvstore="local"):
         return None
     if cfg.data.mode == "lines":
         raise CharlmError("lines mode trains on one device in one process: drop --ctx, --gpus and --kvstore")
-    workers = Workers(ctxs, kvstore, mx.kv.create(kvstore) if dist else None)
-    JOINED[:] = [dist]
+    global joined
+    workers, joined = Workers(ctxs, kvstore, mx.kv.create(kvstore) if dist else None), dist
     return workers
 
 
