@@ -56,7 +56,7 @@ def _read_text(path):
         raise CharlmError(f"{path} is damaged (not UTF-8 text)") from None
 
 
-def _read_json(path):
+def read_json(path):
     """A run file's JSON; a clear error when it is not JSON."""
     try:
         return json.loads(_read_text(path))
@@ -204,7 +204,7 @@ class Run:
     def read_state(self):
         """state.json as a dict ({} before it is first written); a clear error when it is damaged."""
         path = self.path / STATE
-        state = _read_json(path) if path.exists() else {}
+        state = read_json(path) if path.exists() else {}
         kinds = {"epoch": int, "step": int, "last": str, "status": str, "best_epoch": (int, type(None)),
                  "lr_scale": (int, float), "partial": (dict, type(None))}
         if not isinstance(state, dict):

@@ -17,7 +17,7 @@ import yaml
 
 from . import config as configs
 from .errors import CharlmError
-from .run import CONFIG, Run, write_text
+from .run import CONFIG, Run, read_json, write_text
 
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
@@ -224,7 +224,10 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
 def recorded_failures(sweep_dir):
     """The recorded failures of a sweep directory: {run name: error}."""
     path = sweep_dir / FAILURES
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    failures = read_json(path) if path.exists() else {}
+    if not isinstance(failures, dict):
+        raise CharlmError(f"{path} is damaged (not a JSON object); delete it to retry every unfinished run")
+    return failures
 
 
 def summary(sweep, sweep_dir):

@@ -238,3 +238,10 @@ def test_a_run_finished_elsewhere_is_finished_whatever_an_earlier_attempt_record
     assert sweeps.status(run, failures) == "finished"
     (run / STATE).write_text(json.dumps({"epoch": 1, "status": "running"}))
     assert sweeps.status(run, failures) == "failed"
+
+
+@pytest.mark.parametrize("text, message", [("{", "is damaged (not JSON)"), ("[1]", "is damaged (not a JSON object)")])
+def test_a_damaged_failures_file_is_a_clear_error(tmp_path, text, message):
+    (tmp_path / sweeps.FAILURES).write_text(text)
+    with pytest.raises(CharlmError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sweeps.recorded_failures(tmp_path)
