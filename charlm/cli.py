@@ -4,8 +4,7 @@ The only module that talks to the terminal.
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
 import functools
 import json
-import os
-import shutil
+import logging
 import signal
 import sys
 import time
@@ -15,8 +14,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import __version__, config as configs
-from .errors import CharlmError
+from . import __version__, configs
+from .errors import CharlmError, Interrupted
 from .launch import KVSTORES
 
 RUNS_DIR = click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
@@ -49,13 +48,6 @@ def _user_errors(command):
             if click.get_current_context().find_root().params.get("debug"):
                 raise
             if isinstance(e, CharlmError):
-                if getattr(sys.modules.get("charlm.parallel"), "joined", False):  # imported only by who trains
-                    # A worker that fails alone (rank 0's run directory exists, say) would hang in MXNet's exit,
-                    # which waits for its peers: it ends at once, and the launcher reports its status.
-                    click.echo(f"Error: {e}", err=True)
-                    sys.stdout.flush()  # os._exit skips it: epoch lines piped to a log would be lost
-                    sys.stderr.flush()
-                    os._exit(1)
                 raise click.ClickException(str(e)) from None
             if type(e).__name__ != "MXNetError":  # matched by name: MXNet is imported only by commands that need it
                 raise
@@ -91,6 +83,36 @@ def _typed_flags(kwargs):
             if "__" in k and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
 
 
+SECTIONS = {"data": "Data", "model": "Model", "train": "Training", "devices": "Devices", "run": "Run",
+            "other": "Other"}
+SECTION_OF = {"config_files": "run", "sets": "run", "runs_dir": "run", "name": "run", "resume": "run", "gpu": "devices",
+              "gpus": "devices", "ctx": "devices", "kvstore": "devices"}
+
+
+class _Grouped(click.Command):
+    """A command whose --help lists its options by section (data, model, training, devices, run), as
+    torch-rnn's flag documentation does."""
+
+    def format_options(self, ctx, formatter):
+        groups = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                section = param.name.split("__")[0] if "__" in param.name else SECTION_OF.get(param.name, "other")
+                groups.setdefault(section, []).append(record)
+        for section, title in SECTIONS.items():
+            if section in groups:
+                with formatter.section(f"{title} options"):
+                    formatter.write_dl(groups[section])
+
+
+class _Echo(logging.Handler):
+    """charlm's log messages on the terminal: warnings on stderr, the rest on stdout."""
+
+    def emit(self, record):
+        click.echo(record.getMessage(), err=record.levelno >= logging.WARNING)
+
+
 class _Group(click.Group):
     """A click group whose usage errors are one line too, like every other charlm error."""
 
@@ -107,9 +129,13 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors")
 def main(debug):
     """Character-level language models on MXNet Gluon: train, generate, eval, sweep, plot."""
+    log = logging.getLogger("charlm")
+    if not any(isinstance(h, _Echo) for h in log.handlers):
+        log.addHandler(_Echo())
+        log.setLevel(logging.INFO)
 
 
-@main.command()
+@main.command(cls=_Grouped)
 @CONFIG
 @_config_options
 @SET
@@ -125,119 +151,87 @@ def main(debug):
 @_user_errors
 def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, **kwargs):
     """Train a model; defaults train an LSTM on the bundled Time Machine."""
-    from .run import find
+    from . import api
 
-    typed, devices = _typed_flags(kwargs), (gpu, gpus, ctx)
-    if resume is None:
-        s, run = _new_run(config_files, typed, sets, runs_dir, name, devices, kvstore)
-        with run.lock():
-            _fit(s, run, None, None)
-        return
-    if config_files or sets or name or set(typed) - {("train", "epochs")}:
-        raise CharlmError("--resume continues a run with its own config.yaml: only --epochs may be given")
-    if kvstore.startswith("dist"):
-        raise CharlmError(f"--resume continues a run in one process: drop --kvstore {kvstore}")
-    run = find(resume or None, runs_dir)
-    with run.lock():
-        resumed = _resumed_run(run, typed.get(("train", "epochs")), devices, kvstore)
-        if resumed:
-            _fit(*resumed)
-
-
-def _new_run(config_files, typed, sets, runs_dir, name, devices, kvstore):
-    """Resolve the config, read the corpus, build the model and create the run directory (rank 0 only)."""
-    from . import engine, parallel, train as training  # a parameter server's process serves from here on
-    from .run import BEST, Run, init_source
-
-    cfg = configs.resolve(config_files, typed, sets)
-    for part, key in ((cfg.data, "path"), (cfg.data, "valid_path"), (cfg.data, "test_path"), (cfg.train, "init_from")):
-        if getattr(part, key):  # absolute: the run reproduces from any directory
-            setattr(part, key, str(Path(getattr(part, key)).expanduser().resolve()))
-    source, vocab = init_source(cfg) if cfg.train.init_from else (None, None)
-    ctx = engine.contexts(*devices)
-    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), vocab)
-    if source:
-        source.load_params(s.model, source.path / BEST, ctx)
-    if s.workers and s.workers.rank:
-        return s, parallel.NoRun()
-    run = Run.create(runs_dir, name)
-    try:
-        run.start(cfg, s.vocab)
-    except CharlmError:
-        shutil.rmtree(run.path, ignore_errors=True)  # brand new and ours: leave no half-made run behind
-        raise
-    return s, run
-
-
-def _resumed_run(run, epochs, devices, kvstore):
-    """Rebuild a run from its directory and load its last checkpoint; None when it has nothing left to do."""
-    from . import engine, parallel, train as training
-
-    cfg = run.config()
-    if epochs is not None:
-        cfg.train.epochs = epochs
-        configs.validate(cfg)
-    done = run.read_state().get("epoch", 0)
-    if done >= cfg.train.epochs:
-        click.echo(f"{run.path} has trained {done} of {cfg.train.epochs} epochs: give --epochs to extend it")
-        return None
-    ctx, saved = engine.contexts(*devices), run.vocab()
-    # a run started from another keeps that run's vocabulary, which its own text need not fill
-    s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), saved if cfg.train.init_from else None)
-    if s.vocab.tokens != saved.tokens:
-        raise CharlmError(f"the text of {run.path} has changed since the run started (another vocabulary)")
-    trainer = training.make_trainer(s.model, cfg.train, s.workers)
-    progress = training.restore(s, run, trainer)  # first: a run it refuses keeps its files as they were
-    run.start(cfg, s.vocab, fresh=False)
-    return s, run, trainer, progress
-
-
-def _fit(s, run, trainer, progress):
-    """Train with a progress bar and epoch lines; on Ctrl-C/SIGTERM keep the last checkpoint and exit 130/143.
-    Workers other than rank 0 train silently: rank 0 speaks for the run."""
-    from . import train as training
-
-    cfg, w = s.cfg, s.workers
-    root = not (w and w.rank)
-    echo = click.echo if root else _silent
-    size = sum(p.data(s.device).size for p in s.model.collect_params().values())
-    unit = "word" if cfg.data.level == "word" else "character"
-    spread = f" | {w.num_workers} worker(s) x {len(w.ctxs)} device(s), kvstore {w.kvstore}" if w else ""
-    echo(f"run {run.path} | {cfg.model.cell} | {size:,} parameters | {len(s.vocab):,}-{unit} vocabulary | "
-         f"{len(s.train_ids):,} train / {len(s.val_ids):,} val" + spread
-         + (f" | {s.split_lines:,} lines longer than the largest bucket split" if s.split_lines else "")
-         + (f" | resuming after epoch {progress.epoch}" if progress else "")
-         + (f" and {progress.step} batches of epoch {progress.epoch + 1}" if progress and progress.step else ""))
+    typed = _typed_flags(kwargs)
+    devices = {"gpu": gpu, "gpus": gpus, "ctx": ctx, "kvstore": kvstore}
     bar, stop = _ProgressBar(), _StopRequest()
-    on_batch, on_epoch = (bar.update, lambda r, samples: _epoch_done(bar, r, samples)) if root else (_silent, None)
+    callbacks = [bar, _EpochLines(bar)]
     try:
-        best = training.fit(s, run, trainer, progress, on_batch=on_batch, on_epoch=on_epoch, stop=stop.requested)
-    except training.Interrupted:
+        if resume is None:
+            cfg = configs.resolve(config_files, typed, sets)
+            run = api.train(cfg, runs_dir=runs_dir, name=name, callbacks=callbacks, stop=stop.requested, **devices)
+        else:
+            if config_files or sets or name or set(typed) - {("train", "epochs")}:
+                raise CharlmError("--resume continues a run with its own config.yaml: only --epochs may be given")
+            run = api.train(resume=resume or True, runs_dir=runs_dir, epochs=typed.get(("train", "epochs")),
+                            callbacks=callbacks, stop=stop.requested, **devices)
+    except Interrupted:
         bar.close()
-        state = run.read_state()
-        where = (f"epoch {state['epoch'] + 1} after batch {state['step']}" if state.get("step")
-                 else f"the end of epoch {state.get('epoch', 0)}")
-        kept = f"the checkpoint of {where} is saved" if state.get("last") else "no checkpoint was saved yet"
-        echo(f"stopped by {stop.name}; {kept}. Resume with: charlm train --resume {run.path}", err=True)
-        sys.exit(128 + stop.signum)
+        _stopped(stop, callbacks[1].run)
     finally:
         stop.restore()
-    run.finish()
-    metric = "val" if len(s.val_ids) else "train"
-    test = ""
-    if cfg.data.test_path and root:
-        test = f" | test ppl {_ppl(training.test(s, run)['test_ppl'])}"
-    echo(f"done | best {metric} ppl {_ppl(training.perplexity(best))}{test} | {run.path}")
+    if run is not None and callbacks[1].run:  # rank 0, and it trained
+        _done(run)
+
+
+def _stopped(stop, run):
+    """Say where an interrupted run stands (rank 0 speaks for the run) and exit 130 (SIGINT) or 143 (SIGTERM)."""
+    if run is None:
+        sys.exit(128 + stop.signum)
+    state = run.read_state()
+    where = (f"epoch {state['epoch'] + 1} after batch {state['step']}" if state.get("step")
+             else f"the end of epoch {state.get('epoch', 0)}")
+    kept = f"the checkpoint of {where} is saved" if state.get("last") else "no checkpoint was saved yet"
+    click.echo(f"stopped by {stop.name}; {kept}. Resume with: charlm train --resume {run.path}", err=True)
+    sys.exit(128 + stop.signum)
+
+
+def _done(run):
+    """The final line: the best checkpoint's perplexity, and the test text's when there is one."""
+    from .training import checkpoint_metric, perplexity
+
+    state, records = run.read_state(), run.metrics()
+    metric = "val" if "val_loss" in records[-1] else "train"
+    best = min(map(checkpoint_metric, records))
+    test = f" | test ppl {_ppl(state['test']['test_ppl'])}" if "test" in state else ""
+    click.echo(f"done | best {metric} ppl {_ppl(perplexity(best))}{test} | {run.path}")
+
+
+class _EpochLines:
+    """The run's first line, and a line per epoch with its samples."""
+
+    def __init__(self, bar):
+        self.bar, self.run = bar, None
+
+    def on_start(self, info):
+        from .run import Run
+
+        self.run = Run(info["run"])
+        unit = "word" if info["level"] == "word" else "character"
+        spread = info["workers"] and " | {} worker(s) x {} device(s), kvstore {}".format(*info["workers"])
+        resumed = info["resumed"] or (0, 0)
+        click.echo(f"run {info['run']} | {info['cell']} | {info['parameters']:,} parameters | "
+                   f"{info['vocab_size']:,}-{unit} vocabulary | {info['train_tokens']:,} train / "
+                   f"{info['val_tokens']:,} val" + (spread or "")
+                   + (f" | {info['split_lines']:,} lines longer than the largest bucket split" if info["split_lines"]
+                      else "")
+                   + (f" | resuming after epoch {resumed[0]}" if info["resumed"] else "")
+                   + (f" and {resumed[1]} batches of epoch {resumed[0] + 1}" if resumed[1] else ""))
+
+    def on_epoch(self, r, samples):
+        self.bar.close()
+        val = f" | val ppl {_ppl(r['val_ppl'])}" if "val_ppl" in r else ""
+        click.echo(f"epoch {r['epoch']} | train ppl {_ppl(r['train_ppl'])}{val} | "
+                   f"{r['tokens_per_s'] / 1e3:.1f}k tok/s | {r['elapsed_s']:.1f} s")
+        for text in samples:
+            click.echo(f"  > {text!r}")
 
 
 def _ppl(value, decimals=3):
     """A perplexity as text: fixed-point, or in exponent form once it is too large to read that way (a
     diverging model's reaches 1e304)."""
     return f"{value:.{decimals}f}" if value < 1e6 else f"{value:.{decimals}e}"
-
-
-def _silent(*args, **kwargs):
-    """Print nothing (in place of click.echo or a progress callback)."""
 
 
 @main.command("launch-local", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -375,9 +369,9 @@ class _ProgressBar:
     def __init__(self):
         self.bar, self.last = None, 0.0
 
-    def update(self, done, total, tokens, running_loss):
+    def on_batch(self, done, total, tokens, running_loss):
         from tqdm import tqdm
-        from .train import perplexity
+        from .training import perplexity
 
         if self.bar is None:
             self.bar = tqdm(total=total, initial=done - 1, file=sys.stderr, leave=False, unit="batch", disable=None)
@@ -396,15 +390,6 @@ class _ProgressBar:
         self.bar = None
 
 
-def _epoch_done(bar, r, samples):
-    bar.close()
-    val = f" | val ppl {_ppl(r['val_ppl'])}" if "val_ppl" in r else ""
-    click.echo(f"epoch {r['epoch']} | train ppl {_ppl(r['train_ppl'])}{val} | {r['tokens_per_s'] / 1e3:.1f}k tok/s"
-               f" | {r['elapsed_s']:.1f} s")
-    for text in samples:
-        click.echo(f"  > {text!r}")
-
-
 @main.command()
 @click.argument("prefix")
 @click.option("--length", default=100, show_default=True, help="characters to generate")
@@ -418,21 +403,11 @@ def _epoch_done(bar, r, samples):
 @_user_errors
 def generate(prefix, length, temperature, top_k, seed, run_dir, runs_dir, gpu):
     """Continue PREFIX with the run's best model; prints only the text."""
-    from . import engine, generate as generation
-    from .run import find
+    from . import api
 
-    if length < 1:
+    if length < 1:  # before the model loads
         raise CharlmError(f"--length must be at least 1, got {length}")
-    if temperature is not None and not temperature > 0:  # not <= 0: NaN is neither
-        raise CharlmError(f"--temperature must be positive, got {temperature}")
-    run = find(run_dir, runs_dir)
-    vocab = run.vocab()
-    if top_k is not None and not 1 <= top_k <= len(vocab):
-        raise CharlmError(f"--top-k must be between 1 and the vocabulary size {len(vocab)}, got {top_k}")
-    ids = generation.encode_prefix(prefix, vocab, run.config().data)
-    ctx = engine.context(gpu)
-    text = generation.complete(run.load_model(ctx), vocab, ids, length, ctx, temperature, top_k, seed)
-    click.echo(text)
+    click.echo(api.load(run_dir, runs_dir, gpu).generate(prefix, length, temperature, top_k, seed))
 
 
 @main.command("eval")
@@ -448,45 +423,32 @@ def generate(prefix, length, temperature, top_k, seed, run_dir, runs_dir, gpu):
 def evaluate(data_path, task, as_json, run_dir, runs_dir, gpu):
     """Perplexity (per word at word level, with bits per character at char level) of the run's best
     model, or its accuracy on addition lines."""
-    from . import data, engine, train as training
-    from .run import find
+    from . import api
 
-    run = find(run_dir, runs_dir)
-    cfg, vocab = run.config(), run.vocab()
-    d = cfg.data
+    if task == "addition" and not data_path:
+        raise CharlmError("--task addition needs --data FILE of lines a+b=c (see `charlm data addition`)")
+    lm = api.load(run_dir, runs_dir, gpu)
     if task == "addition":
-        return _eval_addition(run, vocab, data_path, as_json, gpu)
-    if data_path:
-        ids = data.corpus_of(d, data_path, vocab)[1]
-    elif d.valid_path:
-        ids = data.corpus_of(d, d.valid_path, vocab)[1]
-    else:
-        if not d.val_frac:
-            raise CharlmError(f"{run.path} has no validation split (val_frac 0): pass --data FILE")
-        ids = training.split_text(cfg, vocab, data.corpus_of(d, vocab=vocab)[1])[1]
-    ctx = engine.context(gpu)
-    nll, tokens = training.evaluate(run.load_model(ctx), ids, cfg, vocab, ctx)
-    result = {**training.scores("", nll / tokens, d.level), "tokens": tokens}
+        return _eval_addition(lm, data_path, as_json)
+    result = lm.score_file(data_path)
     if as_json:
         click.echo(json.dumps(result))
     else:
-        per = "per word" if d.level == "word" else f"| bpc {result['bpc']:.3f}"
-        click.echo(f"loss {result['loss']:.4f} | ppl {_ppl(result['ppl'])} {per} | {tokens:,} tokens")
+        per = "per word" if lm.config.data.level == "word" else f"| bpc {result['bpc']:.3f}"
+        click.echo(f"loss {result['loss']:.4f} | ppl {_ppl(result['ppl'])} {per} | {result['tokens']:,} tokens")
 
 
-def _eval_addition(run, vocab, data_path, as_json, gpu):
+def _eval_addition(lm, data_path, as_json):
     """Print the exact-match accuracy of the run's best model on the addition lines of data_path."""
-    from . import addition, data, engine
+    from . import addition, data
 
-    if not data_path:
-        raise CharlmError("--task addition needs --data FILE of lines a+b=c (see `charlm data addition`)")
     path = data.check_file(Path(data_path))
     lines = [line for line in data.read_text(path).splitlines() if line.strip()]
-    d, ctx = run.config().data, engine.context(gpu)
-    start = vocab.bos if d.mode == "lines" else vocab.eos
+    vocab = lm.vocab
+    start = vocab.bos if lm.config.data.mode == "lines" else vocab.eos
     if vocab.level != "char" or start is None:
-        raise CharlmError(f"{run.path} is not a character model trained on lines: it cannot answer a+b=")
-    exact, positions = addition.accuracy(run.load_model(ctx), vocab, start, lines, ctx)
+        raise CharlmError(f"{lm.run.path} is not a character model trained on lines: it cannot answer a+b=")
+    exact, positions = addition.accuracy(lm.model, vocab, start, lines, lm.ctx)
     result = {"accuracy": exact, "count": len(lines), "position_accuracy": positions}
     if as_json:
         click.echo(json.dumps(result))

@@ -123,51 +123,6 @@ def on_device(batches, first, end, ctx):
             seen[x.shape] += 1
 
 
-class _NormScale(gluon.HybridBlock):
-    """The global L2 norm of some flat arrays, and the factor that scales it down to at most max_norm."""
-
-    def __init__(self, max_norm, **kwargs):
-        super().__init__(**kwargs)
-        self.max_norm = max_norm
-
-    def hybrid_forward(self, F, *flat):
-        norm = F.sqrt(F.add_n(*[F.dot(x, x) for x in flat]))
-        return norm, F.clip(self.max_norm / (norm + 1e-8), 0, 1)  # gluon.utils.clip_global_norm's formula
-
-
-_NORM_SCALES = {}  # (max_norm, number of arrays) -> its _NormScale
-
-
-def global_norm(flat, max_norm):
-    """The global L2 norm of some 1-D arrays, (1,) on their device, and the factor that brings it to at most
-    max_norm (None when max_norm is 0 or None): gluon.utils.clip_global_norm's maths in one cached graph,
-    which took 0.12 ms of host time per call for 4 arrays where Gluon's took 0.32 ms (the device waits for
-    the host). The arrays come flat, as views the caller makes once: a reshape inside the graph is a copy,
-    and reshaping and reading shapes on every call took 0.05 ms of host time per step (measured)."""
-    key = (max_norm or 0.0, len(flat))
-    if key not in _NORM_SCALES:
-        _NORM_SCALES[key] = _NormScale(max_norm or 0.0)
-        _NORM_SCALES[key].hybridize(static_alloc=True, static_shape=True)
-    norm, factor = _NORM_SCALES[key](*flat)
-    return norm, factor if max_norm else None
-
-
-def clip_global_norm(arrays, max_norm):
-    """Scale arrays in place so that their global L2 norm is at most max_norm (none when max_norm is 0 or
-    None); return the norm before, (1,) on the arrays' device."""
-    flat = [a.reshape((-1,)) for a in arrays]
-    norm, factor = global_norm(flat, max_norm)
-    if factor is not None:
-        scale(flat, factor)
-    return norm
-
-
-def scale(arrays, factor):
-    """Multiply each array in place by factor, a (1,) array on their device."""
-    for a in arrays:
-        a *= factor
-
-
 def keep_up(results):
     """Every AHEAD steps, wait for the step AHEAD before the last of `results` (one array per step).
 

@@ -357,25 +357,29 @@ class TokenNLL(gluon.HybridBlock):
         return nll * (Y >= 0) if self.masked else nll
 
 
-def _sums(F, nll, Y, mean):
-    """(NLL sum, the loss to differentiate): that sum, or when mean the sum over the real targets' count."""
+def _sums(F, nll, Y, mean, share=1):
+    """(NLL sum, the loss to differentiate): that sum, or when mean the sum over the real targets' count
+    times share (the number of such batches one update's gradient is the mean over)."""
     total = F.sum(nll)
-    return total, F.broadcast_div(total, F.maximum(F.sum(Y >= 0), 1)) if mean else total
+    if not mean:
+        return total, total
+    count = F.maximum(F.sum(Y >= 0), 1)
+    return total, F.broadcast_div(total, count * share if share != 1 else count)
 
 
 class _Objective(gluon.HybridBlock):
     """A HybridBlock model and its loss as one graph (see objective)."""
 
-    def __init__(self, model, masked, mean, **kwargs):
+    def __init__(self, model, masked, mean, share=1, **kwargs):
         super().__init__(**kwargs)
-        self.model, self.nll, self.mean = model, TokenNLL(masked), mean
+        self.model, self.nll, self.mean, self.share = model, TokenNLL(masked), mean, share
 
     def hybrid_forward(self, F, X, Y, state):
         logits, state = self.model(X, state)
-        return (*_sums(F, self.nll(logits, Y), Y, self.mean), state)
+        return (*_sums(F, self.nll(logits, Y), Y, self.mean, self.share), state)
 
 
-def objective(model, masked=False, mean=True):
+def objective(model, masked=False, mean=True, share=1):
     """The training objective of model: `total, loss, state = objective(X, Y, state)`, total the NLL sum
     of the batch and loss what is differentiated (total, or its mean over the real targets when mean).
 
@@ -383,7 +387,7 @@ def objective(model, masked=False, mean=True):
     cached graphs and the ops between them cost 0.2 ms more host time per step, and the device waits that
     long (measured at the tm shapes: 0.94 against 0.71 ms of host time per scratch-rnn step)."""
     if isinstance(model, gluon.HybridBlock):
-        block = _Objective(model, masked, mean)
+        block = _Objective(model, masked, mean, share)
         block.hybridize(static_alloc=True, static_shape=True)
         return block
     nll, graphs = TokenNLL(masked), {}
@@ -393,9 +397,9 @@ def objective(model, masked=False, mean=True):
         steps = X.shape[0]
         if steps > MAX_UNROLL:  # run in pieces by the model, its loss beside them
             logits, state = model(X, state)
-            return (*_sums(mx.nd, nll(logits, Y), Y, mean), state)
+            return (*_sums(mx.nd, nll(logits, Y), Y, mean, share), state)
         if steps not in graphs:
-            graphs[steps] = _Objective(model._unrolled(steps), masked, mean)
+            graphs[steps] = _Objective(model._unrolled(steps), masked, mean, share)
             graphs[steps].hybridize(static_alloc=True, static_shape=True)
         return graphs[steps](X, Y, state)
     return run

@@ -1,6 +1,40 @@
-"""The optimizers, and SGD that applies the gradient-clipping factor inside its update, read from the device."""
-from . import engine
-from .engine import mx, nd
+"""The optimizers, and clipping by global norm: SGD applies the clipping factor inside its update."""
+from .engine import gluon, mx, nd
+
+
+class _NormScale(gluon.HybridBlock):
+    """The global L2 norm of some flat arrays, and the factor that scales it down to at most max_norm."""
+
+    def __init__(self, max_norm, **kwargs):
+        super().__init__(**kwargs)
+        self.max_norm = max_norm
+
+    def hybrid_forward(self, F, *flat):
+        norm = F.sqrt(F.add_n(*[F.dot(x, x) for x in flat]))
+        return norm, F.clip(self.max_norm / (norm + 1e-8), 0, 1)  # gluon.utils.clip_global_norm's formula
+
+
+_NORM_SCALES = {}  # (max_norm, number of arrays) -> its _NormScale
+
+
+def global_norm(flat, max_norm):
+    """The global L2 norm of some 1-D arrays, (1,) on their device, and the factor that brings it to at most
+    max_norm (None when max_norm is 0 or None): gluon.utils.clip_global_norm's maths in one cached graph,
+    which took 0.12 ms of host time per call for 4 arrays where Gluon's took 0.32 ms (the device waits for
+    the host). The arrays come flat, as views the caller makes once: a reshape inside the graph is a copy,
+    and reshaping and reading shapes on every call took 0.05 ms of host time per step (measured)."""
+    key = (max_norm or 0.0, len(flat))
+    if key not in _NORM_SCALES:
+        _NORM_SCALES[key] = _NormScale(max_norm or 0.0)
+        _NORM_SCALES[key].hybridize(static_alloc=True, static_shape=True)
+    norm, factor = _NORM_SCALES[key](*flat)
+    return norm, factor if max_norm else None
+
+
+def scale(arrays, factor):
+    """Multiply each array in place by factor, a (1,) array on their device."""
+    for a in arrays:
+        a *= factor
 
 
 class _Scaled:
@@ -9,12 +43,6 @@ class _Scaled:
     gradient per step: 0.2 ms of a 4.5 ms tm-rnn step, measured."""
 
     grad_scale = None
-
-    def __getstate__(self):  # Trainer.save_states pickles the optimizer: the factor is a step's, not state
-        state = super().__getstate__()
-        state.pop("grad_scale", None)
-        state.pop("_on_device", None)
-        return state
 
     def _device_array(self, values, ctx):
         """values as an array on ctx, copied once: a copy per step waited for the device (measured)."""
@@ -35,7 +63,7 @@ class SGD(_Scaled, mx.optimizer.SGD):
             return super()._update_impl(indices, weights, grads, states, multi_precision)
         many = isinstance(indices, (tuple, list))
         if self.momentum or multi_precision or not many:
-            engine.scale(grads if many else [grads], self.grad_scale)
+            scale(grads if many else [grads], self.grad_scale)
             return super()._update_impl(indices, weights, grads, states, multi_precision)
         self._update_count(indices)
         ctx = weights[0].context
@@ -56,13 +84,18 @@ def create(name, learning_rate):
     return OPTIMIZERS[name](learning_rate=learning_rate)
 
 
-def clip(trainer, grads, max_norm):
-    """Clip grads (flat views of the gradients) to a global L2 norm of at most max_norm (none at 0) for
-    trainer's next step: the factor goes to the optimizer when it takes one, else grads are scaled in place
-    (an optimizer unpickled from a run saved before this module). Returns the norm before, (1,) on the device."""
-    norm, factor = engine.global_norm(grads, max_norm)
-    if isinstance(trainer.optimizer, _Scaled):
-        trainer.optimizer.grad_scale = factor
+def clip(optimizer, grads, max_norm, summed=True):
+    """Clip gradients (grads[device]: flat views) to a global L2 norm of at most max_norm (none at 0), the
+    norm being that of their sum over the devices, or, when summed, of the first device's (each holds the sum).
+    On one device the factor goes to an optimizer that takes one; else the gradients are scaled in place.
+    Returns the norm before clipping, (1,) on the first device."""
+    first = grads[0]
+    if not summed and len(grads) > 1:
+        first = [nd.add_n(*(g.as_in_context(first[0].context) for g in same)) for same in zip(*grads)]
+    norm, factor = global_norm(first, max_norm)
+    if len(grads) == 1 and isinstance(optimizer, _Scaled):
+        optimizer.grad_scale = factor
     elif factor is not None:
-        engine.scale(grads, factor)
+        for device in grads:
+            scale(device, factor.as_in_context(device[0].context))
     return norm

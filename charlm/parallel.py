@@ -1,15 +1,15 @@
-"""Data parallelism on MXNet's own machinery: each batch split along N over this worker's devices,
-gradients summed by the Trainer's kvstore, and under a dist kvstore summed over the workers too."""
-import contextlib
+"""Where a batch trains: this process's devices and its place among the workers. One device of one process
+is the trivial case; several devices split each batch along N, and a dist kvstore sums over workers too."""
+import atexit
 import os
-import time
+import sys
 from dataclasses import dataclass
 
-from .engine import autograd, clip_global_norm, gluon, mx, nd, on_device
+from . import optim
+from .engine import gluon, mx, nd
 from .errors import CharlmError
 from .launch import DMLC_ENV, KVSTORES
 
-joined = False  # whether this process has joined a dist kvstore's cluster (see cli._user_errors)
 SUM_KEY = 1 << 20  # the kvstore key for metric sums: far above the Trainer's keys, one per parameter
 
 
@@ -36,6 +36,17 @@ class Workers:
         """Whether each worker's update lands on its own (dist_async)."""
         return self.kvstore == "dist_async"
 
+    @property
+    def spread(self):
+        """Whether training spans several devices or workers."""
+        return len(self.ctxs) > 1 or self.kv is not None
+
+    @property
+    def share(self):
+        """How many device batches one update's gradient is the mean over: this worker's devices, and every
+        worker's under dist_sync (each dist_async push is an update of its own)."""
+        return len(self.ctxs) * (1 if self.is_async else self.num_workers)
+
     def shard(self, ids):
         """This worker's contiguous 1/num_workers of ids; every shard has the same length, so every
         worker takes the same number of steps (dist_sync waits for all of them at each step)."""
@@ -47,15 +58,59 @@ class Workers:
         weights, so each scores its own copy on all of the validation text (rank 0's score is kept)."""
         return self.shard(train_ids), (val_ids if self.is_async else self.shard(val_ids))
 
-    def trainer(self, params, optimizer, optimizer_params):
+    def trainer(self, params, tcfg):
         """A Trainer over these devices and workers.
 
-        Updates run on the servers only under dist_async, where MXNet requires it; otherwise each
-        device updates its copy with the summed gradient, which keeps the learning rate and the
-        optimizer state in this process, where lr_decay and checkpoints reach them."""
-        kind = _ServerTrainer if self.is_async else _Trainer
-        return kind(params, optimizer, optimizer_params, kvstore=self.kv or self.kvstore,
-                    update_on_kvstore=self.is_async)
+        Updates run on the servers only under dist_async, where MXNet requires it (with MXNet's own
+        optimizer, which the servers unpickle); otherwise each device updates its copy with the summed
+        gradient, which keeps the learning rate and the optimizer state in this process."""
+        if not self.spread:
+            return gluon.Trainer(params, optim.create(tcfg.optimizer, tcfg.lr))
+        if self.is_async:
+            return _Trainer(params, tcfg.optimizer, {"learning_rate": tcfg.lr}, kvstore=self.kv,
+                            update_on_kvstore=True)
+        return _Trainer(params, optim.create(tcfg.optimizer, tcfg.lr), kvstore=self.kv or self.kvstore,
+                        update_on_kvstore=False)
+
+    def split(self, X, Y):
+        """A batch on the first device as [(X, Y)] per device, each (T, N / devices)."""
+        if len(self.ctxs) == 1:
+            return [(X, Y)]
+        return list(zip(*(gluon.utils.split_and_load(a, self.ctxs, batch_axis=1) for a in (X, Y))))
+
+    def split_state(self, model, state):
+        """A carried state, whole on the first device, as one part per device."""
+        if len(self.ctxs) == 1:
+            return [state]
+        parts = [gluon.utils.split_and_load(h, self.ctxs, batch_axis=model.state_batch_axis) for h in state]
+        return [[part[d] for part in parts] for d in range(len(self.ctxs))]
+
+    def join_state(self, model, states):
+        """The devices' states as one, on the first device: checkpoints hold it as one device would."""
+        if len(states) == 1:
+            return states[0]
+        return [nd.concat(*(st[k].as_in_context(self.ctxs[0]) for st in states), dim=model.state_batch_axis)
+                for k in range(len(states[0]))]
+
+    def gather(self, values):
+        """The sum of one (1,) array per device, on the first device."""
+        return values[0] if len(values) == 1 else nd.add_n(*(v.as_in_context(self.ctxs[0]) for v in values))
+
+    def update(self, trainer, grads, max_norm):
+        """Sum the gradients (grads[device]: flat views) over devices and workers, clip them by global norm
+        (none at 0) and update; return the norm before clipping, on the first device."""
+        if self.is_async:  # the servers sum and update: clip what this worker pushes
+            norm = optim.clip(None, grads, max_norm, summed=False)
+            trainer.step(1)
+            return norm
+        trainer.allreduce_grads()  # every device now holds the gradient summed over devices and workers
+        norm = optim.clip(trainer.optimizer, grads, max_norm)
+        trainer.update(1)
+        return norm
+
+    def seed(self, value):
+        """Seed dropout for a stretch of batches: each worker draws its own masks."""
+        mx.random.seed(value + self.rank)
 
     def allsum(self, *values):
         """values summed over the workers under dist_sync, as floats; as they are otherwise."""
@@ -69,6 +124,18 @@ class Workers:
         self.kv.pushpull(SUM_KEY, buf, out=buf)
         return tuple(float(v) for v in buf.asnumpy())
 
+    def fail_fast(self):
+        """After an error in a worker of a cluster: end the process at exit with status 1 instead of waiting
+        in MXNet's exit for peers that may never come (rank 0 failing alone would hang there)."""
+        if self.kv is not None:
+            atexit.register(_exit_now)
+
+
+def _exit_now():
+    sys.stdout.flush()  # os._exit skips Python's flush: epoch lines piped to a log would be lost
+    sys.stderr.flush()
+    os._exit(1)
+
 
 class _Trainer(gluon.Trainer):
     """A Trainer that waits until every worker holds rank 0's initial weights before it pushes a gradient."""
@@ -77,28 +144,15 @@ class _Trainer(gluon.Trainer):
         # MXNet's Trainer broadcasts rank 0's initial weights (push, then an asynchronous pull) and right
         # away pushpulls the first gradients on the same keys. On CPU, MXNet 1.9.1's dist kvstore pushpulls
         # straight from the gradient array (KVStoreDist::PushPullImpl), so no engine dependency orders the
-        # gradient after the weight's pull. When both workers' gradients for a key reached the server first,
-        # the server held their sum (with no optimizer on the servers it keeps the last sum) and the late
-        # pull wrote that sum into the weight, on one worker or both: 7 of 12 tiny dist_sync runs measured
-        # here, the weight then wrong (and different between workers) for the rest of the run. Waiting for
-        # the pulls costs one sync per Trainer.
+        # gradient after the weight's pull: when both workers' gradients reached the server first, the late
+        # pull wrote their sum into the weight. Waiting for the pulls costs one sync per Trainer.
         super()._init_params()
         nd.waitall()
 
 
-class _ServerTrainer(_Trainer):
-    """A Trainer whose optimizer runs on the servers (dist_async)."""
-
-    def save_states(self, fname):
-        """Save the optimizer's settings: its state is on the servers, which MXNet cannot read back."""
-        with open(fname, "wb") as f:
-            f.write(mx.optimizer.get_updater(self.optimizer).get_states(dump_optimizer=True))
-
-
 def connect(cfg, ctx, kvstore="local"):
-    """Workers for these devices and kvstore, or None for one device in one process (the plain path).
-
-    A dist kvstore connects to the scheduler named by the DMLC_* variables MXNet's launchers set."""
+    """Workers for these devices and kvstore; a dist kvstore connects to the scheduler named by the DMLC_*
+    variables MXNet's launchers set."""
     ctxs = ctx if isinstance(ctx, list) else [ctx]
     if kvstore not in KVSTORES:
         raise CharlmError(f"unknown kvstore {kvstore!r}; valid kvstores: {', '.join(KVSTORES)}")
@@ -121,109 +175,6 @@ def connect(cfg, ctx, kvstore="local"):
     if kvstore == "dist_async" and cfg.train.lr_decay != 1:
         raise CharlmError("--kvstore dist_async runs the optimizer on the servers, where charlm cannot decay the "
                           "learning rate: pass --lr-decay 1")
-    if not dist and len(ctxs) == 1:
-        return None
-    if cfg.data.mode == "lines":
+    if cfg.data.mode == "lines" and (dist or len(ctxs) > 1):
         raise CharlmError("lines mode trains on one device in one process: drop --ctx, --gpus and --kvstore")
-    global joined
-    workers, joined = Workers(ctxs, kvstore, mx.kv.create(kvstore) if dist else None), dist
-    return workers
-
-
-def allsum(workers, *values):
-    """values summed over the workers, or as they are without Workers."""
-    return workers.allsum(*values) if workers else values
-
-
-def clip_summed(grads, max_norm):
-    """Scale each device's gradients (grads[device][param]) so that their sum over the devices has a
-    global L2 norm of at most max_norm (none at 0); return the norm of that sum before scaling, on the first device."""
-    if len(grads) == 1:
-        return clip_global_norm(grads[0], max_norm)
-    ctx = grads[0][0].context
-    summed = [nd.add_n(*(g.as_in_context(ctx) for g in same)) for same in zip(*grads)]
-    norm = nd.add_n(*(nd.sum(g * g) for g in summed)).sqrt()
-    if not max_norm:
-        return norm
-    scale = nd.minimum(max_norm / (norm + 1e-8), 1.0)  # clip_global_norm's own formula
-    for device in grads:
-        for g in device:
-            g *= scale.as_in_context(g.context)
-    return norm
-
-
-def train_step(w, objective, trainer, grads, Xs, Ys, states, tcfg):
-    """train.train_step on every device at once. The loss is scaled and the gradient clipped as one
-    device with the whole batch (of every worker, under dist_sync) would: the norm is that of the sum."""
-    tokens = sum(X.size for X in Xs) * (1 if w.is_async else w.num_workers)
-    with autograd.record():
-        outs = [objective(X, Y, state) for X, Y, state in zip(Xs, Ys, states)]
-        totals = [total for total, _, _ in outs]  # the objective's own mean is per device: not used
-        losses = totals if tcfg.loss_reduction == "sum" else [total / tokens for total in totals]
-    autograd.backward(losses)
-    clip = tcfg.grad_clip
-    if w.is_async:
-        norm = clip_summed(grads, clip)  # each worker's push is an update of its own: clip what it pushes
-        trainer.step(1)
-    else:
-        trainer.allreduce_grads()  # every device now holds the gradient summed over devices and workers
-        norm = [clip_global_norm(g, clip) for g in grads][0]
-        trainer.update(1)
-    total = nd.add_n(*(t.as_in_context(w.ctxs[0]) for t in totals))
-    return total, norm, [state for _, _, state in outs]
-
-
-def train_steps(s, objective, trainer, batches, first, end, sums, state, on_batch=None, stop=None):
-    """train.train_steps with each batch split along N over the devices. The carried state comes in and
-    goes out whole, on the first device, so checkpoints hold it as one device would."""
-    w, axis = s.workers, s.model.state_batch_axis
-    if w.rank:  # fit seeds dropout from (seed, epoch) alone: every worker would draw the same masks
-        mx.random.seed(int(nd.random.randint(0, 2**30, shape=(1,)).asscalar()) + w.rank)
-    params = [p for p in s.model.collect_params().values() if p.grad_req != "null"]
-    grads = [[p.grad(ctx) for p in params] for ctx in w.ctxs]
-    states = None
-    if state is not None and batches.carries_state:
-        parts = [gluon.utils.split_and_load(h, w.ctxs, batch_axis=axis) for h in state]
-        states = [[part[d] for part in parts] for d in range(len(w.ctxs))]
-    i, start = first, time.perf_counter()
-    for _, _, X, Y in on_device(batches, first, end, w.ctxs[0]):
-        if stop and stop():
-            break
-        Xs, Ys = (gluon.utils.split_and_load(a, w.ctxs, batch_axis=1) for a in (X, Y))  # (T, N / devices)
-        if states is None or not batches.carries_state:
-            states = [s.model.begin_state(x.shape[1], x.context) for x in Xs]
-        else:
-            states = [[h.detach() for h in state] for state in states]
-        total, norm, states = train_step(w, objective, trainer, grads, Xs, Ys, states, s.cfg.train)
-        sums.add(total, norm, Y.size)
-        i += 1
-        if on_batch:
-            on_batch(i, len(batches), sums.tokens, sums.mean_loss)
-    bad = sums.end_stretch(start, first)
-    if states is not None:
-        state = [nd.concat(*(st[k].as_in_context(w.ctxs[0]) for st in states), dim=axis)
-                 for k in range(len(states[0]))]
-    return i, state, bad
-
-
-class NoRun:
-    """Where workers other than rank 0 train into: a run directory that writes nothing."""
-    path = None
-
-    def lock(self):
-        return contextlib.nullcontext(self)
-
-    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0, hidden=None):
-        """Nothing: rank 0 saves the run."""
-
-    def save_position(self, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0):
-        """Nothing: rank 0 saves the run."""
-
-    def read_state(self):
-        return {}
-
-    def write_state(self, state):
-        """Nothing: rank 0 keeps the run's state."""
-
-    def finish(self):
-        """Nothing: rank 0 finishes the run."""
+    return Workers(ctxs, kvstore, mx.kv.create(kvstore) if dist else None)

@@ -26,7 +26,7 @@ def _flat(cfg):
 
 def labels(runs):
     """A label per run from the settings that differ between them (the directory name if none do)."""
-    from .config import to_dict
+    from .configs import to_dict
     flats = [_flat(to_dict(r.config())) for r in runs]
     differ = [k for k in flats[0] if len({repr(f[k]) for f in flats}) > 1]
     return [", ".join(f"{k.split('.')[-1]}={f[k]}" for k in differ) or r.path.name for r, f in zip(runs, flats)]

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from . import __version__, config as configs
+from . import __version__, configs
 from .data import vocab_from_json
 from .errors import CharlmError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import config as configs
+from . import configs
 from .errors import CharlmError
 from .run import CONFIG, Run, read_json, write_text
 

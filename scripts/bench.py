@@ -67,10 +67,10 @@ def _peak_rss_mb():
 
 
 def work_charlm(a):
-    """charlm's own training loop (train.train_steps, as `charlm train` runs it) on the bundled corpus."""
+    """charlm's own training loop (train.train_stretch, as `charlm train` runs it) on the bundled corpus."""
     import numpy as np
 
-    from charlm import config, train
+    from charlm import configs as config, training as train
     from charlm.engine import mx
 
     cfg = config.Config()
@@ -80,16 +80,17 @@ def work_charlm(a):
     m.embed_size = 0 if a.cell.startswith("scratch") else a.embed
     t.optimizer, t.lr, t.grad_clip = "sgd", a.lr, a.clip
     s = train.setup(cfg, mx.cpu())
-    trainer = train.make_trainer(s.model, t)
-    objective = train.objective_of(s)
+    loop = train.Loop.of(s)
     batches = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
-    # As fit does: one train_steps call per epoch, which syncs once, at its end. WARMUP batches first.
-    _, state, _ = train.train_steps(s, objective, trainer, batches, 0, WARMUP, train.Sums(), None)
+    # As fit does: one stretch per epoch, which syncs once, at its end. WARMUP batches first.
+    epoch = train.Epoch(1, batches, train.Sums())
+    train.train_stretch(loop, epoch, 0, WARMUP)
     first, sums, seconds = WARMUP, [], 0.0
     while seconds < a.seconds:
-        sums.append(train.Sums())
-        _, state, _ = train.train_steps(s, objective, trainer, batches, first, len(batches), sums[-1], state)
-        first, state, seconds = 0, None, seconds + sums[-1].seconds
+        epoch.sums = train.Sums()
+        sums.append(epoch.sums)
+        train.train_stretch(loop, epoch, first, len(batches))
+        first, epoch.state, seconds = 0, None, seconds + sums[-1].seconds
     tokens = sum(x.tokens for x in sums)
     return {"tokens_per_s": tokens / seconds, "steps": tokens // (a.seq_len * a.batch), "vocab": len(s.vocab),
             "first": sums[0].read()["nll"] / sums[0].tokens, "last": sums[-1].read()["nll"] / sums[-1].tokens}
@@ -197,7 +198,7 @@ def work_torch(a):
 
 def work_generate(a):
     """Greedy continuation of 1,000 characters by the default model (speed does not depend on the weights)."""
-    from charlm import config, data, generate, model as models
+    from charlm import configs as config, data, generate, model as models
     from charlm.engine import mx
 
     cfg = config.Config()

@@ -21,7 +21,7 @@ def measure(path, trained, batches):
     """Training tokens/s in this process (see the module docstring)."""
     import numpy as np
 
-    from charlm import run as runs, train
+    from charlm import run as runs, training as train
     from charlm.engine import mx
 
     run = runs.find(path)
@@ -29,14 +29,13 @@ def measure(path, trained, batches):
     s = train.setup(cfg, mx.cpu(), vocab=run.vocab())  # the run's own: a run --init-from another keeps that one's
     if trained:
         run.load_params(s.model, run.path / runs.BEST, mx.cpu())
-    trainer = train.make_trainer(s.model, cfg.train)
-    objective = train.objective_of(s)
+    loop = train.Loop.of(s)
     order = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
-    end = min(len(order), WARMUP + batches)
-    _, state, _ = train.train_steps(s, objective, trainer, order, 0, WARMUP, train.Sums(), None)
-    sums, start = train.Sums(), time.perf_counter()
-    train.train_steps(s, objective, trainer, order, WARMUP, end, sums, state)
-    return sums.tokens / (time.perf_counter() - start)
+    epoch = train.Epoch(1, order, train.Sums())
+    train.train_stretch(loop, epoch, 0, WARMUP)
+    epoch.sums, start = train.Sums(), time.perf_counter()
+    train.train_stretch(loop, epoch, WARMUP, min(len(order), WARMUP + batches))
+    return epoch.sums.tokens / (time.perf_counter() - start)
 
 
 def main():

@@ -5,9 +5,9 @@
     MXNET_EXEC_BULK_EXEC_TRAIN=0 python scripts/host_time.py --cells scratch-lstm --profile
                                                 # and MXNet's profile of the timed epoch, op by op
 
-Runs charlm's training loop (train.train_steps, as `charlm train` does) over one epoch of the bundled book
+Runs charlm's training loop (train.train_stretch, as `charlm train` does) over one epoch of the bundled book
 after 20 warm-up batches, in this process, with whatever charlm is importable (PYTHONPATH=<a checkout>
-times another commit; commits before models.objective are handled too). Run nothing else at the time."""
+times another commit). Run nothing else at the time."""
 import argparse
 import os
 import tempfile
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from charlm import config, engine, model as models, train
+from charlm import configs as config, engine, training as train
 from charlm.engine import mx
 
 WARMUP = 20
@@ -28,13 +28,7 @@ def measure(cell, busy_ms, profile=False):
     m.cell, m.hidden_size, m.num_layers, m.dropout, m.embed_size = cell, 256, 1, 0.0, 43
     t.optimizer, t.lr, t.grad_clip = "sgd", 0.2, 5.0
     s = train.setup(cfg, mx.cpu())
-    trainer = train.make_trainer(s.model, t)
-    if hasattr(models, "objective"):
-        loss, sums = models.objective(s.model), train.Sums
-    else:  # before the one-graph objective
-        loss = models.TokenNLL()
-        loss.hybridize(static_alloc=True, static_shape=True)
-        sums = lambda: train.Sums(s.device)  # noqa: E731
+    loop = train.Loop.of(s)
     if busy_ms:
         keep_up = engine.keep_up
 
@@ -45,7 +39,8 @@ def measure(cell, busy_ms, profile=False):
             keep_up(results)
         engine.keep_up = busy_keep_up
     batches = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
-    _, state, _ = train.train_steps(s, loss, trainer, batches, 0, WARMUP, sums(), None)
+    epoch = train.Epoch(1, batches, train.Sums())
+    train.train_stretch(loop, epoch, 0, WARMUP)
     steps = len(batches) - WARMUP
     if profile:
         # MXNet also writes a trace of every op (100+ MB), by default as ./profile.json: not into the checkout
@@ -53,7 +48,8 @@ def measure(cell, busy_ms, profile=False):
         mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=trace)
         mx.profiler.set_state("run")
     wall, host = time.perf_counter(), time.thread_time()
-    train.train_steps(s, loss, trainer, batches, WARMUP, len(batches), sums(), state)
+    epoch.sums = train.Sums()
+    train.train_stretch(loop, epoch, WARMUP, len(batches))
     wall, host = time.perf_counter() - wall, time.thread_time() - host
     if profile:
         mx.profiler.set_state("stop")

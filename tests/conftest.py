@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny corpus and tiny settings, so every test runs in seconds on a CPU."""
 import pytest
 
-from charlm import config
+from charlm import configs as config
 
 
 

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from charlm.cli import main
-from charlm.config import MIN_LR, DataConfig
+from charlm.configs import MIN_LR, DataConfig
 
 TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
         "--epochs", "2", "--sample-every", "1"]
@@ -296,7 +296,7 @@ def test_a_learning_rate_decayed_below_float32s_range_stops_at_the_smallest_one_
 
 
 def test_an_mxnet_error_no_check_foresaw_is_one_line(corpus, tmp_path, monkeypatch):
-    from charlm import train as training
+    from charlm import training
     from charlm.engine import mx
 
     def fail(*args, **kwargs):

@@ -60,26 +60,6 @@ def test_keep_up_waits_every_ahead_steps_for_the_step_ahead_back(monkeypatch):
     assert waited == [2, 5]  # at 6 and 9 steps queued, the steps 3 back from the last
 
 
-@pytest.mark.parametrize("max_norm", [0.5, 1e6, 0])
-def test_clip_global_norm_equals_gluons(max_norm):
-    rng = np.random.default_rng(0)
-    shapes = [(40, 3), (7,), (2, 3, 4)]
-    ours = [nd.array(rng.normal(size=shape)) for shape in shapes]
-    theirs = [a.copy() for a in ours]
-    before = [a.asnumpy() for a in ours]
-    norm = engine.clip_global_norm(ours, max_norm)
-    want = gluon.utils.clip_global_norm(theirs, max_norm or float("inf"), check_isfinite=False)
-    assert norm.shape == (1,)
-    assert norm.asscalar() == pytest.approx(np.sqrt(sum((b.astype(np.float64) ** 2).sum() for b in before)), rel=1e-6)
-    assert norm.asscalar() == pytest.approx(want.asscalar(), rel=1e-6)
-    for a, t, b in zip(ours, theirs, before):
-        np.testing.assert_allclose(a.asnumpy(), t.asnumpy(), rtol=1e-6)
-        if max_norm != 0.5:
-            np.testing.assert_array_equal(a.asnumpy(), b)  # under the bound (or no bound): untouched
-    if max_norm == 0.5:
-        assert np.sqrt(sum((a.asnumpy() ** 2).sum() for a in ours)) == pytest.approx(0.5, rel=1e-5)
-
-
 def test_on_device_yields_every_batch_as_it_is_in_blocks_of_mixed_shapes(monkeypatch):
     """Batches of one shape in a block travel as one array each for X and Y; each comes back whole."""
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from charlm import config, data, lines, model as models, train
+from charlm import configs as config, data, lines, model as models, training as train
 from charlm.engine import mx, nd
 
 BOS, EOS = 0, 1

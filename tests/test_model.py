@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from charlm import model as models
-from charlm.config import CELLS, ModelConfig
+from charlm.configs import CELLS, ModelConfig
 from charlm.engine import gluon, mx, nd
 
 T, N, V, H = 3, 2, 6, 5  # torch-rnn's habit: tiny, all different, so a transposed shape cannot pass

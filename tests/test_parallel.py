@@ -6,30 +6,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charlm import config, parallel, train
+from charlm import configs as config, optim, parallel, training as train
 from charlm.cli import main
 from charlm.engine import gluon, mx, nd
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, Interrupted
 from charlm.launch import DMLC_ENV
 from charlm.run import Run
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
 
-class NoRun:
-    """Stands in for a run directory: keeps the records fit saves."""
-
-    def __init__(self):
-        self.records = []
-
-    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0):
-        self.records.append(record)
-
-
 def curve(cfg, ctx):
-    run = NoRun()
-    train.fit(train.setup(cfg, ctx, parallel.connect(cfg, ctx)), run)
-    return [(r["train_loss"], r["val_loss"], r["grad_norm"]) for r in run.records]
+    records = []
+    train.fit(train.setup(cfg, ctx, parallel.connect(cfg, ctx)), None,
+              callbacks=[SimpleNamespace(on_epoch=lambda record, samples: records.append(record))])
+    return [(r["train_loss"], r["val_loss"], r["grad_norm"]) for r in records]
 
 
 @pytest.mark.parametrize("cell, iterator, reduction, clip", [("lstm", "sequential", "mean", 0.05),
@@ -45,23 +36,31 @@ def test_two_cpu_contexts_follow_the_loss_curve_of_one(tiny_cfg, cell, iterator,
     assert np.allclose(two, one, rtol=1e-5, atol=0)
 
 
-def test_one_device_in_one_process_takes_the_plain_path(tiny_cfg):
-    assert parallel.connect(tiny_cfg, mx.cpu(), "local") is None
+def test_one_device_in_one_process_is_the_trivial_case(tiny_cfg):
+    one = parallel.connect(tiny_cfg, mx.cpu(), "local")
+    assert (one.ctxs, one.spread, one.share) == ([mx.cpu()], False, 1)
+    X, Y, state = nd.zeros((3, 4)), nd.ones((3, 4)), [nd.ones((1, 4, 2))]
+    assert one.split(X, Y) == [(X, Y)] and one.split_state(None, state) == [state]
     workers = parallel.connect(tiny_cfg, TWO, "device")
-    assert workers.ctxs == TWO and (workers.rank, workers.num_workers) == (0, 1)
+    assert workers.ctxs == TWO and (workers.rank, workers.num_workers, workers.spread, workers.share) == (0, 1, True, 2)
 
 
-def test_clip_summed_clips_the_gradient_summed_over_devices():
+@pytest.mark.parametrize("summed", [False, True])
+def test_clip_clips_the_gradient_summed_over_devices(summed):
+    """Before the kvstore's sum (dist_async pushes), the norm is of the devices' sum; after it (summed), each
+    device holds that sum already. Either way every device's gradient is scaled by the same factor."""
     rng = np.random.default_rng(0)
-    parts = [[rng.normal(size=(3, 4)), rng.normal(size=5)] for _ in TWO]
+    parts = [[rng.normal(size=12), rng.normal(size=5)] for _ in TWO]
+    if summed:
+        parts = [[a + b for a, b in zip(*parts)]] * 2
     grads = [[nd.array(g, ctx=ctx) for g in device] for device, ctx in zip(parts, TWO)]
-    whole = [nd.array(a + b) for a, b in zip(*parts)]
-    max_norm = 0.5
-    expected = gluon.utils.clip_global_norm(whole, max_norm, check_isfinite=False).asscalar()
-    norm = parallel.clip_summed(grads, max_norm).asscalar()
-    assert norm == pytest.approx(expected, rel=1e-5) and norm > max_norm
-    for got, want in zip(zip(*grads), whole):
-        assert np.allclose(sum(g.asnumpy() for g in got), want.asnumpy(), rtol=1e-5)
+    whole = [a + b for a, b in zip(*parts)] if not summed else parts[0]
+    max_norm, norm_of_whole = 0.5, np.sqrt(sum((w ** 2).sum() for w in whole))
+    norm = optim.clip(None, grads, max_norm, summed=summed).asscalar()
+    assert norm == pytest.approx(norm_of_whole, rel=1e-5) and norm > max_norm
+    for device, original in zip(grads, parts):
+        for got, want in zip(device, original):
+            np.testing.assert_allclose(got.asnumpy(), want * max_norm / norm_of_whole, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kvstore, val_parts", [("dist_sync", 3), ("dist_async", 1)])
@@ -119,7 +118,7 @@ def test_a_two_device_run_resumes_exactly_and_generates(corpus, tmp_path):
 
 def test_a_two_device_run_checkpointed_mid_epoch_resumes_exactly(tiny_cfg, tmp_path):
     """The carried state of several devices is saved whole and split again on resume."""
-    from charlm import parallel, train
+    from charlm import parallel, training as train
     from charlm.engine import mx
     tiny_cfg.data.iterator, tiny_cfg.train.checkpoint_every, tiny_cfg.model.dropout = "sequential", 10, 0.3
     ctxs = [mx.cpu(0), mx.cpu(1)]
@@ -128,15 +127,15 @@ def test_a_two_device_run_checkpointed_mid_epoch_resumes_exactly(tiny_cfg, tmp_p
         s = train.setup(tiny_cfg, ctxs, parallel.connect(tiny_cfg, ctxs))
         path = tmp_path / name
         run = Run(path) if path.exists() else Run.create(tmp_path, name)
-        trainer = train.make_trainer(s.model, tiny_cfg.train, s.workers)
+        trainer = train.make_trainer(s)
         progress = train.restore(s, run, trainer) if (path / "state.json").exists() else None
         if progress is None:
             run.start(tiny_cfg, s.vocab)
         seen = []
         try:
-            train.fit(s, run, trainer, progress, on_batch=lambda *a: seen.append(1),
+            train.fit(s, run, trainer, progress, callbacks=[SimpleNamespace(on_batch=lambda *a: seen.append(1))],
                       stop=lambda: len(seen) == stop_after)
-        except train.Interrupted:
+        except Interrupted:
             return run
         return run
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from charlm import config, data, words
+from charlm import configs as config, data, words
 from charlm.errors import CharlmError
 
 

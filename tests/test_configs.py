@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from charlm import config
+from charlm import configs as config
 from charlm.errors import CharlmError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,46 +1,42 @@
 import math
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from charlm import data, model as models, train
+from charlm import data, model as models, training as train
 from charlm.engine import mx, nd
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, Interrupted
 
 
-class NoRun:
-    """Stands in for a run directory: records what fit asks to save."""
+class Records:
+    """A callback that keeps the epoch records fit reports."""
 
     def __init__(self):
         self.records = []
 
-    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0):
-        self.records.append((record, is_best))
+    def on_epoch(self, record, samples):
+        self.records.append(record)
 
-    def read_state(self):
-        return {}
 
-    def write_state(self, state):
-        """Nothing kept: no test reads it back from here."""
+def fit_records(s):
+    """fit s without a run directory; return its epoch records."""
+    kept = Records()
+    train.fit(s, None, callbacks=[kept])
+    return kept.records
 
 
 def test_loss_falls_on_a_small_corpus(tiny_cfg):
     tiny_cfg.train.epochs = 4
     s = train.setup(tiny_cfg, mx.cpu())
-    run = NoRun()
-    train.fit(s, run)
-    losses = [r["train_loss"] for r, _ in run.records]
+    losses = [r["train_loss"] for r in fit_records(s)]
     assert losses[-1] < losses[0] - 0.5
     assert losses[0] < math.log(len(s.vocab)) + 0.2  # starts near uniform guessing
 
 
 def test_fit_records_every_metric(tiny_cfg):
-    s = train.setup(tiny_cfg, mx.cpu())
-    run = NoRun()
-    train.fit(s, run)
-    record, is_best = run.records[0]
-    assert is_best
+    record = fit_records(train.setup(tiny_cfg, mx.cpu()))[0]
     for key in ["epoch", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_bpc", "tokens_per_s", "elapsed_s"]:
         assert key in record
     assert record["val_ppl"] == pytest.approx(math.exp(record["val_loss"]))
@@ -70,12 +66,10 @@ def one_step(tiny_cfg, clip, reduction="mean"):
     tiny_cfg.train.grad_clip, tiny_cfg.train.loss_reduction = clip, reduction
     s = train.setup(tiny_cfg, mx.cpu())
     params = [p for p in s.model.collect_params().values() if p.grad_req != "null"]
-    trainer = train.make_trainer(s.model, tiny_cfg.train)
     X, Y = next(iter(data.RandomBatches(s.train_ids, 4, 8, np.random.default_rng(0))))
-    objective = models.objective(s.model, mean=reduction == "mean")
-    flat = [p.grad().reshape((-1,)) for p in params]
-    _, norm, _ = train.train_step(objective, trainer, flat, nd.array(X), nd.array(Y),
-                                  s.model.begin_state(4, mx.cpu()), clip)
+    loop = train.Loop.of(s)
+    flat = [[p.grad().reshape((-1,)) for p in params]]
+    _, norm, _ = train.train_step(loop, flat, [(nd.array(X), nd.array(Y))], [s.model.begin_state(4, mx.cpu())])
     return float(norm.asscalar()), grad_norm(params)
 
 
@@ -101,31 +95,29 @@ def test_sequential_training_carries_state_between_batches(tiny_cfg, monkeypatch
     seen = []
     real_step = train.train_step
 
-    def spy(objective, trainer, grads, X, Y, state, *rest):
-        seen.append(float(sum(abs(h).sum().asscalar() for h in state)))
-        return real_step(objective, trainer, grads, X, Y, state, *rest)
+    def spy(loop, grads, batch, states):
+        seen.append(float(sum(abs(h).sum().asscalar() for h in states[0])))
+        return real_step(loop, grads, batch, states)
 
     monkeypatch.setattr(train, "train_step", spy)
-    train.fit(s, NoRun())
+    train.fit(s, None)
     assert seen[0] == 0 and all(v > 0 for v in seen[1:3])
 
 
 def test_same_seed_gives_the_same_run(tiny_cfg):
     runs = []
     for _ in range(2):
-        run = NoRun()
-        train.fit(train.setup(tiny_cfg, mx.cpu()), run)
-        runs.append([r["train_loss"] for r, _ in run.records])
+        runs.append([r["train_loss"] for r in fit_records(train.setup(tiny_cfg, mx.cpu()))])
     assert runs[0] == runs[1]
 
 
 def test_divergence_stops_with_a_clear_error(tiny_cfg):
     s = train.setup(tiny_cfg, mx.cpu())
     s.model.decoder.bias.set_data(nd.full(s.model.decoder.bias.shape, float("nan")))  # a NaN, as overflow makes
-    run = NoRun()
+    kept = Records()
     with pytest.raises(CharlmError, match=r"diverged at step 1 \(epoch 1\)"):
-        train.fit(s, run)
-    assert run.records == []  # nothing written over the checkpoints of earlier epochs
+        train.fit(s, None, callbacks=[kept])
+    assert kept.records == []  # no epoch finished, so nothing was checkpointed
 
 
 def test_rollback_reloads_the_last_checkpoint_with_half_the_learning_rate(tiny_cfg, tmp_path):
@@ -141,7 +133,7 @@ def test_rollback_reloads_the_last_checkpoint_with_half_the_learning_rate(tiny_c
             poisoned.append(record["epoch"])
             s.model.decoder.bias.set_data(nd.full(s.model.decoder.bias.shape, float("nan")))
 
-    train.fit(s, run, on_epoch=poison_once)
+    train.fit(s, run, callbacks=[SimpleNamespace(on_epoch=poison_once)])
     records = run.metrics()
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[0]["lr"] == tiny_cfg.train.lr and records[1]["lr"] == tiny_cfg.train.lr / 2
@@ -157,33 +149,33 @@ def test_a_rollback_keeps_its_halved_learning_rate_in_state_json_before_any_late
     s = train.setup(tiny_cfg, mx.cpu())
     run = Run.create(tmp_path, "r")
     run.start(tiny_cfg, s.vocab)
-    real = train.train_steps
+    real = train.train_stretch
 
-    def always_bad(s, objective, trainer, batches, first, *args):
-        done, state, _ = real(s, objective, trainer, batches, first, *args)
-        return done, state, first
+    def always_bad(loop, epoch, first, end):
+        done, _ = real(loop, epoch, first, end)
+        return done, first
 
-    monkeypatch.setattr(train, "train_steps", always_bad)
+    monkeypatch.setattr(train, "train_stretch", always_bad)
     with pytest.raises(CharlmError, match="diverged"):
         train.fit(s, run)
     assert run.read_state()["lr_scale"] == 0.5 ** train.MAX_ROLLBACKS
-    progress = train.restore(s, run, train.make_trainer(s.model, tiny_cfg.train))
+    progress = train.restore(s, run, train.make_trainer(s))
     assert (progress.epoch, progress.step, progress.lr_scale) == (0, 0, 0.5 ** train.MAX_ROLLBACKS)
 
 
 def test_rollback_gives_up_after_three_tries(tiny_cfg, monkeypatch):
     tiny_cfg.train.on_divergence = "rollback"
     s = train.setup(tiny_cfg, mx.cpu())
-    real, tries = train.train_steps, []
+    real, tries = train.train_stretch, []
 
-    def always_bad(s, objective, trainer, batches, first, *args):
+    def always_bad(loop, epoch, first, end):
         tries.append(1)
-        done, state, _ = real(s, objective, trainer, batches, first, *args)
-        return done, state, first
+        done, _ = real(loop, epoch, first, end)
+        return done, first
 
-    monkeypatch.setattr(train, "train_steps", always_bad)
+    monkeypatch.setattr(train, "train_stretch", always_bad)
     with pytest.raises(CharlmError, match="diverged at step 1"):
-        train.fit(s, NoRun())
+        train.fit(s, None)
     assert len(tries) == 1 + train.MAX_ROLLBACKS
 
 
@@ -192,7 +184,7 @@ def train_in(tiny_cfg, path, stop_after=None):
     from charlm.run import Run
     s = train.setup(tiny_cfg, mx.cpu())
     run = Run.create(path.parent, path.name) if not path.exists() else Run(path)
-    trainer = train.make_trainer(s.model, tiny_cfg.train)
+    trainer = train.make_trainer(s)
     if path.joinpath("state.json").exists():
         progress = train.restore(s, run, trainer)
     else:
@@ -200,9 +192,9 @@ def train_in(tiny_cfg, path, stop_after=None):
         progress = None
     seen = []
     try:
-        train.fit(s, run, trainer, progress, on_batch=lambda *a: seen.append(1),
+        train.fit(s, run, trainer, progress, callbacks=[SimpleNamespace(on_batch=lambda *a: seen.append(1))],
                   stop=lambda: stop_after is not None and len(seen) == stop_after)
-    except train.Interrupted:
+    except Interrupted:
         return run, None
     return run, [v.data().asnumpy() for v in s.model.collect_params().values()]
 
@@ -243,14 +235,14 @@ def test_mid_epoch_checkpoints_do_not_change_training_without_dropout(tiny_cfg, 
 def test_rollback_goes_back_to_a_mid_epoch_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     """A NaN after a mid-epoch checkpoint rolls back to it, not to the start of the epoch."""
     tiny_cfg.train.on_divergence, tiny_cfg.train.checkpoint_every, tiny_cfg.train.epochs = "rollback", 20, 1
-    real, starts = train.train_steps, []
+    real, starts = train.train_stretch, []
 
-    def nan_once_at_40(s, objective, trainer, batches, first, *args):
+    def nan_once_at_40(loop, epoch, first, end):
         starts.append(first)
-        done, state, bad = real(s, objective, trainer, batches, first, *args)
-        return done, state, 45 if first == 40 and starts.count(40) == 1 else bad
+        done, bad = real(loop, epoch, first, end)
+        return done, 45 if first == 40 and starts.count(40) == 1 else bad
 
-    monkeypatch.setattr(train, "train_steps", nan_once_at_40)
+    monkeypatch.setattr(train, "train_stretch", nan_once_at_40)
     run, _ = train_in(tiny_cfg, tmp_path / "r")
     assert starts[:5] == [0, 20, 40, 40, 60]
     assert run.read_state()["lr_scale"] == 0.5 and [r["epoch"] for r in run.metrics()] == [1]

@@ -1,0 +1,201 @@
+"""The Python API: `config`, `train` and `load`, and the LM that generates and scores with a run's best
+parameters. MXNet is imported on first use, not by `import charlm`."""
+import copy
+import logging
+import shutil
+from pathlib import Path
+
+from . import configs
+from .errors import CharlmError
+from .run import Run, find
+
+log = logging.getLogger(__name__)
+
+
+def config(*files, data=None, model=None, train=None, sets=()):
+    """A Config: the defaults, then each YAML file in order, then the keys of the data, model and train dicts,
+    then `section.key=value` strings."""
+    given = {(section, key): value for section, values in (("data", data), ("model", model), ("train", train))
+             for key, value in _mapping(section, values).items()}
+    return configs.resolve(files, given, sets)
+
+
+def _mapping(section, values):
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise CharlmError(f"{section}= must be a dict of {section} settings, got {type(values).__name__}")
+    return values
+
+
+def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, callbacks=(), gpu=False, gpus=None,
+          ctx=None, kvstore="local", stop=None):
+    """Train a new run of cfg (default: the embedded default config), or resume the run directory `resume`
+    (True: the latest run in runs_dir; epochs= raises its target); return its Run (None on a worker other than rank 0, which writes nothing).
+
+    callbacks: objects with any of on_start(info), on_batch(done, total, tokens, mean_loss) and
+    on_epoch(record, samples); stop: a function, once true training saves a checkpoint and raises Interrupted."""
+    from . import engine, parallel
+
+    devices = engine.contexts(gpu, gpus, ctx)
+    if resume is None:
+        if cfg is not None and not isinstance(cfg, configs.Config):
+            raise CharlmError(f"cfg must be a Config (see charlm.config), got {type(cfg).__name__}")
+        cfg = copy.deepcopy(cfg) if cfg is not None else configs.resolve()
+        if epochs is not None:
+            cfg.train.epochs = epochs
+        configs.validate(cfg)
+        _absolute(cfg)
+        workers = parallel.connect(cfg, devices, kvstore)
+        return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop)
+    if cfg is not None or name is not None:
+        raise CharlmError("resume= continues a run with its own config.yaml: give only epochs=")
+    if kvstore.startswith("dist"):
+        raise CharlmError(f"--resume continues a run in one process: drop --kvstore {kvstore}")
+    run = find(None if resume is True else resume, runs_dir)
+    with run.lock():
+        return _resume(run, epochs, devices, kvstore, callbacks, stop)
+
+
+def _absolute(cfg):
+    """Make the config's file paths absolute, so that the run reproduces from any directory."""
+    for part, key in ((cfg.data, "path"), (cfg.data, "valid_path"), (cfg.data, "test_path"),
+                      (cfg.train, "init_from")):
+        if getattr(part, key):
+            setattr(part, key, str(Path(getattr(part, key)).expanduser().resolve()))
+
+
+def _guarded(workers, work, *args):
+    """work(*args), a worker of a cluster that fails ending at exit instead of waiting for its peers."""
+    try:
+        return work(*args)
+    except CharlmError:
+        workers.fail_fast()
+        raise
+
+
+def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
+    """Read the corpus, build the model, create the run directory (rank 0 only) and train."""
+    from . import training
+    from .run import BEST, init_source
+
+    source, vocab = init_source(cfg) if cfg.train.init_from else (None, None)
+    s = training.setup(cfg, devices, workers, vocab)
+    if source:
+        source.load_params(s.model, source.path / BEST, devices)
+    run = None
+    if not workers.rank:
+        run = Run.create(runs_dir, name)
+        try:
+            run.start(cfg, s.vocab)
+        except CharlmError:
+            shutil.rmtree(run.path, ignore_errors=True)  # brand new and ours: leave no half-made run behind
+            raise
+    if run is None:
+        _fit(s, None, None, None, callbacks, stop)
+        return None
+    with run.lock():
+        _fit(s, run, None, None, callbacks, stop)
+    return run
+
+
+def _resume(run, epochs, devices, kvstore, callbacks, stop):
+    """Rebuild a run from its directory, load its last checkpoint and train on."""
+    from . import parallel, training
+
+    cfg = run.config()
+    if epochs is not None:
+        cfg.train.epochs = epochs
+        configs.validate(cfg)
+    done = run.read_state().get("epoch", 0)
+    if done >= cfg.train.epochs:
+        log.info("%s has trained %d of %d epochs: give --epochs to extend it", run.path, done, cfg.train.epochs)
+        return run
+    saved = run.vocab()
+    # a run started from another keeps that run's vocabulary, which its own text need not fill
+    s = training.setup(cfg, devices, parallel.connect(cfg, devices, kvstore), saved if cfg.train.init_from else None)
+    if s.vocab.tokens != saved.tokens:
+        raise CharlmError(f"the text of {run.path} has changed since the run started (another vocabulary)")
+    trainer = training.make_trainer(s)
+    progress = training.restore(s, run, trainer)  # first: a run it refuses keeps its files as they were
+    run.start(cfg, s.vocab, fresh=False)
+    _fit(s, run, trainer, progress, callbacks, stop)
+    return run
+
+
+def _fit(s, run, trainer, progress, callbacks, stop):
+    """Announce the run to the callbacks (rank 0's only), train, then mark it finished and score the test text."""
+    from . import training
+
+    w = s.workers
+    callbacks = callbacks if not w.rank else ()
+    info = {"run": run.path if run else None, "cell": s.cfg.model.cell, "level": s.cfg.data.level,
+            "parameters": sum(p.data(s.device).size for p in s.model.collect_params().values()),
+            "vocab_size": len(s.vocab), "train_tokens": len(s.train_ids), "val_tokens": len(s.val_ids),
+            "workers": (w.num_workers, len(w.ctxs), w.kvstore) if w.spread else None, "split_lines": s.split_lines,
+            "resumed": (progress.epoch, progress.step) if progress else None}
+    training.Callbacks(callbacks)("on_start", info)
+    training.fit(s, run, trainer, progress, callbacks, stop)
+    if run:
+        run.finish()
+        if s.cfg.data.test_path:
+            training.test(s, run)
+
+
+def load(run=None, runs_dir="runs", gpu=False):
+    """The LM of a run directory's best parameters (default: the latest run in runs_dir)."""
+    return LM(find(run, runs_dir), gpu)
+
+
+class LM:
+    """A trained model: the best parameters of a run, with its vocabulary and config."""
+
+    def __init__(self, run, gpu=False):
+        from . import engine
+
+        self.run, self.config, self.vocab = run, run.config(), run.vocab()
+        self.ctx = engine.context(gpu)
+        self.model = run.load_model(self.ctx)
+
+    def generate(self, prefix, length=100, temperature=None, top_k=None, seed=None):
+        """The prefix (normalised as the training text was) and `length` generated tokens, as text: greedy, or
+        sampled at a temperature and/or from the top_k likeliest."""
+        return "".join(self.stream(prefix, length, temperature, top_k, seed))
+
+    def stream(self, prefix, length=100, temperature=None, top_k=None, seed=None):
+        """generate's text in pieces as they are produced: the prefix, then a block of tokens at a time."""
+        from . import generate
+
+        if length < 1:
+            raise CharlmError(f"--length must be at least 1, got {length}")
+        if temperature is not None and not temperature > 0:  # not <= 0: NaN is neither
+            raise CharlmError(f"--temperature must be positive, got {temperature}")
+        if top_k is not None and not 1 <= top_k <= len(self.vocab):
+            raise CharlmError(f"--top-k must be between 1 and the vocabulary size {len(self.vocab)}, got {top_k}")
+        ids = generate.encode_prefix(prefix, self.vocab, self.config.data)
+        return generate.stream(self.model, self.vocab, ids, length, self.ctx, temperature, top_k, seed)
+
+    def score(self, text):
+        """Loss (nats per token), perplexity, bits per character (character level) and token count of text,
+        read as the training text was."""
+        from .generate import normalise
+
+        return self._scores(self.vocab.encode(normalise(text.replace("\r\n", "\n"), self.config.data)))
+
+    def score_file(self, path=None):
+        """score of a text file, or without one of the run's validation text."""
+        from . import data, training
+
+        d = self.config.data
+        if path or d.valid_path:
+            return self._scores(data.corpus_of(d, path or d.valid_path, self.vocab)[1])
+        if not d.val_frac:
+            raise CharlmError(f"{self.run.path} has no validation split (val_frac 0): pass --data FILE")
+        ids = data.corpus_of(d, vocab=self.vocab)[1]
+        return self._scores(training.split_text(self.config, self.vocab, ids)[1])
+
+    def _scores(self, ids):
+        from . import training
+
+        nll, tokens = training.evaluate(self.model, ids, self.config, self.vocab, self.ctx)
+        return {**training.scores("", nll / tokens, self.config.data.level), "tokens": tokens}

@@ -1,0 +1,424 @@
+"""Training: setup -> fit (epochs) -> train_epoch (stretches of batches between checkpoints) -> train_step
+(one update on every device); evaluate; losses in nats per token."""
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import configs, data, engine, generate, lines, model as models, parallel
+from .engine import autograd, mx, nd
+from .errors import CharlmError, Interrupted
+from .run import METRICS, STATE
+
+log = logging.getLogger(__name__)
+MAX_ROLLBACKS = 3
+
+
+def perplexity(loss):
+    """Perplexity of a mean NLL in nats: exp(total NLL / total tokens)."""
+    return math.exp(min(loss, 700.0))  # beyond e^700 a float overflows; such a model is lost anyway
+
+
+def bits_per_char(loss):
+    """Bits per character of a mean NLL in nats."""
+    return loss / math.log(2)
+
+
+def scores(prefix, loss, level="char"):
+    """Metrics of a mean NLL in nats per token: {prefix}loss, {prefix}ppl, and at char level {prefix}bpc."""
+    out = {f"{prefix}loss": loss, f"{prefix}ppl": perplexity(loss)}
+    if level == "char":
+        out[f"{prefix}bpc"] = bits_per_char(loss)
+    return out
+
+
+@dataclass
+class Setup:
+    """Everything a training run starts from."""
+    cfg: object
+    vocab: object
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    model: object
+    workers: parallel.Workers
+    split_lines: int = 0
+    test_ids: np.ndarray = None
+
+    @property
+    def device(self):
+        """The one device that evaluates and samples: the first of several."""
+        return self.workers.ctxs[0]
+
+
+def setup(cfg, ctx, workers=None, vocab=None):
+    """Seed, read and split the corpus (or read the validation file; this worker's part of them), check it
+    fills a batch, and build the model on ctx (a Context or several); the corpus is encoded with vocab when
+    given, else with its own."""
+    d = cfg.data
+    workers = workers or parallel.Workers(ctx if isinstance(ctx, list) else [ctx])
+    vocab, ids = data.corpus_of(d, vocab=vocab)
+    if d.valid_path:
+        train_ids, val_ids = ids, data.corpus_of(d, d.valid_path, vocab)[1]
+    else:
+        train_ids, val_ids = split_text(cfg, vocab, ids)
+    train_ids, val_ids = workers.shards(train_ids, val_ids)
+    split_lines = 0
+    if d.mode == "lines":
+        split_lines = batches_of(cfg, vocab, train_ids).num_split
+    else:
+        data.check_trainable(len(train_ids), d.batch_size, d.seq_len)
+    if (d.val_frac or d.valid_path) and len(val_ids) < 2:
+        raise CharlmError(f"validation text has {len(val_ids)} tokens; need at least 2: "
+                          f"{'use a longer --valid-data' if d.valid_path else 'raise --val-frac'}")
+    test_ids = data.corpus_of(d, d.test_path, vocab)[1] if d.test_path else None  # read now: fail early
+    mx.random.seed(cfg.train.seed)
+    model = models.build(cfg.model, len(vocab), ctx)
+    return Setup(cfg, vocab, train_ids, val_ids, model, workers, split_lines, test_ids)
+
+
+def split_text(cfg, vocab, ids):
+    """(training, validation) ids: the last val_frac of the text, at a line end in lines mode."""
+    if cfg.data.mode == "lines":
+        return lines.split(ids, cfg.data.val_frac, vocab.eos)
+    return data.split(ids, cfg.data.val_frac)
+
+
+def batches_of(cfg, vocab, ids, rng=None):
+    """The batches of ids as cfg.data describes them: one epoch's order drawn from rng, or, without rng,
+    the fixed order evaluation reads."""
+    d = cfg.data
+    if d.mode == "lines":
+        return lines.LineBatches(ids, vocab.bos, vocab.eos, d.batch_size, d.buckets, rng)
+    if rng is None:
+        return data.eval_batches(ids, d.batch_size, d.seq_len)
+    return data.ITERATORS[d.iterator](ids, d.batch_size, d.seq_len, rng)
+
+
+class Sums:
+    """Running sums of an epoch on the host: NLL, gradient norms, tokens and seconds. Each batch's NLL and
+    norm stay on the device until its stretch ends: adding them up there cost an engine op per batch,
+    whose host time the device waits for (measured: 1 ms of host time per step slows tm-rnn by 1.1 ms)."""
+
+    def __init__(self, saved=None):
+        saved = saved or {}
+        self.nll, self.norm = saved.get("nll", 0.0), saved.get("grad_norm", 0.0)
+        self.tokens, self.seconds = saved.get("tokens", 0), saved.get("train_s", 0.0)
+        self.totals, self.norms = [], []  # the stretch's batches, on the device
+
+    def add(self, total, norm, tokens):
+        """One batch: its NLL sum and gradient norm (on the device) and its count of real targets."""
+        self.totals.append(total)
+        self.norms.append(norm)
+        self.tokens += tokens
+        engine.keep_up(self.totals)
+
+    def mean_loss(self):
+        """The mean NLL so far (a host sync)."""
+        pending = float(nd.concat(*self.totals, dim=0).sum().asscalar()) if self.totals else 0.0
+        return (self.nll + pending) / self.tokens
+
+    def end_stretch(self, start, first):
+        """Wait for the queued batches (the one host sync of a stretch, so the time is honest), add them and
+        the seconds since start; return the index of the stretch's first non-finite batch, counted from first."""
+        nd.waitall()
+        self.seconds += time.perf_counter() - start
+        if not self.totals:
+            return None
+        values = nd.concat(*self.totals, *self.norms, dim=0).asnumpy().astype(np.float64)
+        totals, norms = np.split(values, 2)
+        self.nll, self.norm = self.nll + float(totals.sum()), self.norm + float(norms.sum())
+        self.totals, self.norms = [], []
+        bad = np.flatnonzero(~np.isfinite(totals + norms))
+        return first + int(bad[0]) if len(bad) else None
+
+    def read(self):
+        """The sums as plain numbers, as saved in a mid-epoch checkpoint (after end_stretch)."""
+        return {"nll": self.nll, "grad_norm": self.norm, "tokens": self.tokens, "train_s": self.seconds}
+
+
+def real_targets(y, batches):
+    """How many targets of a batch's y are real (lines mode pads with targets below 0)."""
+    return int((y >= 0).sum()) if batches.padded else y.size
+
+
+def evaluate(model, ids, cfg, vocab, ctx):
+    """Summed NLL and token count of ids with dropout off: carried-state streams, or padded lines."""
+    batches = batches_of(cfg, vocab, ids)
+    loss_fn = models.TokenNLL(masked=batches.padded)
+    nll_sum, tokens, state = nd.zeros(1, ctx=ctx), 0, None
+    for x, y, X, Y in engine.on_device(batches, 0, len(batches), ctx):
+        if state is None or not batches.carries_state:
+            state = model.begin_state(X.shape[1], ctx)
+        logits, state = model(X, state)
+        nll_sum += loss_fn(logits, Y).sum()
+        tokens += real_targets(y, batches)
+    return float(nll_sum.asscalar()), tokens
+
+
+def test(s, run):
+    """Score the test file with the run's best parameters; the scores are kept in state.json."""
+    nll, tokens = evaluate(run.load_model(s.device), s.test_ids, s.cfg, s.vocab, s.device)
+    result = {**scores("test_", nll / tokens, s.cfg.data.level), "test_tokens": tokens}
+    run.write_state({**run.read_state(), "test": result})
+    return result
+
+
+def _samples(s):
+    """Greedy continuations of the configured prefixes that the vocabulary can encode."""
+    texts = []
+    for prefix in s.cfg.train.sample_prefixes:
+        try:
+            ids = generate.encode_prefix(prefix, s.vocab, s.cfg.data)
+        except CharlmError:
+            continue  # the default prefixes are English; another corpus may lack their characters
+        texts.append(generate.complete(s.model, s.vocab, ids, s.cfg.train.sample_length, s.device))
+    return texts
+
+
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, batches done of the next epoch (after a mid-epoch checkpoint)
+    with that epoch's running sums and carried hidden state, the best checkpoint metric (a loss),
+    training seconds spent, and the learning-rate factor left by divergence rollbacks and their count."""
+    epoch: int = 0
+    step: int = 0
+    partial: dict = None
+    hidden: list = None
+    best: float = math.inf
+    elapsed: float = 0.0
+    lr_scale: float = 1.0
+    rollbacks: int = 0
+
+
+def checkpoint_metric(record):
+    """The loss that picks the best checkpoint: validation loss, or training loss without validation."""
+    return record.get("val_loss", record["train_loss"])
+
+
+def restore(s, run, trainer):
+    """Load the run's last checkpoint into s.model and trainer; return where it stands."""
+    state = run.read_state()
+    done, step, partial = state.get("epoch", 0), state.get("step", 0), state.get("partial")
+    records = [r for r in run.metrics() if r["epoch"] <= done]
+    if done and (not records or records[-1]["epoch"] != done):
+        raise CharlmError(f"{run.path / METRICS} is damaged: it has no line for epoch {done}, the last "
+                          f"checkpoint's; its best loss is unknown")
+    progress = Progress(lr_scale=state.get("lr_scale", 1.0))
+    if done or step:
+        hidden = run.load_last(s.model, trainer, s.workers.ctxs)
+        try:
+            elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
+            best = min(map(checkpoint_metric, records), default=math.inf)
+        except (KeyError, TypeError):
+            raise CharlmError(f"{run.path / METRICS} or {run.path / STATE} is damaged: a loss or elapsed time "
+                              f"is missing") from None
+        progress = Progress(done, step, partial, hidden, best, elapsed, progress.lr_scale)
+    run.write_metrics(records)  # without lines past the checkpoint: a kill after an epoch's line, before its own
+    return progress
+
+
+def _stretch_seed(seed, epoch, step):
+    """The dropout seed for the batches of `epoch` from `step` on; reseeding at every checkpoint boundary
+    (MXNet cannot save its generator's state) lets a run resumed there draw the same masks."""
+    return int(np.random.default_rng([seed, epoch, step]).integers(2**31))
+
+
+def objective_of(s):
+    """The setup's training objective (models.objective) as its config asks: masked in lines mode, and the
+    mean or the sum of the NLL ("sum" is the tutorial's scaling: lr and clip apply to the summed loss's
+    gradient), the mean taken over every device's batch of the update."""
+    d, t = s.cfg.data, s.cfg.train
+    return models.objective(s.model, masked=d.mode == "lines", mean=t.loss_reduction == "mean",
+                            share=s.workers.share)
+
+
+def make_trainer(s):
+    """A Gluon Trainer for the setup's model, optimizer and learning rate, over its devices and workers."""
+    return s.workers.trainer(s.model.collect_params(), s.cfg.train)
+
+
+class Callbacks:
+    """The callbacks' hooks, found once: any object may have on_start(info), on_batch(done, total, tokens,
+    mean_loss) (mean_loss: a function, a host sync) and on_epoch(record, samples); stop() ends training."""
+
+    def __init__(self, callbacks=(), stop=None):
+        self.stop = stop or (lambda: False)
+        self.hooks = {name: [getattr(c, name) for c in callbacks if hasattr(c, name)]
+                      for name in ("on_start", "on_batch", "on_epoch")}
+
+    def __call__(self, name, *args):
+        for hook in self.hooks[name]:
+            hook(*args)
+
+
+@dataclass
+class Loop:
+    """What fit trains with: the setup, the run it saves into (None: nothing is saved, as on workers other
+    than rank 0), the trainer (a rollback may make a new one), objective, callbacks and the clock's start."""
+    s: Setup
+    run: object
+    trainer: object
+    objective: object
+    calls: Callbacks
+    start: float
+
+    @classmethod
+    def of(cls, s, run=None, trainer=None, callbacks=(), stop=None, elapsed=0.0):
+        """The loop for a setup: a new trainer unless given, the clock started `elapsed` seconds ago."""
+        return cls(s, run, trainer or make_trainer(s), objective_of(s), Callbacks(callbacks, stop),
+                   time.perf_counter() - elapsed)
+
+    def elapsed(self):
+        """Training seconds of the run so far, earlier sessions included."""
+        return time.perf_counter() - self.start
+
+
+@dataclass
+class Epoch:
+    """One epoch in training: its number, batches and running sums, and the carried state (whole, on the
+    first device)."""
+    number: int
+    batches: object
+    sums: Sums
+    state: list = None
+
+
+def train_step(loop, grads, batch, states):
+    """One update: forward and backward on every device, then the gradients summed over devices and workers,
+    clipped by global norm and applied. Returns (NLL sum on the first device, norm before clipping, states)."""
+    with autograd.record():
+        outs = [loop.objective(X, Y, state) for (X, Y), state in zip(batch, states)]
+    # No isfinite check: it would force a host sync every step; divergence is caught per stretch.
+    autograd.backward([loss for _, loss, _ in outs])
+    w = loop.s.workers
+    norm = w.update(loop.trainer, grads, loop.s.cfg.train.grad_clip)
+    return w.gather([total for total, _, _ in outs]), norm, [state for _, _, state in outs]
+
+
+def train_stretch(loop, epoch, first, end):
+    """Train epoch.batches[first:end], or up to the batch before which stop() is true; return (batches done,
+    index of the first batch whose loss or norm is not finite, or None)."""
+    w, model, batches, sums = loop.s.workers, loop.s.model, epoch.batches, epoch.sums
+    params = [p for p in model.collect_params().values() if p.grad_req != "null"]
+    grads = [[p.grad(ctx).reshape((-1,)) for p in params] for ctx in w.ctxs]  # flat views, made once
+    states = w.split_state(model, epoch.state) if batches.carries_state and epoch.state else None
+    i, start = first, time.perf_counter()
+    for x, y, X, Y in engine.on_device(batches, first, end, w.ctxs[0]):
+        if loop.calls.stop():
+            break
+        batch = w.split(X, Y)
+        if states is None or not batches.carries_state:
+            states = [model.begin_state(part.shape[1], part.context) for part, _ in batch]
+        else:
+            states = [[h.detach() for h in state] for state in states]  # truncated BPTT: keep values, cut graph
+        total, norm, states = train_step(loop, grads, batch, states)
+        sums.add(total, norm, real_targets(y, batches))
+        i += 1
+        loop.calls("on_batch", i, len(batches), sums.tokens, sums.mean_loss)
+    if states is not None:
+        epoch.state = w.join_state(model, states)
+    return i, sums.end_stretch(start, first)
+
+
+class _Diverged(Exception):
+    """A batch's loss or gradient norm was not finite; step counts from the run's first batch."""
+
+    def __init__(self, step):
+        super().__init__(step)
+        self.step = step
+
+
+def train_epoch(loop, p):
+    """Train the rest of epoch p.epoch + 1 from batch p.step on, a stretch between checkpoints at a time,
+    saving a checkpoint after each stretch but the last; return the epoch. Raises _Diverged, and Interrupted
+    (after saving where it stopped) once stop() is true."""
+    s, t, number = loop.s, loop.s.cfg.train, p.epoch + 1
+    rng = np.random.default_rng([t.seed, number])  # batch order and dropout from (seed, epoch) alone: replayable
+    epoch_seed = int(rng.integers(2**31))
+    epoch = Epoch(number, batches_of(s.cfg, s.vocab, s.train_ids, rng), Sums(p.partial), p.hidden)
+    every, step = t.checkpoint_every or len(epoch.batches), p.step
+    while step < len(epoch.batches):
+        s.workers.seed(_stretch_seed(t.seed, number, step) if step else epoch_seed)
+        end = min(len(epoch.batches), (step // every + 1) * every)
+        done, bad = train_stretch(loop, epoch, step, end)
+        if bad is not None:
+            raise _Diverged((number - 1) * len(epoch.batches) + bad + 1)
+        if done == len(epoch.batches):
+            break
+        if done > step:  # a checkpoint boundary, or a stop with batches trained since the last checkpoint
+            p.step, p.partial, p.hidden = done, {**epoch.sums.read(), "elapsed_s": loop.elapsed()}, epoch.state
+            if loop.run:
+                loop.run.save_position(s.model, loop.trainer, p.epoch, done, p.partial,
+                                       epoch.state if epoch.batches.carries_state else None, p.lr_scale)
+        if done < end:
+            raise Interrupted()
+        step = done
+    return epoch
+
+
+def end_epoch(loop, p, epoch):
+    """The epoch's record (training sums over the workers, validation scores); checkpoint it, move p on."""
+    s, level = loop.s, loop.s.cfg.data.level
+    stats = epoch.sums.read()
+    nll, tokens = s.workers.allsum(stats["nll"], stats["tokens"])
+    record = {"epoch": epoch.number, **scores("train_", nll / tokens, level), "lr": loop.trainer.learning_rate,
+              "grad_norm": stats["grad_norm"] / len(epoch.batches), "tokens_per_s": tokens / stats["train_s"]}
+    if len(s.val_ids):
+        nll, tokens = s.workers.allsum(*evaluate(s.model, s.val_ids, s.cfg, s.vocab, s.device))
+        record.update(scores("val_", nll / tokens, level))
+    record["elapsed_s"] = loop.elapsed()
+    if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
+        raise CharlmError(f"training diverged in epoch {epoch.number} (validation loss {record.get('val_loss')}); "
+                          f"the best and last good checkpoints are kept: lower --lr or set --grad-clip")
+    metric = checkpoint_metric(record)
+    if metric >= p.best:
+        p.lr_scale *= s.cfg.train.plateau_factor  # no better than the best so far: anneal (off at 1)
+    if loop.run:
+        loop.run.save_checkpoint(s.model, loop.trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale)
+    p.best = min(p.best, metric)
+    p.epoch, p.step, p.partial, p.hidden, p.elapsed = epoch.number, 0, None, None, record["elapsed_s"]
+    return record
+
+
+def _recover(loop, p, epoch, step):
+    """After a non-finite loss or gradient: stop with an error, or (rollback) reload the last checkpoint
+    and halve the learning rate; return the progress to go on from."""
+    s, run = loop.s, loop.run
+    if s.cfg.train.on_divergence == "stop" or p.rollbacks == MAX_ROLLBACKS:
+        raise CharlmError(f"training diverged at step {step} (epoch {epoch}): the loss or gradient norm is not "
+                          f"finite; the best and last good checkpoints are kept: lower --lr, set --grad-clip, "
+                          f"or use --on-divergence rollback")
+    rollbacks, lr_scale = p.rollbacks + 1, p.lr_scale / 2
+    log.warning("diverged at step %d (epoch %d): back to the last checkpoint, learning rate x%g (rollback %d of %d)",
+                step, epoch, lr_scale, rollbacks, MAX_ROLLBACKS)
+    if run and run.read_state().get("last"):
+        p = restore(s, run, loop.trainer)
+    else:
+        mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
+        s.model.initialize(mx.init.Xavier(), ctx=s.workers.ctxs, force_reinit=True)
+        loop.trainer, p = make_trainer(s), Progress()
+    p.rollbacks, p.lr_scale = rollbacks, lr_scale
+    if run:
+        run.write_state({**run.read_state(), "lr_scale": lr_scale})  # a resume keeps it, checkpoint or not
+    return p
+
+
+def fit(s, run, trainer=None, progress=None, callbacks=(), stop=None):
+    """Train up to cfg.train.epochs (from `progress` when resuming), checkpointing into run (None: save
+    nothing) every train.checkpoint_every batches and after each epoch, evaluating and sampling after each
+    epoch; return the best checkpoint metric. Once stop() is true, saves a checkpoint and raises Interrupted."""
+    t, p = s.cfg.train, progress or Progress()
+    loop = Loop.of(s, run, trainer, callbacks, stop, p.elapsed)
+    while p.epoch < t.epochs:
+        # Decay stops at the smallest learning rate charlm takes: MXNet's updates refuse much smaller ones.
+        loop.trainer.set_learning_rate(max(t.lr * p.lr_scale * t.lr_decay ** p.epoch, configs.MIN_LR))
+        try:
+            epoch = train_epoch(loop, p)
+        except _Diverged as e:
+            p = _recover(loop, p, p.epoch + 1, e.step)
+            continue
+        record = end_epoch(loop, p, epoch)
+        loop.calls("on_epoch", record, _samples(s) if t.sample_every and epoch.number % t.sample_every == 0 else [])
+    return p.best
