@@ -3,7 +3,7 @@ batch iterators (random windows and sequential streams), all yielding (T, N)."""
 import numpy as np
 
 from .errors import CharlmError
-from .text import CHUNK, check_file, corpus_path, normalised_chunks, read_text  # noqa: F401 (data.read_text)
+from .text import CHUNK, check_file, corpus_path, normalised_chunks, read_text  # noqa: F401 (offered as data.read_text)
 from .vocab import BOS, EOS, Vocab, build_vocab, codepoints, id_dtype
 
 UNICODE = 0x110000  # code points

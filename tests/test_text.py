@@ -40,7 +40,7 @@ def test_reader_applies_tutorial_normalisation_in_order(tmp_path):
 @pytest.mark.parametrize("options", [{}, {"lowercase": True, "max_chars": 37}, {"strip_newlines": True},
                                      {"letters_only": True}, {"lowercase": True, "letters_only": True, "max_chars": 41}])
 def test_reader_in_chunks_equals_normalising_the_whole_text(tmp_path, monkeypatch, chunk, options):
-    raw = "Ünïcödé, İ\r\nTEXT 中文!\r\n\r\nand ✓ marks..\rnot a newline\n".encode("utf-8") * 3
+    raw = "Ünïcödé, İ\r\nTEXT 中文!\r\n\r\nand ✓ marks..\rnot a newline\n".encode() * 3
     path = tmp_path / "c.txt"
     path.write_bytes(raw)
     # Multi-byte characters, "\r\n" and runs of non-letters straddle chunk ends.
