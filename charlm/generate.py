@@ -2,22 +2,11 @@
 import numpy as np
 
 from . import model as models
-from .data import letters
 from .engine import mx, nd
 from .errors import CharlmError
+from .text import normalise
 
 GREEDY_STEPS = 32  # characters per call of the greedy block
-
-
-def normalise(prefix, data_cfg):
-    """Apply the training text's normalisations to a prefix."""
-    if data_cfg.lowercase:
-        prefix = prefix.lower()
-    if data_cfg.strip_newlines:
-        prefix = prefix.replace("\n", "")
-    if data_cfg.letters_only:
-        prefix = letters(prefix)
-    return prefix
 
 
 def encode_prefix(prefix, vocab, data_cfg):

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from . import __version__, configs
-from .data import vocab_from_json
 from .errors import CharlmError
+from .vocab import vocab_from_json
 
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
 BEST = "params-best.params"

@@ -70,7 +70,7 @@ def work_charlm(a):
     """charlm's own training loop (train.train_stretch, as `charlm train` runs it) on the bundled corpus."""
     import numpy as np
 
-    from charlm import configs as config, training as train
+    from charlm import configs as configs as config, training as training as train
     from charlm.engine import mx
 
     cfg = config.Config()
@@ -99,10 +99,10 @@ def work_charlm(a):
 def work_tutorial(a):
     """The Gluon rnn-scratch tutorial's loop: one-hot inputs, one dot per weight per time step, the loss of
     the concatenated outputs, clipping with a host read of the norm, and a hand-written SGD update."""
-    from charlm import data
+    from charlm import configs as config, data
     from charlm.engine import autograd, gluon, nd
 
-    vocab, ids = data.load_corpus(None, lowercase=True)
+    vocab, ids = data.corpus_of(config.DataConfig(lowercase=True))
     V, H = len(vocab), a.hidden
     batches = _batches([int(i) for i in ids], a.batch, a.seq_len)
     gates = {"scratch-rnn": 1, "scratch-lstm": 4, "scratch-gru": 3}[a.cell]
@@ -163,11 +163,12 @@ def work_torch(a):
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    # The bundled text as charlm encodes it: charlm.data needs numpy only, not MXNet, which this venv lacks.
+    # The bundled text as charlm encodes it: charlm.data and charlm.config need NumPy and PyYAML, not MXNet,
+    # which this venv lacks.
     sys.path.insert(0, str(ROOT))
-    from charlm import data
+    from charlm import configs as config, data
 
-    ids = [int(i) for i in data.load_corpus(None, lowercase=True)[1]]
+    ids = [int(i) for i in data.corpus_of(config.DataConfig(lowercase=True))[1]]
     V, E, H = max(ids) + 1, a.embed, a.hidden
     batches = [(torch.tensor(x), torch.tensor(y)) for x, y in _batches(ids, a.batch, a.seq_len)]
     torch.manual_seed(0)
@@ -198,11 +199,11 @@ def work_torch(a):
 
 def work_generate(a):
     """Greedy continuation of 1,000 characters by the default model (speed does not depend on the weights)."""
-    from charlm import configs as config, data, generate, model as models
+    from charlm import configs as configs as config, data, generate, model as models
     from charlm.engine import mx
 
     cfg = config.Config()
-    vocab, _ = data.load_corpus(None, lowercase=True)
+    vocab, _ = data.corpus_of(cfg.data)
     model = models.build(cfg.model, len(vocab), mx.cpu())
     prefix = vocab.encode("the time ma")
     generate.complete(model, vocab, prefix, 100, mx.cpu())  # builds the graphs
@@ -213,10 +214,10 @@ def work_generate(a):
 
 def work_corpus(a):
     """Reading and encoding a text file (a.ids): seconds and the id type."""
-    from charlm import data
+    from charlm import configs as config, data
 
     start = time.perf_counter()
-    _, ids = data.load_corpus(a.ids)
+    _, ids = data.corpus_of(config.DataConfig(path=a.ids, lowercase=False))
     return {"seconds": time.perf_counter() - start, "dtype": str(ids.dtype), "chars": len(ids)}
 
 

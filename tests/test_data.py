@@ -1,156 +1,127 @@
-import hashlib
-
 import numpy as np
 import pytest
 
-from charlm import data
+from charlm import data, text
+from charlm.configs import DataConfig
 from charlm.errors import CharlmError
+from charlm.vocab import Vocab
 
 
-def test_vocab_round_trips_with_ids_in_sorted_order():
-    text = "hello, world"
-    vocab = data.Vocab(sorted(set(text)))
-    ids = vocab.encode(text)
-    assert vocab.decode(ids) == text
-    assert ids.dtype == np.uint8 and ids[text.index(" ")] == 0 and ids[text.index("w")] == len(vocab) - 1
-
-
-def test_vocab_handles_any_unicode_and_picks_wider_ids():
-    text = "".join(chr(0x4E00 + i) for i in range(300)) + "孟子見梁惠王。\n"
-    vocab = data.Vocab(sorted(set(text)))
-    assert vocab.encode(text).dtype == np.uint16
-    assert vocab.decode(vocab.encode(text)) == text
-
-
-def test_vocab_json_round_trip():
-    vocab = data.Vocab(sorted(set("abc\n\"é✓")))
-    again = data.vocab_from_json(vocab.to_json())
-    assert again.tokens == vocab.tokens
-
-
-def test_vocab_encode_names_unknown_characters():
-    vocab = data.Vocab(sorted(set("abc")))
-    with pytest.raises(CharlmError, match="'xz'"):
-        vocab.encode("abzcx")
-
-
-def test_bundled_corpus_is_the_tutorials_file():
-    raw = data.corpus_path(None).read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516"
+def corpus(path, vocab=None, **options):
+    """(vocab, ids) of path read with these DataConfig options (lowercase off unless given)."""
+    return data.corpus_of(DataConfig(**{"path": str(path), "lowercase": False, **options}), vocab=vocab)
 
 
 def text_of(path, **options):
-    vocab, ids = data.load_corpus(path, **options)
+    vocab, ids = corpus(path, **options)
     return vocab.decode(ids)
 
 
-def reference(raw, lowercase=False, strip_newlines=False, max_chars=0):
-    """The tutorial's normalisation of a whole text, in its order, in plain Python."""
-    text = raw.decode("utf-8").replace("\r\n", "\n")
-    text = text.lower() if lowercase else text
-    text = text.replace("\n", "") if strip_newlines else text
-    return text[:max_chars] if max_chars else text
-
-
-def test_load_corpus_applies_tutorial_normalisation_in_order(tmp_path):
-    path = tmp_path / "t.txt"
-    path.write_text("AB\nCD\r\nEF", encoding="utf-8")
-    assert text_of(path) == "AB\nCD\nEF"
-    # The tutorial lowercases, removes newlines, then keeps the first max_chars characters.
-    assert text_of(path, lowercase=True, strip_newlines=True, max_chars=5) == "abcde"
-
-
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
-@pytest.mark.parametrize("options", [{}, {"lowercase": True, "max_chars": 37}, {"strip_newlines": True}])
-def test_load_corpus_in_chunks_equals_reading_it_whole(tmp_path, monkeypatch, chunk, options):
-    raw = "Ünïcödé\r\nTEXT 中文\r\n\r\nand ✓ marks\rnot a newline\n".encode("utf-8") * 3
+def test_load_corpus_in_chunks_equals_reading_it_whole(tmp_path, monkeypatch, chunk):
+    whole = "Ünïcödé\nTEXT 中文\n\nand ✓ marks\rnot a newline\n" * 3
     path = tmp_path / "c.txt"
-    path.write_bytes(raw)
-    monkeypatch.setattr(data, "CHUNK", chunk)  # multi-byte characters and "\r\n" straddle chunk ends
-    vocab, ids = data.load_corpus(path, **options)
-    assert vocab.decode(ids) == reference(raw, **options)
-    assert vocab.tokens == sorted(set(reference(raw, **options)))
+    path.write_text(whole, encoding="utf-8")
+    monkeypatch.setattr(text, "CHUNK", chunk)  # each chunk brings characters the earlier ones had not
+    vocab, ids = corpus(path)
+    assert vocab.decode(ids) == whole and vocab.tokens == sorted(set(whole))
 
 
 def test_load_corpus_widens_ids_when_a_later_chunk_brings_new_characters(tmp_path, monkeypatch):
-    text = "ab" * 50 + "".join(chr(0x4E00 + i) for i in range(300))
+    whole = "ab" * 50 + "".join(chr(0x4E00 + i) for i in range(300))
     path = tmp_path / "w.txt"
-    path.write_text(text, encoding="utf-8")
-    monkeypatch.setattr(data, "CHUNK", 16)
-    vocab, ids = data.load_corpus(path)
-    assert ids.dtype == np.uint16 and vocab.decode(ids) == text
+    path.write_text(whole, encoding="utf-8")
+    monkeypatch.setattr(text, "CHUNK", 16)
+    vocab, ids = corpus(path)
+    assert ids.dtype == np.uint16 and vocab.decode(ids) == whole
 
 
 def test_load_corpus_makes_room_when_lowercasing_adds_characters(tmp_path, monkeypatch):
     path = tmp_path / "tr.txt"
     path.write_bytes("İSTANBUL ".encode("cp1254") * 20)  # one byte for İ, two characters once lowercased
-    monkeypatch.setattr(data, "CHUNK", 7)
+    monkeypatch.setattr(text, "CHUNK", 7)
     assert text_of(path, lowercase=True, encoding="cp1254") == "İSTANBUL ".lower() * 20
 
 
 def test_load_corpus_with_a_vocabulary_names_every_unknown_character(tmp_path, monkeypatch):
     path = tmp_path / "u.txt"
     path.write_text("abc x abc y abc z", encoding="utf-8")
-    monkeypatch.setattr(data, "CHUNK", 4)
-    vocab = data.Vocab(sorted(set("abc ")))
+    monkeypatch.setattr(text, "CHUNK", 4)
+    vocab = Vocab(sorted(set("abc ")))
     with pytest.raises(CharlmError, match="'xyz'"):
-        data.load_corpus(path, vocab=vocab)
+        corpus(path, vocab)
     path.write_text("cab bac", encoding="utf-8")
-    assert vocab.decode(data.load_corpus(path, vocab=vocab)[1]) == "cab bac"
+    assert vocab.decode(corpus(path, vocab)[1]) == "cab bac"
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "not found"),
-    (b"", "holds no text"),
-    (b"abc\xff\xfedef", "byte 0xff at offset 3"),
-    (b"\x7fELF\x02\x01\x01\x00\x00\x00", "binary file"),
-])
-def test_load_corpus_bad_files_are_clear_errors(tmp_path, content, message):
-    path = tmp_path / "bad.txt"
-    if content is not None:
-        path.write_bytes(content)
+def test_lines_mode_vocabulary_holds_the_line_tokens(tmp_path):
+    path = tmp_path / "l.txt"
+    path.write_text("ab", encoding="utf-8")
+    vocab, _ = corpus(path, mode="lines")
+    assert vocab.tokens == ["\x02", "\n", "a", "b"] and (vocab.bos, vocab.eos) == (0, 1)
+
+
+@pytest.mark.parametrize("level, message", [("char", "holds no text"), ("word", "holds no words")])
+def test_load_corpus_empty_file_is_an_error(tmp_path, level, message):
+    path = tmp_path / "empty.txt"
+    path.write_text("   \t " if level == "word" else "")
     with pytest.raises(CharlmError, match=message):
-        data.load_corpus(path)
+        corpus(path, level=level)
 
 
-def test_load_corpus_names_the_offset_of_a_bad_byte_past_the_first_chunk(tmp_path, monkeypatch):
-    path = tmp_path / "late.txt"
-    path.write_bytes("é".encode() * 10 + b"\xff")  # 20 good bytes, then a bad one
-    monkeypatch.setattr(data, "CHUNK", 3)
-    with pytest.raises(CharlmError, match="byte 0xff at offset 20"):
-        data.load_corpus(path)
+def test_other_file_is_read_whole_with_the_vocabulary(tmp_path):
+    (tmp_path / "train.txt").write_text("abcabc")
+    (tmp_path / "valid.txt").write_text("cbacba")
+    d = DataConfig(path=str(tmp_path / "train.txt"), max_chars=4)
+    vocab, ids = data.corpus_of(d)
+    assert vocab.decode(ids) == "abca"
+    assert vocab.decode(data.corpus_of(d, tmp_path / "valid.txt", vocab)[1]) == "cbacba"  # max_chars: train only
 
 
-def test_load_corpus_other_encodings_and_replacing_bad_bytes(tmp_path):
-    path = tmp_path / "latin.txt"
-    path.write_bytes("café au lait".encode("latin-1"))
-    with pytest.raises(CharlmError, match="--encoding, or --errors replace"):
-        data.load_corpus(path)
-    assert text_of(path, encoding="latin-1") == "café au lait"
-    assert text_of(path, errors="replace") == "caf\ufffd au lait"
-    with pytest.raises(CharlmError, match="unknown text encoding 'klingon'"):
-        data.load_corpus(path, encoding="klingon")
+def word_cfg(path, **options):
+    return DataConfig(path=str(path), level="word", **options)
 
 
-@pytest.mark.parametrize("encoding", ["rot13", "base64", "hex", "zlib"])
-def test_load_corpus_rejects_codecs_that_are_not_text_encodings(tmp_path, encoding):
-    path = tmp_path / "text.txt"
-    path.write_bytes(b"abcd")
-    with pytest.raises(CharlmError, match=f"'{encoding}' is not a text encoding"):
-        data.load_corpus(path, encoding=encoding)
+def test_words_are_whitespace_tokens_with_eos_at_line_ends(tmp_path):
+    path = tmp_path / "w.txt"
+    path.write_text("The cat  sat\n\nthe cat\tran\n")
+    vocab, ids = data.corpus_of(word_cfg(path))
+    assert vocab.tokens[:2] == ["<unk>", "<eos>"]
+    assert vocab.tokens[2:] == ["cat", "the", "ran", "sat"]  # by falling frequency, then alphabetically
+    assert [vocab.tokens[i] for i in ids] == ["the", "cat", "sat", "<eos>", "<eos>", "the", "cat", "ran", "<eos>"]
+    assert vocab.decode(ids) == "the cat sat\n\nthe cat ran\n"
 
 
-def test_load_corpus_utf16_without_a_byte_order_mark_is_a_clear_error(tmp_path):
-    path = tmp_path / "u16.txt"
-    path.write_bytes("abc".encode("utf-16-be"))
-    with pytest.raises(CharlmError, match="is not valid utf-16: UTF-16 stream does not start with BOM; give its"):
-        data.load_corpus(path, encoding="utf-16")
-    assert text_of(path, encoding="utf-16-be") == "abc"
+def test_rare_words_and_the_cap_read_as_unk(tmp_path):
+    path = tmp_path / "w.txt"
+    path.write_text("a a a b b c <unk>\n")
+    vocab, ids = data.corpus_of(word_cfg(path, min_freq=2))
+    assert vocab.tokens == ["<unk>", "<eos>", "a", "b"]  # c once; <unk> in the text is the special token
+    assert vocab.decode(ids) == "a a a b b <unk> <unk>\n"
+    vocab, _ = data.corpus_of(word_cfg(path, max_vocab=3))
+    assert vocab.tokens == ["<unk>", "<eos>", "a"]
 
 
-def test_load_corpus_directory_is_an_error(tmp_path):
-    with pytest.raises(CharlmError, match="directory"):
-        data.load_corpus(tmp_path)
+def test_unseen_words_in_another_file_read_as_unk(tmp_path):
+    (tmp_path / "train.txt").write_text("a b\n")
+    (tmp_path / "valid.txt").write_text("a z\n")
+    d = word_cfg(tmp_path / "train.txt")
+    vocab, _ = data.corpus_of(d)
+    _, ids = data.corpus_of(d, tmp_path / "valid.txt", vocab)
+    assert vocab.decode(ids) == "a <unk>\n"
+
+
+def test_a_ptb_style_corpus_reads_unchanged(tmp_path):
+    raw = " no it was n't black monday \n the <unk> fell N points \n"
+    (tmp_path / "ptb.txt").write_text(raw)
+    vocab, ids = data.corpus_of(word_cfg(tmp_path / "ptb.txt", lowercase=False))
+    assert vocab.decode(ids).split("\n") == [" ".join(line.split()) for line in raw.split("\n")]
+
+
+def test_word_ids_use_the_smallest_type(tmp_path):
+    (tmp_path / "w.txt").write_text(" ".join(f"w{i}" for i in range(300)) + "\n")
+    vocab, ids = data.corpus_of(word_cfg(tmp_path / "w.txt"))
+    assert ids.dtype == np.uint16 and len(vocab) == 302
 
 
 def test_split_keeps_a_contiguous_tail():

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from charlm import configs as config, data, lines, model as models, training as train
+from charlm import configs as configs as config, lines, model as models, training as training as train, vocab as vocabs
 from charlm.engine import mx, nd
 
 BOS, EOS = 0, 1
@@ -94,7 +94,7 @@ def test_the_loss_of_a_padded_batch_is_the_loss_of_its_lines_one_by_one(cell):
 def test_lines_mode_trains_and_evaluates_per_real_token(tiny_cfg):
     tiny_cfg.data.mode, tiny_cfg.data.batch_size, tiny_cfg.train.epochs = "lines", 2, 5
     s = train.setup(tiny_cfg, mx.cpu())
-    assert s.vocab.tokens[s.vocab.bos] == data.BOS and s.vocab.tokens[s.vocab.eos] == "\n"
+    assert s.vocab.tokens[s.vocab.bos] == vocabs.BOS and s.vocab.tokens[s.vocab.eos] == "\n"
     assert s.train_ids[-1] == s.vocab.eos  # the split falls on a line end
     records = []
     train.fit(s, type("R", (), {"save_checkpoint": lambda *a, **k: records.append(a[3])})())

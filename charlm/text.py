@@ -1,0 +1,104 @@
+"""Reading text files in bounded chunks, with one-line errors for what cannot be read, and the tutorial's
+normalisations, shared by corpora and generation prefixes."""
+import codecs
+import re
+from importlib import resources
+from pathlib import Path
+
+from .errors import CharlmError
+
+_NON_LETTERS = re.compile("[^A-Za-z]+")
+CHUNK = 1 << 22  # bytes read per step: bounds the temporaries, whatever the size of the corpus
+# train takes --encoding and --errors; eval has neither and reads text as its run was trained
+DECODE_HINT = "give its --encoding, or --errors replace (eval reads it with the run's data.encoding and data.errors)"
+
+
+def corpus_path(path):
+    """Resolve a data.path setting to a file; None (or empty) means the bundled Time Machine."""
+    if not path:
+        return Path(str(resources.files("charlm").joinpath("corpora", "timemachine.txt")))
+    return Path(path).expanduser()
+
+
+def check_file(path):
+    """Return path if it is an existing file, else raise a CharlmError saying what it is."""
+    try:
+        if not path.exists():
+            raise CharlmError(f"data file not found: {path}")
+        if path.is_dir():
+            raise CharlmError(f"data path is a directory, not a text file: {path}")
+    except OSError as e:  # a directory on the way that cannot be searched
+        raise CharlmError(f"cannot read data file {path}: {e.strerror}") from None
+    return path
+
+
+def decoded_chunks(path, encoding="utf-8", errors="strict", hint=DECODE_HINT):
+    """The file's text, read once in CHUNK-byte steps, with Windows line ends read as newlines."""
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise CharlmError(f"unknown text encoding {encoding!r}") from None
+    if not info._is_text_encoding:  # rot13, base64, zlib...: codecs, but not from bytes to text
+        raise CharlmError(f"{encoding!r} is not a text encoding; give one such as utf-8, latin-1 or cp1252")
+    codec = info.name
+    decoder, offset, held = codecs.getincrementaldecoder(codec)(errors), 0, ""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CharlmError(f"cannot read data file {path}: {e.strerror}") from None
+    with f:
+        while True:
+            raw = f.read(CHUNK)
+            # UTF-8 text never holds NUL; the first chunk is enough to tell a binary file.
+            if offset == 0 and codec == "utf-8" and b"\x00" in raw:
+                raise CharlmError(f"{path} looks like a binary file (it contains NUL bytes), not UTF-8 text")
+            buffered = len(decoder.getstate()[0])  # bytes of a character split by the last chunk
+            try:
+                text = held + decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                at = offset - buffered + e.start
+                raise CharlmError(f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at offset "
+                                  f"{at}; {hint}") from None
+            except UnicodeError as e:  # not about one byte: a UTF-16 file without its byte order mark
+                raise CharlmError(f"{path} is not valid {encoding}: {e}; {hint}") from None
+            offset += len(raw)
+            held = text[-1:] if raw and text.endswith("\r") else ""  # "\r" + "\n" may straddle two chunks
+            yield text[:len(text) - len(held)].replace("\r\n", "\n")
+            if not raw:
+                return
+
+
+def read_text(path):
+    """A whole UTF-8 text file, with the corpus reader's clear errors."""
+    return "".join(decoded_chunks(check_file(path), hint="convert it to UTF-8"))
+
+
+def letters(text):
+    """d2l's normalisation: every run of characters other than ASCII letters becomes one space."""
+    return _NON_LETTERS.sub(" ", text)
+
+
+def normalise(text, d):
+    """Text with the normalisations a DataConfig d asks for, in the tutorial's order."""
+    if d.lowercase:
+        text = text.lower()
+    if d.strip_newlines:
+        text = text.replace("\n", "")
+    return letters(text) if d.letters_only else text
+
+
+def normalised_chunks(path, d, max_chars=0):
+    """The file's text decoded and normalised as a DataConfig d says, its first max_chars characters (0 = all)."""
+    spaced, left = False, max_chars or -1
+    for text in decoded_chunks(path, d.encoding, d.errors):
+        text = normalise(text, d)
+        if d.letters_only:
+            if text.startswith(" ") and spaced:
+                text = text[1:]  # the run of non-letters began in the last chunk
+            spaced = text.endswith(" ") or (spaced and not text)
+        if left > 0:
+            text, left = text[:left], left - min(left, len(text))
+        if text:
+            yield text
+        if not left:
+            return
