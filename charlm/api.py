@@ -178,7 +178,7 @@ class LM:
     def score(self, text):
         """Loss (nats per token), perplexity, bits per character (character level) and token count of text,
         read as the training text was."""
-        from .generate import normalise
+        from .text import normalise
 
         return self._scores(self.vocab.encode(normalise(text.replace("\r\n", "\n"), self.config.data)))
 

@@ -70,7 +70,7 @@ def work_charlm(a):
     """charlm's own training loop (train.train_stretch, as `charlm train` runs it) on the bundled corpus."""
     import numpy as np
 
-    from charlm import configs as configs as config, training as training as train
+    from charlm import configs as config, training as train
     from charlm.engine import mx
 
     cfg = config.Config()
@@ -199,7 +199,7 @@ def work_torch(a):
 
 def work_generate(a):
     """Greedy continuation of 1,000 characters by the default model (speed does not depend on the weights)."""
-    from charlm import configs as configs as config, data, generate, model as models
+    from charlm import configs as config, data, generate, model as models
     from charlm.engine import mx
 
     cfg = config.Config()

@@ -21,7 +21,7 @@ def measure(path, trained, batches):
     """Training tokens/s in this process (see the module docstring)."""
     import numpy as np
 
-    from charlm import run as runs, training as training as train
+    from charlm import run as runs, training as train
     from charlm.engine import mx
 
     run = runs.find(path)

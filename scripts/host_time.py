@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from charlm import configs as configs as config, engine, training as training as train
+from charlm import configs as config, engine, training as train
 from charlm.engine import mx
 
 WARMUP = 20

@@ -30,7 +30,7 @@ def rss_mb():
 
 def epochs(args):
     """Train the default config in this process and record RSS after every epoch."""
-    from charlm import configs as configs as config, engine, training as training as train
+    from charlm import configs as config, engine, training as train
     from charlm.run import Run
 
     cfg = config.resolve()

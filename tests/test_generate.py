@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from charlm import generate, training as training as train
+from charlm import generate, training as train
 from charlm.engine import mx, nd
 from charlm.errors import CharlmError
 

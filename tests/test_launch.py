@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlm import data, model as models, training as training as train
+from charlm import data, model as models, training as train
 from charlm.engine import mx
 from charlm.run import Run
 

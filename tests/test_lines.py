@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from charlm import configs as configs as config, lines, model as models, training as training as train, vocab as vocabs
+from charlm import configs as config, lines, model as models, training as train, vocab as vocabs
 from charlm.engine import mx, nd
 
 BOS, EOS = 0, 1

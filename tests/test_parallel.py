@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charlm import configs as configs as config, optim, parallel, training as training as train
+from charlm import configs as config, optim, parallel, training as train
 from charlm.cli import main
 from charlm.engine import gluon, mx, nd
 from charlm.errors import CharlmError, Interrupted
@@ -118,7 +118,7 @@ def test_a_two_device_run_resumes_exactly_and_generates(corpus, tmp_path):
 
 def test_a_two_device_run_checkpointed_mid_epoch_resumes_exactly(tiny_cfg, tmp_path):
     """The carried state of several devices is saved whole and split again on resume."""
-    from charlm import parallel, training as training as train
+    from charlm import parallel, training as train
     from charlm.engine import mx
     tiny_cfg.data.iterator, tiny_cfg.train.checkpoint_every, tiny_cfg.model.dropout = "sequential", 10, 0.3
     ctxs = [mx.cpu(0), mx.cpu(1)]

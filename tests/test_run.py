@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from charlm import run as runs, training as training as train
+from charlm import run as runs, training as train
 from charlm.engine import mx, nd
 from charlm.errors import CharlmError
 

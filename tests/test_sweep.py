@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from charlm import configs as configs as config, sweep as sweeps
+from charlm import configs as config, sweep as sweeps
 from charlm.cli import main
 from charlm.errors import CharlmError
 

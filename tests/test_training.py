@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from charlm import data, model as models, training as training as train
+from charlm import data, model as models, training as train
 from charlm.engine import mx, nd
 from charlm.errors import CharlmError, Interrupted
 
