@@ -146,7 +146,7 @@ def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, *
 
 def _new_run(config_files, typed, sets, runs_dir, name, devices, kvstore):
     """Resolve the config, read the corpus, build the model and create the run directory (rank 0 only)."""
-    from . import engine, parallel, train as training  # a parameter server's process serves from here on
+    from . import checkpoint, engine, parallel, train as training  # a parameter server's process serves from here on
     from .run import BEST, Run, init_source
 
     cfg = configs.resolve(config_files, typed, sets)
@@ -157,7 +157,7 @@ def _new_run(config_files, typed, sets, runs_dir, name, devices, kvstore):
     ctx = engine.contexts(*devices)
     s = training.setup(cfg, ctx, parallel.connect(cfg, ctx, kvstore), vocab)
     if source:
-        source.load_params(s.model, source.path / BEST, ctx)
+        checkpoint.load_params(s.model, source.path / BEST, ctx)
     if s.workers and s.workers.rank:
         return s, parallel.NoRun()
     run = Run.create(runs_dir, name)
@@ -418,7 +418,7 @@ def _epoch_done(bar, r, samples):
 @_user_errors
 def generate(prefix, length, temperature, top_k, seed, run_dir, runs_dir, gpu):
     """Continue PREFIX with the run's best model; prints only the text."""
-    from . import engine, generate as generation
+    from . import checkpoint, engine, generate as generation
     from .run import find
 
     if length < 1:
@@ -431,7 +431,7 @@ def generate(prefix, length, temperature, top_k, seed, run_dir, runs_dir, gpu):
         raise CharlmError(f"--top-k must be between 1 and the vocabulary size {len(vocab)}, got {top_k}")
     ids = generation.encode_prefix(prefix, vocab, run.config().data)
     ctx = engine.context(gpu)
-    text = generation.complete(run.load_model(ctx), vocab, ids, length, ctx, temperature, top_k, seed)
+    text = generation.complete(checkpoint.load_model(run, ctx), vocab, ids, length, ctx, temperature, top_k, seed)
     click.echo(text)
 
 
@@ -448,7 +448,7 @@ def generate(prefix, length, temperature, top_k, seed, run_dir, runs_dir, gpu):
 def evaluate(data_path, task, as_json, run_dir, runs_dir, gpu):
     """Perplexity (per word at word level, with bits per character at char level) of the run's best
     model, or its accuracy on addition lines."""
-    from . import data, engine, train as training
+    from . import checkpoint, data, engine, train as training
     from .run import find
 
     run = find(run_dir, runs_dir)
@@ -465,7 +465,7 @@ def evaluate(data_path, task, as_json, run_dir, runs_dir, gpu):
             raise CharlmError(f"{run.path} has no validation split (val_frac 0): pass --data FILE")
         ids = training.split_text(cfg, vocab, data.corpus_of(d, vocab=vocab)[1])[1]
     ctx = engine.context(gpu)
-    nll, tokens = training.evaluate(run.load_model(ctx), ids, cfg, vocab, ctx)
+    nll, tokens = training.evaluate(checkpoint.load_model(run, ctx), ids, cfg, vocab, ctx)
     result = {**training.scores("", nll / tokens, d.level), "tokens": tokens}
     if as_json:
         click.echo(json.dumps(result))
@@ -476,7 +476,7 @@ def evaluate(data_path, task, as_json, run_dir, runs_dir, gpu):
 
 def _eval_addition(run, vocab, data_path, as_json, gpu):
     """Print the exact-match accuracy of the run's best model on the addition lines of data_path."""
-    from . import addition, data, engine
+    from . import addition, checkpoint, data, engine
 
     if not data_path:
         raise CharlmError("--task addition needs --data FILE of lines a+b=c (see `charlm data addition`)")
@@ -486,7 +486,7 @@ def _eval_addition(run, vocab, data_path, as_json, gpu):
     start = vocab.bos if d.mode == "lines" else vocab.eos
     if vocab.level != "char" or start is None:
         raise CharlmError(f"{run.path} is not a character model trained on lines: it cannot answer a+b=")
-    exact, positions = addition.accuracy(run.load_model(ctx), vocab, start, lines, ctx)
+    exact, positions = addition.accuracy(checkpoint.load_model(run, ctx), vocab, start, lines, ctx)
     result = {"accuracy": exact, "count": len(lines), "position_accuracy": positions}
     if as_json:
         click.echo(json.dumps(result))

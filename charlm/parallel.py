@@ -53,9 +53,8 @@ class Workers:
         Updates run on the servers only under dist_async, where MXNet requires it; otherwise each
         device updates its copy with the summed gradient, which keeps the learning rate and the
         optimizer state in this process, where lr_decay and checkpoints reach them."""
-        kind = _ServerTrainer if self.is_async else _Trainer
-        return kind(params, optimizer, optimizer_params, kvstore=self.kv or self.kvstore,
-                    update_on_kvstore=self.is_async)
+        return _Trainer(params, optimizer, optimizer_params, kvstore=self.kv or self.kvstore,
+                        update_on_kvstore=self.is_async)
 
     def allsum(self, *values):
         """values summed over the workers under dist_sync, as floats; as they are otherwise."""
@@ -84,15 +83,6 @@ class _Trainer(gluon.Trainer):
         # the pulls costs one sync per Trainer.
         super()._init_params()
         nd.waitall()
-
-
-class _ServerTrainer(_Trainer):
-    """A Trainer whose optimizer runs on the servers (dist_async)."""
-
-    def save_states(self, fname):
-        """Save the optimizer's settings: its state is on the servers, which MXNet cannot read back."""
-        with open(fname, "wb") as f:
-            f.write(mx.optimizer.get_updater(self.optimizer).get_states(dump_optimizer=True))
 
 
 def connect(cfg, ctx, kvstore="local"):
@@ -207,17 +197,12 @@ def train_steps(s, objective, trainer, batches, first, end, sums, state, on_batc
 
 
 class NoRun:
-    """Where workers other than rank 0 train into: a run directory that writes nothing."""
+    """Where workers other than rank 0 train into: a run directory that writes nothing (checkpoint saves
+    nothing into a run without a path)."""
     path = None
 
     def lock(self):
         return contextlib.nullcontext(self)
-
-    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0, hidden=None):
-        """Nothing: rank 0 saves the run."""
-
-    def save_position(self, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0):
-        """Nothing: rank 0 saves the run."""
 
     def read_state(self):
         return {}

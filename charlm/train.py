@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import config as configs, data, engine, generate, lines, model as models, optim, parallel
+from . import checkpoint, config as configs, data, engine, generate, lines, model as models, optim, parallel
 from .engine import autograd, gluon, mx, nd
 from .errors import CharlmError
 from .run import METRICS, STATE
@@ -195,7 +195,7 @@ def evaluate(model, ids, cfg, vocab, ctx):
 
 def test(s, run):
     """Score the test file with the run's best parameters; the scores are kept in state.json."""
-    nll, tokens = evaluate(run.load_model(s.device), s.test_ids, s.cfg, s.vocab, s.device)
+    nll, tokens = evaluate(checkpoint.load_model(run, s.device), s.test_ids, s.cfg, s.vocab, s.device)
     result = {**scores("test_", nll / tokens, s.cfg.data.level), "test_tokens": tokens}
     run.write_state({**run.read_state(), "test": result})
     return result
@@ -254,7 +254,7 @@ def restore(s, run, trainer):
                           f"checkpoint's; its best loss is unknown")
     progress = Progress(lr_scale=state.get("lr_scale", 1.0))
     if done or step:
-        hidden = run.load_last(s.model, trainer, s.ctx)
+        hidden = checkpoint.load_last(run, s.model, trainer, s.ctx)
         try:
             elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
             best = min(map(checkpoint_metric, records), default=math.inf)
@@ -330,8 +330,8 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
                 break
             if done > step:  # a checkpoint boundary, or a stop with batches trained since the last checkpoint
                 p.step, p.partial, p.hidden = done, {**sums.read(), "elapsed_s": time.perf_counter() - start}, state
-                run.save_position(s.model, trainer, p.epoch, done, p.partial,
-                                  state if batches.carries_state else None, p.lr_scale)
+                checkpoint.save_position(run, s.model, trainer, p.epoch, done, p.partial,
+                                         state if batches.carries_state else None, p.lr_scale)
                 saved = True
             if done < end:
                 raise Interrupted()
@@ -354,7 +354,7 @@ def fit(s, run, trainer=None, progress=None, on_batch=None, on_epoch=None, stop=
         metric = checkpoint_metric(record)
         if metric >= p.best:
             p.lr_scale *= tcfg.plateau_factor  # no better than the best so far: anneal (off at 1)
-        run.save_checkpoint(s.model, trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale)
+        checkpoint.save_epoch(run, s.model, trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale)
         saved, p.best = True, min(p.best, metric)
         p.epoch, p.step, p.partial, p.hidden, p.elapsed = epoch, 0, None, None, record["elapsed_s"]
         samples = _samples(s) if tcfg.sample_every and epoch % tcfg.sample_every == 0 else []

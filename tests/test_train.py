@@ -4,42 +4,24 @@ import time
 import numpy as np
 import pytest
 
-from charlm import data, model as models, train
+from charlm import data, model as models, parallel, train
 from charlm.engine import mx, nd
 from charlm.errors import CharlmError
 
 
-class NoRun:
-    """Stands in for a run directory: records what fit asks to save."""
-
-    def __init__(self):
-        self.records = []
-
-    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0):
-        self.records.append((record, is_best))
-
-    def read_state(self):
-        return {}
-
-    def write_state(self, state):
-        """Nothing kept: no test reads it back from here."""
-
-
-def test_loss_falls_on_a_small_corpus(tiny_cfg):
+def test_loss_falls_on_a_small_corpus(tiny_cfg, epochs_saved):
     tiny_cfg.train.epochs = 4
     s = train.setup(tiny_cfg, mx.cpu())
-    run = NoRun()
-    train.fit(s, run)
-    losses = [r["train_loss"] for r, _ in run.records]
+    train.fit(s, parallel.NoRun())
+    losses = [r["train_loss"] for r, _ in epochs_saved]
     assert losses[-1] < losses[0] - 0.5
     assert losses[0] < math.log(len(s.vocab)) + 0.2  # starts near uniform guessing
 
 
-def test_fit_records_every_metric(tiny_cfg):
+def test_fit_records_every_metric(tiny_cfg, epochs_saved):
     s = train.setup(tiny_cfg, mx.cpu())
-    run = NoRun()
-    train.fit(s, run)
-    record, is_best = run.records[0]
+    train.fit(s, parallel.NoRun())
+    record, is_best = epochs_saved[0]
     assert is_best
     for key in ["epoch", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_bpc", "tokens_per_s", "elapsed_s"]:
         assert key in record
@@ -106,26 +88,23 @@ def test_sequential_training_carries_state_between_batches(tiny_cfg, monkeypatch
         return real_step(objective, trainer, grads, X, Y, state, *rest)
 
     monkeypatch.setattr(train, "train_step", spy)
-    train.fit(s, NoRun())
+    train.fit(s, parallel.NoRun())
     assert seen[0] == 0 and all(v > 0 for v in seen[1:3])
 
 
-def test_same_seed_gives_the_same_run(tiny_cfg):
-    runs = []
+def test_same_seed_gives_the_same_run(tiny_cfg, epochs_saved):
     for _ in range(2):
-        run = NoRun()
-        train.fit(train.setup(tiny_cfg, mx.cpu()), run)
-        runs.append([r["train_loss"] for r, _ in run.records])
-    assert runs[0] == runs[1]
+        train.fit(train.setup(tiny_cfg, mx.cpu()), parallel.NoRun())
+    losses = [r["train_loss"] for r, _ in epochs_saved]
+    assert losses[:tiny_cfg.train.epochs] == losses[tiny_cfg.train.epochs:]
 
 
-def test_divergence_stops_with_a_clear_error(tiny_cfg):
+def test_divergence_stops_with_a_clear_error(tiny_cfg, epochs_saved):
     s = train.setup(tiny_cfg, mx.cpu())
     s.model.decoder.bias.set_data(nd.full(s.model.decoder.bias.shape, float("nan")))  # a NaN, as overflow makes
-    run = NoRun()
     with pytest.raises(CharlmError, match=r"diverged at step 1 \(epoch 1\)"):
-        train.fit(s, run)
-    assert run.records == []  # nothing written over the checkpoints of earlier epochs
+        train.fit(s, parallel.NoRun())
+    assert epochs_saved == []  # nothing written over the checkpoints of earlier epochs
 
 
 def test_rollback_reloads_the_last_checkpoint_with_half_the_learning_rate(tiny_cfg, tmp_path):
@@ -183,7 +162,7 @@ def test_rollback_gives_up_after_three_tries(tiny_cfg, monkeypatch):
 
     monkeypatch.setattr(train, "train_steps", always_bad)
     with pytest.raises(CharlmError, match="diverged at step 1"):
-        train.fit(s, NoRun())
+        train.fit(s, parallel.NoRun())
     assert len(tries) == 1 + train.MAX_ROLLBACKS
 
 
@@ -221,7 +200,7 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(tiny_cfg, tmp_path, dropout, ev
     per_epoch = len(data.SequentialBatches(train.setup(tiny_cfg, mx.cpu()).train_ids, 4, 8, np.random.default_rng(0)))
     assert (state["epoch"], state["step"]) == divmod(stop_after, per_epoch)
     assert sorted(p.name for p in cut.path.glob("last-*")) == [
-        f"last-e{state['epoch']}-s{state['step']}.{ext}" for ext in ("hidden", "params", "states")]
+        f"last-e{state['epoch']}-s{state['step']}.{ext}" for ext in ("hidden", "optim", "params")]
     _, got = train_in(tiny_cfg, tmp_path / "cut")
     for a, b in zip(whole.metrics(), cut.metrics(), strict=True):
         for key in ("train_loss", "val_loss", "grad_norm"):
