@@ -10,12 +10,6 @@ class _Scaled:
 
     grad_scale = None
 
-    def __getstate__(self):  # Trainer.save_states pickles the optimizer: the factor is a step's, not state
-        state = super().__getstate__()
-        state.pop("grad_scale", None)
-        state.pop("_on_device", None)
-        return state
-
     def _device_array(self, values, ctx):
         """values as an array on ctx, copied once: a copy per step waited for the device (measured)."""
         cache = self.__dict__.setdefault("_on_device", {})
@@ -59,7 +53,7 @@ def create(name, learning_rate):
 def clip(trainer, grads, max_norm):
     """Clip grads (flat views of the gradients) to a global L2 norm of at most max_norm (none at 0) for
     trainer's next step: the factor goes to the optimizer when it takes one, else grads are scaled in place
-    (an optimizer unpickled from a run saved before this module). Returns the norm before, (1,) on the device."""
+    (Adam, MXNet's own). Returns the norm before, (1,) on the device."""
     norm, factor = engine.global_norm(grads, max_norm)
     if isinstance(trainer.optimizer, _Scaled):
         trainer.optimizer.grad_scale = factor
