@@ -95,14 +95,14 @@ class Plant:
         return open, (self.path, "w")
 
 
-@pytest.mark.parametrize("planted, message", [
-    ("last-e1-s0.states", "(last-e1-s0.states) is a pickle, which can run code when loaded: --resume does not read "
-                          "it; go on from its parameters in a new run with charlm train --init-from"),  # an old run
+@pytest.mark.parametrize("planted, message", [  # a run an earlier charlm saved; a pickle named as the new file
+    ("last-e1-s0.states", ("(last-e1-s0.states) is a pickle, which can run code when loaded: --resume does not "
+                           "read it; go on from its parameters in a new run with charlm train --init-from")),
     ("last-e1-s0.optim", "last-e1-s0.optim (optimizer state) cannot be loaded"),
 ])
 def test_resume_never_unpickles_a_planted_optimizer_file(saved_run, tmp_path, planted, message):
     _, r = saved_run
-    pickle.loads(pickle.dumps(Plant(tmp_path / "armed")))
+    pickle.loads(pickle.dumps(Plant(tmp_path / "armed"))).close()
     assert (tmp_path / "armed").exists()  # the payload works when unpickled
     (r.path / "last-e1-s0.optim").unlink()
     (r.path / planted).write_bytes(pickle.dumps(Plant(tmp_path / "marker")))
