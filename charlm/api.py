@@ -76,13 +76,13 @@ def _guarded(workers, work, *args):
 
 def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
     """Read the corpus, build the model, create the run directory (rank 0 only) and train."""
-    from . import training
+    from . import checkpoint, training
     from .run import BEST, init_source
 
     source, vocab = init_source(cfg) if cfg.train.init_from else (None, None)
     s = training.setup(cfg, devices, workers, vocab)
     if source:
-        source.load_params(s.model, source.path / BEST, devices)
+        checkpoint.load_params(s.model, source.path / BEST, devices)
     run = None
     if not workers.rank:
         run = Run.create(runs_dir, name)
@@ -151,11 +151,11 @@ class LM:
     """A trained model: the best parameters of a run, with its vocabulary and config."""
 
     def __init__(self, run, gpu=False):
-        from . import engine
+        from . import checkpoint, engine
 
         self.run, self.config, self.vocab = run, run.config(), run.vocab()
         self.ctx = engine.context(gpu)
-        self.model = run.load_model(self.ctx)
+        self.model = checkpoint.load_model(run, self.ctx)
 
     def generate(self, prefix, length=100, temperature=None, top_k=None, seed=None):
         """The prefix (normalised as the training text was) and `length` generated tokens, as text: greedy, or

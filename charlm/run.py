@@ -1,8 +1,10 @@
-"""The run directory: config, vocabulary, checkpoints, state and metrics, each file written atomically."""
+"""The run directory: config, vocabulary, state and metrics, each file written atomically, and its lock.
+Readable without MXNet (charlm.checkpoint saves and loads the MXNet arrays in it)."""
 import contextlib
 import fcntl
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -14,11 +16,6 @@ CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metr
 BEST = "params-best.params"
 LATEST = "latest"
 LOCK = ".lock"
-
-
-def _last_files(tag):
-    """Parameter, optimizer-state and hidden-state files of the last checkpoint called tag."""
-    return f"last-{tag}.params", f"last-{tag}.states", f"last-{tag}.hidden"
 
 
 def atomic_write(path, write):
@@ -141,7 +138,7 @@ class Run:
         write_text(self.path / VOCAB, vocab.to_json())
         self.write_state({"epoch": 0, "status": "running"} if fresh else {**self.read_state(), "status": "running"})
 
-    def _point_latest(self):
+    def point_latest(self):
         """Point runs_dir/latest at this run, replacing the old link in one rename."""
         tmp = self.path.parent / f".{LATEST}.{os.getpid()}.tmp"  # runs of a sweep share this directory
         try:
@@ -153,49 +150,16 @@ class Run:
 
     def write_state(self, state):
         """Write state.json with the versions that wrote it."""
-        from .engine import mx  # already imported by whoever trains; only the version is read
-        state = {**state, "versions": {"charlm": __version__, "mxnet": mx.__version__}}
+        mx = sys.modules.get("mxnet")  # the MXNet this process trains with; importing it here would cost seconds
+        state = {**state, "versions": {"charlm": __version__, "mxnet": getattr(mx, "__version__", None)}}
         write_text(self.path / STATE, json.dumps(state, indent=2) + "\n")
 
-    def save_checkpoint(self, model, trainer, record, is_best, lr_scale=1.0, hidden=None):
-        """At the end of an epoch: save the last checkpoint, the best parameters when is_best, a metrics line."""
-        if is_best:
-            atomic_write(self.path / BEST, model.save_parameters)
+    def append_metrics(self, record):
+        """Append one record to metrics.jsonl, on disk when this returns."""
         with open(self.path / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        best_epoch = record["epoch"] if is_best else self.read_state().get("best_epoch")
-        self._save_last(model, trainer, hidden, {"epoch": record["epoch"], "step": 0, "best_epoch": best_epoch,
-                                                 "lr_scale": lr_scale})
-        if record["epoch"] == 1:
-            self._point_latest()  # from its first checkpoint on, a run has a model to generate from
-
-    def save_position(self, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0):
-        """In the middle of an epoch: save the last checkpoint after `step` batches of epoch + 1, with the
-        epoch's running sums (partial) and the carried hidden state."""
-        self._save_last(model, trainer, hidden, {"epoch": epoch, "step": step, "partial": partial,
-                                                 "best_epoch": self.read_state().get("best_epoch"),
-                                                 "lr_scale": lr_scale})
-
-    def _save_last(self, model, trainer, hidden, state):
-        """Write a new last checkpoint under its own names, then state.json naming it, then drop the old one.
-
-        Until state.json is renamed into place it names the previous checkpoint, whose files are intact,
-        so a kill at any moment leaves one complete, consistent checkpoint."""
-        from .engine import nd
-
-        tag = f"e{state['epoch']}-s{state['step']}"
-        params, states, hid = _last_files(tag)
-        atomic_write(self.path / params, model.save_parameters)
-        atomic_write(self.path / states, trainer.save_states)
-        if hidden is not None:
-            atomic_write(self.path / hid, lambda tmp: nd.save(tmp, list(hidden)))
-        self.write_state({**state, "status": "running", "last": tag})
-        keep = {params, states, hid}
-        for old in self.path.glob("last-*"):
-            if old.name not in keep:
-                old.unlink(missing_ok=True)
 
     def finish(self):
         """Mark the run finished in state.json."""
@@ -206,7 +170,7 @@ class Run:
         path = self.path / STATE
         state = read_json(path) if path.exists() else {}
         kinds = {"epoch": int, "step": int, "last": str, "status": str, "best_epoch": (int, type(None)),
-                 "lr_scale": (int, float), "partial": (dict, type(None))}
+                 "lr_scale": (int, float), "partial": (dict, type(None)), "optimizer": dict}
         if not isinstance(state, dict):
             raise CharlmError(f"{path} is damaged (not a JSON object)")
         for key, kind in kinds.items():
@@ -245,55 +209,6 @@ class Run:
             return vocab_from_json(text)
         except (ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
             raise CharlmError(f"{path} is damaged (not a vocabulary charlm wrote)") from None
-
-    def load_params(self, model, path, ctx):
-        """Load the parameter file path into model."""
-        from .engine import mx
-
-        try:
-            model.load_parameters(str(path), ctx=ctx)
-        except (mx.base.MXNetError, AssertionError, ValueError) as e:
-            # MXNet's messages carry a C++ stack before the cause; the cause is the last line.
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-            cause = lines[-1].removeprefix("MXNetError: ")
-            raise CharlmError(f"{path} cannot be loaded into the model its config.yaml and vocab.json "
-                              f"describe: {cause}") from None
-
-    def load_last(self, model, trainer, ctx):
-        """Load the last checkpoint into model and trainer; return its carried hidden state (or None)."""
-        from .engine import mx, nd
-
-        tag = self.read_state().get("last")
-        params, states, hidden = (self.path / name for name in _last_files(tag))
-        if not tag or not params.exists():
-            raise CharlmError(f"{self.path} has no last checkpoint{f' ({params.name})' if tag else ''}")
-        self.load_params(model, params, ctx)
-        if getattr(model, "packed", False):
-            raise CharlmError(f"{self.path} was saved by an earlier charlm, whose fused layer kept a parameter per "
-                              f"gate group: generate and eval read it, but its optimizer state cannot be resumed; "
-                              f"start a new run")
-        try:
-            trainer.load_states(str(states))
-        except Exception as e:  # MXNet unpickles it: any failure means a damaged file
-            raise CharlmError(f"{states} (optimizer state) cannot be loaded: {type(e).__name__}") from None
-        if not hidden.exists():
-            return None
-        try:
-            device = ctx[0] if isinstance(ctx, list) else ctx  # a carried state is saved whole, from one device
-            return [h.as_in_context(device) for h in nd.load(str(hidden))]
-        except mx.base.MXNetError:
-            raise CharlmError(f"{hidden} (hidden state) cannot be loaded") from None
-
-    def load_model(self, ctx):
-        """Rebuild the model from config.yaml and vocab.json and load its best parameters."""
-        from . import model as models
-
-        model = models.build(self.config().model, len(self.vocab()), ctx)
-        params = self.path / BEST
-        if not params.exists():
-            raise CharlmError(f"{self.path} has no {BEST}: it has not finished an epoch yet")
-        self.load_params(model, params, ctx)
-        return model
 
 
 # the model settings that shape the parameters (of a Gluon cell; a scratch cell's are its first two only);

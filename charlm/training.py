@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import configs, data, engine, generate, lines, model as models, parallel
+from . import checkpoint, configs, data, engine, generate, lines, model as models, parallel
 from .engine import autograd, mx, nd
 from .errors import CharlmError, Interrupted
 from .run import METRICS, STATE
@@ -159,7 +159,7 @@ def evaluate(model, ids, cfg, vocab, ctx):
 
 def test(s, run):
     """Score the test file with the run's best parameters; the scores are kept in state.json."""
-    nll, tokens = evaluate(run.load_model(s.device), s.test_ids, s.cfg, s.vocab, s.device)
+    nll, tokens = evaluate(checkpoint.load_model(run, s.device), s.test_ids, s.cfg, s.vocab, s.device)
     result = {**scores("test_", nll / tokens, s.cfg.data.level), "test_tokens": tokens}
     run.write_state({**run.read_state(), "test": result})
     return result
@@ -207,7 +207,7 @@ def restore(s, run, trainer):
                           f"checkpoint's; its best loss is unknown")
     progress = Progress(lr_scale=state.get("lr_scale", 1.0))
     if done or step:
-        hidden = run.load_last(s.model, trainer, s.workers.ctxs)
+        hidden = checkpoint.load_last(run, s.model, trainer, s.workers.ctxs)
         try:
             elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
             best = min(map(checkpoint_metric, records), default=math.inf)
@@ -350,8 +350,8 @@ def train_epoch(loop, p):
         if done > step:  # a checkpoint boundary, or a stop with batches trained since the last checkpoint
             p.step, p.partial, p.hidden = done, {**epoch.sums.read(), "elapsed_s": loop.elapsed()}, epoch.state
             if loop.run:
-                loop.run.save_position(s.model, loop.trainer, p.epoch, done, p.partial,
-                                       epoch.state if epoch.batches.carries_state else None, p.lr_scale)
+                checkpoint.save_position(loop.run, s.model, loop.trainer, p.epoch, done, p.partial,
+                                         epoch.state if epoch.batches.carries_state else None, p.lr_scale)
         if done < end:
             raise Interrupted()
         step = done
@@ -376,7 +376,7 @@ def end_epoch(loop, p, epoch):
     if metric >= p.best:
         p.lr_scale *= s.cfg.train.plateau_factor  # no better than the best so far: anneal (off at 1)
     if loop.run:
-        loop.run.save_checkpoint(s.model, loop.trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale)
+        checkpoint.save_epoch(loop.run, s.model, loop.trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale)
     p.best = min(p.best, metric)
     p.epoch, p.step, p.partial, p.hidden, p.elapsed = epoch.number, 0, None, None, record["elapsed_s"]
     return record

@@ -21,14 +21,14 @@ def measure(path, trained, batches):
     """Training tokens/s in this process (see the module docstring)."""
     import numpy as np
 
-    from charlm import run as runs, training as train
+    from charlm import checkpoint, run as runs, training as train
     from charlm.engine import mx
 
     run = runs.find(path)
     cfg = run.config()
     s = train.setup(cfg, mx.cpu(), vocab=run.vocab())  # the run's own: a run --init-from another keeps that one's
     if trained:
-        run.load_params(s.model, run.path / runs.BEST, mx.cpu())
+        checkpoint.load_params(s.model, run.path / runs.BEST, mx.cpu())
     loop = train.Loop.of(s)
     order = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
     epoch = train.Epoch(1, order, train.Sums())

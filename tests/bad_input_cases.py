@@ -4,6 +4,7 @@ import contextlib
 import errno
 import json
 import os
+import pickle
 from pathlib import Path
 from unittest import mock
 
@@ -65,8 +66,15 @@ def _fewer_characters(run):
 
 
 def _damage_optimizer_state(run):
-    states = next(run.glob("last-*.states"))
-    states.write_bytes(states.read_bytes()[:20])
+    optim = next(run.glob("last-*.optim"))
+    optim.write_bytes(optim.read_bytes()[:20])
+
+
+def _pickled_optimizer_state(run):
+    """The last checkpoint as an earlier charlm wrote it: the optimizer state a pickle, last-TAG.states."""
+    optim = next(run.glob("last-*.optim"))
+    optim.unlink()
+    optim.with_suffix(".states").write_bytes(pickle.dumps(({}, None)))
 
 
 def _damage_vocab(run):
@@ -195,7 +203,11 @@ CASES = [
      "params-best.params cannot be loaded"),
     ("damaged optimizer state on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("states", _damage_optimizer_state)), "--epochs", "2"],
-     "last-e1-s0.states (optimizer state) cannot be loaded"),
+     "last-e1-s0.optim (optimizer state) cannot be loaded"),
+    ("optimizer state pickled by an earlier charlm, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("pickled", _pickled_optimizer_state)), "--epochs", "2"],
+     "is a pickle, which can run code when loaded: --resume does not read it; go on from its parameters in a new "
+     "run with charlm train --init-from"),
     ("damaged vocabulary", lambda ws: ["generate", "the", "--run", str(ws.damaged_run("badvocab", _damage_vocab))],
      "vocab.json is damaged (not a vocabulary charlm wrote)"),
     ("damaged state file on `--resume`",

@@ -28,3 +28,15 @@ def tiny_cfg(corpus):
     cfg.model.hidden_size, cfg.model.embed_size, cfg.model.num_layers = 16, 8, 1
     cfg.train.epochs, cfg.train.sample_every = 2, 0
     return cfg
+
+
+@pytest.fixture
+def saved_run(tiny_cfg, tmp_path):
+    """(setup, run) of a run directory holding the checkpoint of one (untrained) epoch."""
+    from charlm import checkpoint, run as runs, training as train
+    from charlm.engine import mx
+    s = train.setup(tiny_cfg, mx.cpu())
+    r = runs.Run.create(tmp_path / "runs", "r1")
+    r.start(tiny_cfg, s.vocab)
+    checkpoint.save_epoch(r, s.model, train.make_trainer(s), {"epoch": 1, "train_loss": 2.0}, True)
+    return s, r

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlm import data, model as models, training as train
+from charlm import checkpoint, data, model as models, training as train
 from charlm.engine import mx
 from charlm.run import Run
 
@@ -110,7 +110,7 @@ def test_two_workers_train_together_and_rank_0_alone_writes_the_run(corpus, tmp_
     run = Run(runs / "d")
     cfg = run.config()
     model = models.build(cfg.model, len(run.vocab()), mx.cpu())
-    run.load_params(model, run.path / f"last-{run.read_state()['last']}.params", mx.cpu())
+    checkpoint.load_params(model, run.path / f"last-{run.read_state()['last']}.params", mx.cpu())
     val = data.split(data.corpus_of(cfg.data)[1], cfg.data.val_frac)[1]
     parts = np.array_split(val[:len(val) // 2 * 2], 2) if kvstore == "dist_sync" else [val]
     nll, tokens = np.sum([train.evaluate(model, part, cfg, run.vocab(), mx.cpu()) for part in parts], axis=0)

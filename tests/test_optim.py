@@ -47,7 +47,7 @@ def test_charlms_clip_and_update_equal_clipping_then_mxnets_optimizer(name, stoc
 
 
 def test_an_optimizer_that_takes_no_factor_gets_its_gradients_scaled():
-    """MXNet's own Adam, as dist_async's servers run it."""
+    """Adam keeps MXNet's own update (and dist_async's servers run MXNet's optimizers)."""
     ps = params(0)
     trainer = gluon.Trainer(ps, mx.optimizer.Adam(learning_rate=0.1))
     grads = [p.grad().reshape((-1,)) for p in ps]

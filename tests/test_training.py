@@ -213,7 +213,7 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(tiny_cfg, tmp_path, dropout, ev
     per_epoch = len(data.SequentialBatches(train.setup(tiny_cfg, mx.cpu()).train_ids, 4, 8, np.random.default_rng(0)))
     assert (state["epoch"], state["step"]) == divmod(stop_after, per_epoch)
     assert sorted(p.name for p in cut.path.glob("last-*")) == [
-        f"last-e{state['epoch']}-s{state['step']}.{ext}" for ext in ("hidden", "params", "states")]
+        f"last-e{state['epoch']}-s{state['step']}.{ext}" for ext in ("hidden", "optim", "params")]
     _, got = train_in(tiny_cfg, tmp_path / "cut")
     for a, b in zip(whole.metrics(), cut.metrics(), strict=True):
         for key in ("train_loss", "val_loss", "grad_norm"):

@@ -1,0 +1,133 @@
+"""MXNet state saved into a run directory and loaded back: parameters, optimizer state, carried hidden state.
+Nothing is unpickled: arrays are in MXNet's own format, the optimizer's counters in state.json."""
+from . import model as models
+from .engine import mx, nd
+from .errors import CharlmError
+from .run import BEST, STATE, atomic_write
+
+
+def _last_files(tag):
+    """Parameter, optimizer-state and hidden-state files of the last checkpoint called tag."""
+    return f"last-{tag}.params", f"last-{tag}.optim", f"last-{tag}.hidden"
+
+
+def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0):
+    """At the end of an epoch: save the last checkpoint, the best parameters when is_best, a metrics line."""
+    if is_best:
+        atomic_write(run.path / BEST, model.save_parameters)
+    run.append_metrics(record)
+    best_epoch = record["epoch"] if is_best else run.read_state().get("best_epoch")
+    _save_last(run, model, trainer, None, {"epoch": record["epoch"], "step": 0, "best_epoch": best_epoch,
+                                           "lr_scale": lr_scale})
+    if record["epoch"] == 1:
+        run.point_latest()  # from its first checkpoint on, a run has a model to generate from
+
+
+def save_position(run, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0):
+    """In the middle of an epoch: save the last checkpoint after `step` batches of epoch + 1, with the
+    epoch's running sums (partial) and the carried hidden state."""
+    _save_last(run, model, trainer, hidden, {"epoch": epoch, "step": step, "partial": partial,
+                                             "best_epoch": run.read_state().get("best_epoch"), "lr_scale": lr_scale})
+
+
+def _save_last(run, model, trainer, hidden, state):
+    """Write a new last checkpoint under its own names, then state.json naming it, then drop the old one.
+
+    Until state.json is renamed into place it names the previous checkpoint, whose files are intact,
+    so a kill at any moment leaves one complete, consistent checkpoint."""
+    tag = f"e{state['epoch']}-s{state['step']}"
+    params, optim, hid = _last_files(tag)
+    atomic_write(run.path / params, model.save_parameters)
+    arrays, counters = _optimizer_state(trainer)
+    atomic_write(run.path / optim, lambda tmp: nd.save(tmp, arrays))
+    if hidden is not None:
+        atomic_write(run.path / hid, lambda tmp: nd.save(tmp, list(hidden)))
+    run.write_state({**state, "status": "running", "last": tag, "optimizer": counters})
+    keep = {params, optim, hid}
+    for old in run.path.glob("last-*"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
+def _optimizer_state(trainer):
+    """(arrays, counters): each parameter's optimizer state by index ("3", or "3.0", "3.1" for a tuple such
+    as Adam's mean and variance; none for SGD's) and the optimizer's update counts. Each device applies the
+    same summed gradient: the first one's state is every device's. Under dist_async the state is on the
+    servers, which do not hand it back: none is saved, and a resumed run starts it afresh."""
+    arrays = {}
+    for index, state in trainer._updaters[0].states.items():
+        if isinstance(state, nd.NDArray):
+            arrays[str(index)] = state
+        elif state is not None:
+            arrays.update({f"{index}.{k}": a for k, a in enumerate(state)})
+    opt = trainer.optimizer
+    return arrays, {"num_update": opt.num_update, "begin_num_update": opt.begin_num_update,
+                    "index_update_count": dict(opt._index_update_count)}
+
+
+def _load_optimizer(trainer, path, counters):
+    """Load what _optimizer_state saved into every device's updater of trainer."""
+    try:
+        arrays = nd.load(str(path)) or {}  # SGD's: no arrays, which load as an empty list
+        parts = sorted((([int(n) for n in name.split(".")], a) for name, a in arrays.items()), key=lambda p: p[0])
+    except (mx.base.MXNetError, AttributeError, ValueError):  # AttributeError: a list of arrays, no names
+        raise CharlmError(f"{path} (optimizer state) cannot be loaded") from None
+    try:
+        counts = {int(i): int(n) for i, n in counters["index_update_count"].items()}
+        num_update, begin = int(counters["num_update"]), int(counters["begin_num_update"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CharlmError(f"{path.parent / STATE} is damaged (optimizer is {counters!r})") from None
+    for updater, ctx in zip(trainer._updaters, trainer._contexts):
+        updater.states = {}
+        for (index, *part), array in parts:
+            array = array.copyto(ctx)  # a copy each: an updater writes its state in place, which the next would read
+            updater.states[index] = (*updater.states.get(index, ()), array) if part else array
+        updater.states_synced = dict.fromkeys(updater.states, True)
+    opt = trainer.optimizer
+    opt.num_update, opt.begin_num_update = num_update, begin
+    opt._all_index_update_counts = {ctx.device_id: dict(counts) for ctx in trainer._contexts}
+    opt._index_update_count = opt._all_index_update_counts[trainer._contexts[0].device_id]
+
+
+def load_last(run, model, trainer, ctx):
+    """Load the last checkpoint into model and trainer; return its carried hidden state (or None)."""
+    state = run.read_state()
+    tag = state.get("last")
+    params, optim, hidden = (run.path / name for name in _last_files(tag))
+    if not tag or not params.exists():
+        raise CharlmError(f"{run.path} has no last checkpoint{f' ({params.name})' if tag else ''}")
+    if not optim.exists() and (run.path / f"last-{tag}.states").exists():
+        raise CharlmError(f"{run.path} was saved by an earlier charlm, whose optimizer state (last-{tag}.states) is "
+                          f"a pickle, which can run code when loaded: --resume does not read it; go on from its "
+                          f"parameters in a new run with charlm train --init-from {run.path}")
+    load_params(model, params, ctx)
+    _load_optimizer(trainer, optim, state.get("optimizer"))
+    if not hidden.exists():
+        return None
+    try:
+        device = ctx[0] if isinstance(ctx, list) else ctx  # a carried state is saved whole, from one device
+        return [h.as_in_context(device) for h in nd.load(str(hidden))]
+    except mx.base.MXNetError:
+        raise CharlmError(f"{hidden} (hidden state) cannot be loaded") from None
+
+
+def load_params(model, path, ctx):
+    """Load the parameter file path into model."""
+    try:
+        model.load_parameters(str(path), ctx=ctx)
+    except (mx.base.MXNetError, AssertionError, ValueError) as e:
+        # MXNet's messages carry a C++ stack before the cause; the cause is the last line.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        cause = lines[-1].removeprefix("MXNetError: ")
+        raise CharlmError(f"{path} cannot be loaded into the model its config.yaml and vocab.json "
+                          f"describe: {cause}") from None
+
+
+def load_model(run, ctx):
+    """Rebuild the model from the run's config.yaml and vocab.json and load its best parameters."""
+    model = models.build(run.config().model, len(run.vocab()), ctx)
+    params = run.path / BEST
+    if not params.exists():
+        raise CharlmError(f"{run.path} has no {BEST}: it has not finished an epoch yet")
+    load_params(model, params, ctx)
+    return model
