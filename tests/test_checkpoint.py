@@ -70,9 +70,10 @@ def states(trainer):
 def test_a_resumed_trainer_holds_the_saved_optimizer_state_exactly(tiny_cfg, tmp_path, optimizer, ctx):
     tiny_cfg.train.optimizer, tiny_cfg.train.epochs = optimizer, 1
     s, run, saved = trained(tiny_cfg, tmp_path / "r", ctx if len(ctx) > 1 else ctx[0])
-    fresh = train.setup(tiny_cfg, s.ctx, parallel.connect(tiny_cfg, s.ctx))
-    loaded = train.make_trainer(fresh.model, tiny_cfg.train, fresh.workers)
-    checkpoint.load_last(run, fresh.model, loaded, s.ctx)
+    device = ctx if len(ctx) > 1 else ctx[0]
+    fresh = train.setup(tiny_cfg, device, parallel.connect(tiny_cfg, device))
+    loaded = train.make_trainer(fresh)
+    checkpoint.load_last(run, fresh.model, loaded, ctx)
     expected, got = states(saved)[0], states(loaded)
     assert len(got) == len(ctx) and len(expected) == (0 if optimizer == "sgd" else len(saved._params))
     for device in got:  # every device's updater: the first one's state was saved
