@@ -50,8 +50,8 @@ try:
 except ImportError as e:  # the MXNet build is the user's choice, so no build is a requirement of charlm
     if e.name != "mxnet":
         raise CharlmError(f"MXNet is installed but cannot be imported: {e}") from None
-    raise CharlmError("MXNet is not installed: pip install 'charlm[cpu]' (mxnet==1.9.1), or 'charlm[cu112]' "
-                      "(mxnet-cu112==1.9.1) for CUDA 11.2") from None
+    raise CharlmError("MXNet is not installed: pip install mxnet==1.9.1, or mxnet-cu112==1.9.1 for CUDA 11.2 "
+                      "(from charlm's clone: pip install \".[cpu]\" or \".[cu112]\")") from None
 
 
 PREFETCH = 64  # batches copied to a device together (see on_device)

@@ -74,4 +74,4 @@ def test_engine_without_mxnet_is_a_one_line_error():
             "from charlm.errors import CharlmError\n"
             "try:\n    import charlm.engine\nexcept CharlmError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.startswith("MXNet is not installed: pip install 'charlm[cpu]'") and out.count("\n") == 1
+    assert out.startswith("MXNet is not installed: pip install mxnet==1.9.1") and out.count("\n") == 1
