@@ -4,19 +4,27 @@ setup(
     name="charlm",
     version="0.1.0",
     description="Character-level language models on MXNet Gluon: train, generate, eval",
-    python_requires=">=3.8,<3.12",  # MXNet 1.9.1 imports distutils, which Python 3.12 removed
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    # str.removeprefix needs 3.9; MXNet 1.9.1 imports distutils, which Python 3.12 removed. The tests need 3.10.
+    python_requires=">=3.9,<3.12",
     packages=["charlm", "charlm.corpora"],
     package_data={"charlm.corpora": ["*.txt"]},
     install_requires=[
-        "mxnet==1.9.1",
-        "numpy==1.23.5",  # numpy >= 1.24 removed np.bool, which mxnet 1.9.1 uses
+        # MXNet 1.9.1 uses np.bool, which numpy 1.24 removed; Python 3.11's first numpy wheels are 1.23.2.
+        "numpy>=1.20,<1.24",
         "click>=8.1",
         "tqdm>=4.60",
         "PyYAML>=6.0",
     ],
     extras_require={
+        # The MXNet build is a choice: both install the `mxnet` module, so requiring one here would put it
+        # back over the other on every reinstall. Without an extra, charlm uses whichever is installed.
+        "cpu": ["mxnet==1.9.1"],
+        "cu112": ["mxnet-cu112==1.9.1"],
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5"],  # matplotlib: the plot test runs too
+        # matplotlib: the plot test runs too; wheel: the packaging test builds the wheel without isolation
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "wheel"],
     },
     entry_points={"console_scripts": ["charlm = charlm.cli:main"]},
 )

@@ -11,7 +11,8 @@ from .errors import CharlmError
 
 # MXNet's OpenMP assumes SMT and uses half the cores; on these 2-core machines that is one
 # thread. Using every core measured +40% on the fused LSTM. Set before import: read only then.
-os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
+os.environ.setdefault("OMP_NUM_THREADS", str(CPUS))
 # MXNet's operator tuning keeps elementwise ops it judges small on one thread. The gated scratch cells
 # are made of such ops, a few per time step: on every thread they measured 4-7% faster (scratch-lstm,
 # scratch-gru), and the other cells the same (scripts/bench.py). Also read only at import.
@@ -43,8 +44,14 @@ def flush_denormals():
 # the import, so that MXNet's engine and OpenMP threads inherit it.
 FLUSH_DENORMALS = flush_denormals()
 
-import mxnet as mx  # noqa: E402
-from mxnet import autograd, gluon, nd  # noqa: E402,F401
+try:
+    import mxnet as mx  # noqa: E402
+    from mxnet import autograd, gluon, nd  # noqa: E402,F401
+except ImportError as e:  # the MXNet build is the user's choice, so no build is a requirement of charlm
+    if e.name != "mxnet":
+        raise CharlmError(f"MXNet is installed but cannot be imported: {e}") from None
+    raise CharlmError("MXNet is not installed: pip install mxnet==1.9.1, or mxnet-cu112==1.9.1 for CUDA 11.2 "
+                      "(from charlm's clone: pip install \".[cpu]\" or \".[cu112]\")") from None
 
 
 PREFETCH = 64  # batches copied to a device together (see on_device)

@@ -1,28 +1,44 @@
-"""Print the README's table of bad inputs and the one-line error each gets, by running every case of
+"""Print docs/reliability.md's table of bad inputs and the one-line error each gets, by running every case of
 tests/bad_input_cases.py (the list the tests check):
 
-    python scripts/bad_inputs.py
+    python scripts/bad_inputs.py            # print the table
+    python scripts/bad_inputs.py --write    # replace the table in docs/reliability.md
 """
 import re
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
 
 from bad_input_cases import CASES, Workspace, invoke  # noqa: E402
 
+DOC = ROOT / "docs" / "reliability.md"
+START, END = "<!-- bad-inputs:start -->\n", "\n<!-- bad-inputs:end -->"
 
-def main():
+
+def table():
+    """The Markdown table, one row per case, as the cases' errors read now."""
+    rows = ["| bad input | exit | message |", "|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(tmp)
-        print("| bad input | exit | message |")
-        print("|---|---|---|")
         for what, args, _ in CASES:
             result = invoke(ws, what, args)
             message = result.output.strip().replace(tmp, "…").replace("|", "\\|")
             message = re.sub(r"\s+", " ", message)
-            print(f"| {what} | {result.exit_code} | `` {message} `` |")  # double backticks: messages quote flags
+            rows.append(f"| {what} | {result.exit_code} | `` {message} `` |")  # double backticks: messages quote flags
+    return "\n".join(rows)
+
+
+def main():
+    text = table()
+    if sys.argv[1:] != ["--write"]:
+        print(text)
+        return
+    doc = DOC.read_text(encoding="utf-8")
+    head, rest = doc.split(START)
+    DOC.write_text(head + START + text + END + rest.split(END, 1)[1], encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ and peak RSS training on a large corpus against the same training on the bundled
     python scripts/memory.py epochs [--epochs 20]          # the default config, RSS after each epoch
     python scripts/memory.py corpus [--mb 200 --batches 300]
 
-Prints Markdown tables for the README.
+Prints Markdown tables for docs/performance.md.
 """
 import argparse
 import json

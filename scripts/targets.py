@@ -1,4 +1,4 @@
-"""Measure the README's quality figures by running the real commands: wall time, perplexity, samples.
+"""Measure the recipes' figures (README, docs/recipes.md) by running their commands: time, perplexity, samples.
 
     python scripts/targets.py                 # all of the below, one after the other
     python scripts/targets.py default         # only `charlm train` (+ `charlm generate "the time ma"`)

@@ -1,5 +1,5 @@
 """Every bad input charlm is known to meet and the one-line error it gets. test_bad_inputs.py checks
-each row; scripts/bad_inputs.py prints the README's table from this same list."""
+each row; scripts/bad_inputs.py prints docs/reliability.md's table from this same list."""
 import contextlib
 import errno
 import json

@@ -1,5 +1,6 @@
 """Each bad input gets its one-line error, exit status 1, no traceback, and leaves saved runs as they were."""
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,9 @@ def test_bad_input_is_one_clear_line(ws, what, args, message):
     assert digest(ws.run) == before  # nothing already saved is touched
     new_runs = ws.tmp / "new-runs"
     assert not (new_runs.exists() and any(new_runs.iterdir()))  # a run that could not start leaves nothing
+
+
+def test_reliability_doc_has_a_row_per_case():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text(encoding="utf-8")
+    rows = {line.split(" | ")[0].removeprefix("| ") for line in doc.splitlines() if line.startswith("| ")}
+    assert [c[0] for c in CASES if c[0] not in rows] == [], "python scripts/bad_inputs.py --write"
