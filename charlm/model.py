@@ -1,6 +1,5 @@
 """Character language models behind one interface:
 `begin_state(batch_size, ctx)` and `model(X, state) -> (logits (T, N, V), state)`."""
-import tempfile
 import weakref
 
 import numpy as np
@@ -236,7 +235,6 @@ class RNNLM(gluon.HybridBlock):
             self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size, **tied)
 
     state_batch_axis = 1
-    packed = False
 
     def begin_state(self, batch_size, ctx):
         """Zero states of the rnn layer, each (layers, N, H)."""
@@ -248,23 +246,6 @@ class RNNLM(gluon.HybridBlock):
             _STEPPERS[self] = _Steps(self)
             _STEPPERS[self].hybridize(static_alloc=True, static_shape=True)
         return _STEPPERS[self]
-
-    def load_parameters(self, filename, ctx=None, **kwargs):
-        """Gluon's load_parameters, which also reads files saved by Gluon's own fused layers (a parameter per
-        gate group: charlm before the flat layout) by packing their pieces into the flat vector; `packed`
-        then says so."""
-        try:
-            return super().load_parameters(filename, ctx=ctx, **kwargs)
-        except AssertionError:  # Gluon checks for missing parameters before it sets any
-            loaded = mx.nd.load(filename)
-            old = ["rnn._unfused.{}.{}_{}".format(*name[1:].split("_")) for name, _ in self.rnn.pieces]
-            if not (isinstance(loaded, dict) and all(name in loaded for name in old)):
-                raise
-        loaded["rnn.parameters"] = mx.nd.concat(*[loaded.pop(name).reshape((-1,)) for name in old], dim=0)
-        self.packed = True  # the optimizer state saved beside such a file is per piece: not resumable
-        with tempfile.TemporaryDirectory() as tmp:
-            mx.nd.save(f"{tmp}/packed.params", loaded)
-            return super().load_parameters(f"{tmp}/packed.params", ctx=ctx, **kwargs)
 
     def hybrid_forward(self, F, X, state):
         x = self.embedding(X) if self.embedding else F.one_hot(X, self.vocab_size)  # (T, N, E)

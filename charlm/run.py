@@ -268,10 +268,6 @@ class Run:
         if not tag or not params.exists():
             raise CharlmError(f"{self.path} has no last checkpoint{f' ({params.name})' if tag else ''}")
         self.load_params(model, params, ctx)
-        if getattr(model, "packed", False):
-            raise CharlmError(f"{self.path} was saved by an earlier charlm, whose fused layer kept a parameter per "
-                              f"gate group: generate and eval read it, but its optimizer state cannot be resumed; "
-                              f"start a new run")
         try:
             trainer.load_states(str(states))
         except Exception as e:  # MXNet unpickles it: any failure means a damaged file

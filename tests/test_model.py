@@ -143,24 +143,15 @@ GLUON_LAYERS = {"rnn": lambda: gluon.rnn.RNN(H, 2, activation="tanh", input_size
                 "lstm": lambda: gluon.rnn.LSTM(H, 2, input_size=4), "gru": lambda: gluon.rnn.GRU(H, 2, input_size=4)}
 
 
-def gluon_layer_and_its_file(cell, model, path):
-    """A random Gluon fused layer, and a parameter file of `model` holding it as Gluon saves its layers."""
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_flat_fused_layer_equals_gluons_layer(cell):
+    """Given a Gluon fused layer's weights packed in the operator's order, the flat layer gives that layer's
+    outputs and states."""
+    model = build(cell)
     layer = GLUON_LAYERS[cell]()
     layer.initialize(mx.init.Uniform(0.5))
-    pieces = {f"rnn.{name}": p.data() for name, p in layer._collect_params_with_prefix().items()}
-    others = {name: p.data() for name, p in model._collect_params_with_prefix().items() if not name.startswith("rnn.")}
-    nd.save(str(path), {**pieces, **others})
-    return layer
-
-
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_flat_fused_layer_equals_gluons_layer_and_reads_its_files(cell, tmp_path):
-    """Loaded from a file of Gluon's per-gate parameters (charlm's earlier layout), the flat layer gives
-    Gluon's layer's outputs and states: the pieces are packed in the operator's order."""
-    model = build(cell)
-    layer = gluon_layer_and_its_file(cell, model, tmp_path / "old.params")
-    model.load_parameters(str(tmp_path / "old.params"), ctx=mx.cpu())
-    assert model.packed  # so a resume refuses the per-piece optimizer state saved beside such a file
+    model.rnn.parameters.set_data(nd.concat(*[getattr(layer, name).data().reshape((-1,))
+                                              for name, _ in model.rnn.pieces], dim=0))
     x = nd.array(np.random.default_rng(6).normal(size=(T, N, 4)))
     state = [nd.array(np.random.default_rng(7 + k).normal(size=s.shape)) for k, s in
              enumerate(model.begin_state(N, mx.cpu()))]
