@@ -1,7 +1,6 @@
 """Continuing a prefix: greedy (the tutorial's predict), or sampling with temperature and top-k."""
 import numpy as np
 
-from . import model as models
 from .data import letters
 from .engine import mx, nd
 from .errors import CharlmError
@@ -51,16 +50,14 @@ def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None
     logits, state = model(nd.array(prefix_ids, ctx=ctx).reshape((-1, 1)), state)  # the prefix in one call
     chosen = []  # kept on the device: no host sync per character
     if temperature is None and top_k is None:
-        block = models.greedy(model, GREEDY_STEPS)
         logits = logits[-1:]
         for _ in range(0, length, GREEDY_STEPS):  # the last call may run past length: cut below
-            ids, logits, state = block(logits, state)
+            ids, logits, state = model.greedy(logits, state, GREEDY_STEPS)
             chosen.append(ids.reshape((-1,)))
     else:
-        step = model.stepper()
         for i in range(length):
             chosen.append(_choose(logits[-1], temperature, top_k))
             if i + 1 < length:
-                logits, state = step(chosen[-1].reshape((1, 1)), state)
+                logits, state = model.step(chosen[-1].reshape((1, 1)), state)
     ids = nd.concat(*chosen, dim=0).asnumpy()[:length] if chosen else []
     return vocab.decode(list(prefix_ids) + list(ids))
