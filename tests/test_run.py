@@ -101,12 +101,17 @@ def test_state_records_versions(saved):
 
 
 def test_parameters_saved_after_generating_load_into_a_fresh_model(saved):
-    """The generation stepper shares the model's weights; it must not add names to the saved parameters."""
+    """The generation blocks share the model's weights; they must not add names to the saved parameters."""
     from charlm import generate
     s, r = saved
-    generate.complete(s.model, s.vocab, s.vocab.encode("the"), 3, mx.cpu())
+    greedy_and_sampled = ({}, {"temperature": 1.0, "seed": 0})  # each path builds its own blocks
+    texts = [generate.complete(s.model, s.vocab, s.vocab.encode("the"), 3, mx.cpu(), **kw) for kw in greedy_and_sampled]
+    names = set(s.model._collect_params_with_prefix())
     s.model.save_parameters(str(r.path / "params-best.params"))
-    assert r.load_model(mx.cpu()) is not None
+    assert set(nd.load(str(r.path / "params-best.params"))) == names
+    fresh = r.load_model(mx.cpu())
+    assert [generate.complete(fresh, s.vocab, s.vocab.encode("the"), 3, mx.cpu(), **kw)
+            for kw in greedy_and_sampled] == texts
 
 
 def _hold_lock(path, barrier, held):

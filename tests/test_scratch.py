@@ -60,6 +60,38 @@ def test_scratch_gated_cells_equal_the_fused_layer(cell, layer_cls):
 
 
 @pytest.mark.parametrize("cell", SCRATCH_CELLS)
+def test_scratch_gradients_equal_central_differences(cell):
+    """torch-rnn's numerical gradient check, in float64: autograd's gradient of the training loss (the NLL
+    sum) with respect to every parameter element against (loss(p + eps) - loss(p - eps)) / 2 eps."""
+    model = models.build(ModelConfig(cell=cell, hidden_size=4), 5, mx.cpu())  # N, T, V, H = 2, 3, 5, 4
+    model.cast("float64")
+    randomize(model)
+    rng = np.random.default_rng(8)
+    X, Y = (nd.array(rng.integers(0, 5, size=(3, 2)), dtype="float64") for _ in range(2))
+    state = [nd.array(rng.normal(size=s.shape), dtype="float64") for s in model.begin_state(2, mx.cpu())]
+    objective = models.objective(model, mean=False)  # loss: the NLL sum, in the graph training runs
+
+    def loss():
+        return objective(X, Y, state)[1]
+
+    with mx.autograd.record():
+        total = loss()
+    total.backward()
+    eps = 1e-6
+    for param in model.collect_params().values():
+        value, numeric = param.data().asnumpy(), np.zeros(param.shape)
+        for i in np.ndindex(param.shape):
+            for sign in (1, -1):
+                moved = value.copy()
+                moved[i] += sign * eps
+                param.set_data(nd.array(moved, dtype="float64"))
+                numeric[i] += sign * loss().asscalar() / (2 * eps)
+        param.set_data(nd.array(value, dtype="float64"))
+        assert np.abs(numeric).max() > 1e-3, param.name  # a gradient of zeros would check nothing
+        np.testing.assert_allclose(param.grad().asnumpy(), numeric, rtol=1e-6, atol=1e-8, err_msg=param.name)
+
+
+@pytest.mark.parametrize("cell", SCRATCH_CELLS)
 def test_scratch_sequences_longer_than_the_unrolled_graph_run_in_pieces(cell, monkeypatch):
     """Cut into pieces of MAX_UNROLL steps, a sequence gives the same logits, state and gradients."""
     model = build(cell)
