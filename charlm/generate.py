@@ -45,7 +45,7 @@ def _choose(logits, temperature, top_k):
 
 
 def _blocks(model, prefix_ids, length, ctx, temperature, top_k):
-    """The continuation's ids in blocks of up to GREEDY_STEPS, each block fetched from the device at once."""
+    """The continuation's ids in blocks of up to GREEDY_STEPS, left on the device, each one queued when asked for."""
     logits, state = model(nd.array(prefix_ids, ctx=ctx).reshape((-1, 1)), model.begin_state(1, ctx))  # in one call
     logits = logits[-1:]  # (1, 1, V)
     for start in range(0, length, GREEDY_STEPS):
@@ -59,17 +59,19 @@ def _blocks(model, prefix_ids, length, ctx, temperature, top_k):
                 if i + 1 < length:
                     logits, state = model.step(chosen[-1].reshape((1, 1)), state)
             ids = nd.concat(*chosen, dim=0)
-        yield ids.reshape((-1,)).asnumpy()[:n].astype(int).tolist()
+        yield ids.reshape((-1,))[:n]
 
 
 def stream(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None, seed=None):
     """The text of the prefix, then of each block of the `length` generated tokens, as they are made."""
     if seed is not None:
         mx.random.seed(seed)
+    # Each block is fetched once the next one is queued (pairwise pulls one ahead): the device need not wait.
+    queued = itertools.pairwise(itertools.chain(_blocks(model, prefix_ids, length, ctx, temperature, top_k), [None]))
     # A word's spacing depends on the token before it (the last one with text: <bos> has none), so each
     # block is decoded after that token and the pieces join to the text of all ids decoded at once.
     last = []
-    for ids in itertools.chain([list(prefix_ids)], _blocks(model, prefix_ids, length, ctx, temperature, top_k)):
+    for ids in itertools.chain([list(prefix_ids)], (block.asnumpy().astype(int).tolist() for block, _ in queued)):
         yield vocab.decode(last + ids)[len(vocab.decode(last)):]
         last = [i for i in ids if i != vocab.bos][-1:] or last
 

@@ -107,6 +107,6 @@ def test_stream_decodes_each_block_after_the_last_token_with_text(monkeypatch):
     """A word's spacing depends on the token before it; <bos> has no text, so the one before that counts."""
     vocab = words.WordVocab(["<unk>", "<eos>", "<bos>", "a", "b"])
     blocks = [[3, 2], [4, 1], [3]]  # a <bos> | b <eos> | a
-    monkeypatch.setattr(generate, "_blocks", lambda *args: iter(blocks))
+    monkeypatch.setattr(generate, "_blocks", lambda *args: (nd.array(ids) for ids in blocks))
     pieces = list(generate.stream(None, vocab, [2, 3], 5, mx.cpu()))
     assert pieces == ["a", " a", " b\n", "a"] and "".join(pieces) == vocab.decode([2, 3, 3, 2, 4, 1, 3])
