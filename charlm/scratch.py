@@ -115,7 +115,7 @@ class ScratchLM(Generation, gluon.Block):
                 self.b_hn = self.params.get("b_hn", shape=(hidden_size,), init="zeros")
             self.W_hq = self.params.get("W_hq", shape=(hidden_size, vocab_size), init=normal)
             self.b_q = self.params.get("b_q", shape=(vocab_size,), init="zeros")
-        self.unrolled = Blocks(lambda steps: _Unrolled(self, steps), active=False)  # the graph of each length
+        self.unrolled = Blocks(lambda steps: _Unrolled(self, steps), active=False)  # a graph per length
         self.generation = Blocks(lambda greedy: _Unrolled(self, greedy or 1, greedy > 0),
                                  static_alloc=True, static_shape=True)
 
@@ -175,7 +175,8 @@ class _Unrolled(gluon.HybridBlock):
                 h, state = cell(ids, state)
                 return F.FullyConnected(h, W_hq_t, b_q, num_hidden=self.vocab_size), state
             return greedy_steps(F, X, list(state), advance, self.steps)
-        ids = F.split(X, num_outputs=self.steps, axis=0, squeeze_axis=True) if self.steps > 1 else [F.squeeze(X, axis=0)]
+        ids = (F.split(X, num_outputs=self.steps, axis=0, squeeze_axis=True) if self.steps > 1
+               else [F.squeeze(X, axis=0)])  # each (N,)
         state, hs = list(state), []
         for ids_t in ids:
             h, state = cell(ids_t, state)

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from tiny_models import H, N, T, V, build, ids, randomize
+from tiny_models import H, N, V, build, ids, randomize
 
 from charlm import model as models, scratch
 from charlm.config import ModelConfig
