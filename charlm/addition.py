@@ -1,7 +1,6 @@
 """The memory task: lines `a+b=c`, and the exact-match accuracy of greedy completions after `=`."""
 import numpy as np
 
-from . import model as models
 from .engine import nd
 from .errors import CharlmError
 
@@ -80,7 +79,7 @@ def accuracy(model, vocab, line_start, lines, ctx, batch_size=256):
             longest = max(len(pairs[i][1]) for i in group) + 1  # the answer and its line end
             X = nd.array(np.stack([prompts[i] for i in group], axis=1), ctx=ctx)  # (T, N)
             logits, state = model(X, model.begin_state(len(group), ctx))
-            out, _, _ = models.greedy(model, longest)(logits[-1:], state)
+            out, _, _ = model.greedy(logits[-1:], state, longest)
             out = out.asnumpy().astype(int)  # (longest, N)
             for n, i in enumerate(group):
                 ids, answer = list(out[:, n]), pairs[i][1]

@@ -1,12 +1,13 @@
-"""Continuing a prefix: greedy (the tutorial's predict), or sampling with temperature and top-k."""
+"""Continuing a prefix: greedy (the tutorial's predict), or sampling with temperature and top-k; streamed."""
+import itertools
+
 import numpy as np
 
-from . import model as models
 from .engine import mx, nd
 from .errors import CharlmError
 from .text import normalise
 
-GREEDY_STEPS = 32  # characters per call of the greedy block
+GREEDY_STEPS = 32  # tokens per call of the greedy block, and per streamed piece
 
 
 def encode_prefix(prefix, vocab, data_cfg):
@@ -32,24 +33,38 @@ def _choose(logits, temperature, top_k):
     return nd.sample_multinomial(probs).astype("float32")
 
 
-def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None, seed=None):
-    """The prefix followed by `length` generated characters, as text."""
+def _blocks(model, prefix_ids, length, ctx, temperature, top_k):
+    """The continuation's ids in blocks of up to GREEDY_STEPS, left on the device, each one queued when asked for."""
+    logits, state = model(nd.array(prefix_ids, ctx=ctx).reshape((-1, 1)), model.begin_state(1, ctx))  # in one call
+    logits = logits[-1:]  # (1, 1, V)
+    for start in range(0, length, GREEDY_STEPS):
+        n = min(GREEDY_STEPS, length - start)
+        if temperature is None and top_k is None:
+            ids, logits, state = model.greedy(logits, state, GREEDY_STEPS)  # the last block may run past length
+        else:
+            chosen = []  # kept on the device: no host sync per character
+            for i in range(start, start + n):
+                chosen.append(_choose(logits[-1], temperature, top_k))
+                if i + 1 < length:
+                    logits, state = model.step(chosen[-1].reshape((1, 1)), state)
+            ids = nd.concat(*chosen, dim=0)
+        yield ids.reshape((-1,))[:n]
+
+
+def stream(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None, seed=None):
+    """The text of the prefix, then of each block of the `length` generated tokens, as they are made."""
     if seed is not None:
         mx.random.seed(seed)
-    state = model.begin_state(1, ctx)
-    logits, state = model(nd.array(prefix_ids, ctx=ctx).reshape((-1, 1)), state)  # the prefix in one call
-    chosen = []  # kept on the device: no host sync per character
-    if temperature is None and top_k is None:
-        block = models.greedy(model, GREEDY_STEPS)
-        logits = logits[-1:]
-        for _ in range(0, length, GREEDY_STEPS):  # the last call may run past length: cut below
-            ids, logits, state = block(logits, state)
-            chosen.append(ids.reshape((-1,)))
-    else:
-        step = model.stepper()
-        for i in range(length):
-            chosen.append(_choose(logits[-1], temperature, top_k))
-            if i + 1 < length:
-                logits, state = step(chosen[-1].reshape((1, 1)), state)
-    ids = nd.concat(*chosen, dim=0).asnumpy()[:length] if chosen else []
-    return vocab.decode(list(prefix_ids) + list(ids))
+    # Each block is fetched once the next one is queued (pairwise pulls one ahead): the device need not wait.
+    queued = itertools.pairwise(itertools.chain(_blocks(model, prefix_ids, length, ctx, temperature, top_k), [None]))
+    # A word's spacing depends on the token before it (the last one with text: <bos> has none), so each
+    # block is decoded after that token and the pieces join to the text of all ids decoded at once.
+    last = []
+    for ids in itertools.chain([list(prefix_ids)], (block.asnumpy().astype(int).tolist() for block, _ in queued)):
+        yield vocab.decode(last + ids)[len(vocab.decode(last)):]
+        last = [i for i in ids if i != vocab.bos][-1:] or last
+
+
+def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None, seed=None):
+    """The prefix followed by `length` generated tokens, as text."""
+    return "".join(stream(model, vocab, prefix_ids, length, ctx, temperature, top_k, seed))

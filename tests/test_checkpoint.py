@@ -40,12 +40,17 @@ def test_parameters_that_do_not_match_the_config_are_a_clear_error(saved_run):
 
 
 def test_parameters_saved_after_generating_load_into_a_fresh_model(saved_run):
-    """The generation stepper shares the model's weights; it must not add names to the saved parameters."""
+    """The generation blocks share the model's weights; they must not add names to the saved parameters."""
     from charlm import generate
     s, r = saved_run
-    generate.complete(s.model, s.vocab, s.vocab.encode("the"), 3, mx.cpu())
+    greedy_and_sampled = ({}, {"temperature": 1.0, "seed": 0})  # each path builds its own blocks
+    texts = [generate.complete(s.model, s.vocab, s.vocab.encode("the"), 3, mx.cpu(), **kw) for kw in greedy_and_sampled]
+    names = set(s.model._collect_params_with_prefix())
     s.model.save_parameters(str(r.path / "params-best.params"))
-    np.testing.assert_array_equal(logits(checkpoint.load_model(r, mx.cpu())), logits(s.model))
+    assert set(nd.load(str(r.path / "params-best.params"))) == names
+    fresh = checkpoint.load_model(r, mx.cpu())
+    assert [generate.complete(fresh, s.vocab, s.vocab.encode("the"), 3, mx.cpu(), **kw)
+            for kw in greedy_and_sampled] == texts
 
 
 def trained(cfg, path, ctx):

@@ -199,35 +199,6 @@ def test_resume_refuses_other_settings(trained):
     assert result.exit_code == 1 and "only --epochs may be given" in result.output
 
 
-def test_a_run_of_the_earlier_fused_layout_generates_but_refuses_to_resume(trained):
-    """Rewritten as charlm wrote them before the flat fused layer (a parameter per gate group, under Gluon's
-    names), a run's files still generate text; resuming it is a one-line error, and the files stay as they were."""
-    from charlm.engine import nd
-    from charlm.run import find
-
-    runs, _ = trained
-    run = find(runs_dir=runs)
-    before = invoke("generate", "the", "--runs-dir", runs, "--length", 20)
-    files = sorted(run.path.glob("*.params"))
-    for path in files:
-        saved = nd.load(str(path))
-        flat, offset = saved.pop("rnn.parameters"), 0
-        for layer, kind in [(0, "i2h_weight"), (0, "h2h_weight"), (0, "i2h_bias"), (0, "h2h_bias")]:
-            shape = (64, 8 if kind == "i2h_weight" else 16) if kind.endswith("weight") else (64,)
-            size = shape[0] * (shape[1] if len(shape) > 1 else 1)
-            saved[f"rnn._unfused.{layer}.{kind}"] = flat[offset:offset + size].reshape(shape)
-            offset += size
-        assert offset == flat.size
-        nd.save(str(path), saved)
-    contents = {path: path.read_bytes() for path in files}
-    after = invoke("generate", "the", "--runs-dir", runs, "--length", 20)
-    assert after.exit_code == 0 and after.output == before.output
-    resumed = invoke("train", "--resume", "--runs-dir", runs, "--epochs", 3)
-    assert resumed.exit_code == 1 and "its optimizer state cannot be resumed" in resumed.output
-    assert "Traceback" not in resumed.output and len(resumed.output.strip().splitlines()) == 1
-    assert {path: path.read_bytes() for path in files} == contents
-
-
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_at_a_batch_boundary_keeps_the_checkpoint_and_says_how_to_resume(corpus, tmp_path, sig, code):
     runs = tmp_path / "runs"

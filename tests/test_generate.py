@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from charlm import generate, training as train
+from charlm import generate, training as train, vocab as vocabs
 from charlm.engine import mx, nd
 from charlm.errors import CharlmError
 
@@ -83,3 +83,30 @@ def test_greedy_blocks_of_steps_equal_rerunning_the_whole_text(tiny_cfg, cell, n
         logits, _ = s.model(nd.array(ids).reshape((-1, 1)), s.model.begin_state(1, mx.cpu()))
         ids.append(int(logits[-1].argmax(axis=-1).asscalar()))
     assert generate.complete(s.model, s.vocab, prefix(s), 12, mx.cpu()) == s.vocab.decode(ids)
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 1.5, "seed": 3}], ids=["greedy", "sampled"])
+def test_stream_pieces_join_to_the_text_generated_in_one_block(tiny_cfg, level, sampling, monkeypatch):
+    """Streamed in blocks of 5 tokens (the prefix, then 5, 5, 5, 5 and 3), the pieces join to complete's text
+    and to the text of one block of 23: word spacing holds across the blocks' boundaries."""
+    tiny_cfg.data.level = level
+    s = train.setup(tiny_cfg, mx.cpu())
+    for p in s.model.collect_params().values():
+        p.set_data(nd.array(np.random.default_rng(0).normal(0, 1, size=p.shape)))
+    args = (s.model, s.vocab, prefix(s), 23, mx.cpu())
+    monkeypatch.setattr(generate, "GREEDY_STEPS", 5)
+    pieces = list(generate.stream(*args, **sampling))
+    assert len(pieces) == 6 and pieces[0] == "the quick"
+    assert "".join(pieces) == generate.complete(*args, **sampling)
+    monkeypatch.setattr(generate, "GREEDY_STEPS", 23)
+    assert "".join(pieces) == generate.complete(*args, **sampling)
+
+
+def test_stream_decodes_each_block_after_the_last_token_with_text(monkeypatch):
+    """A word's spacing depends on the token before it; <bos> has no text, so the one before that counts."""
+    vocab = vocabs.WordVocab(["<unk>", "<eos>", "<bos>", "a", "b"])
+    blocks = [[3, 2], [4, 1], [3]]  # a <bos> | b <eos> | a
+    monkeypatch.setattr(generate, "_blocks", lambda *args: (nd.array(ids) for ids in blocks))
+    pieces = list(generate.stream(None, vocab, [2, 3], 5, mx.cpu()))
+    assert pieces == ["a", " a", " b\n", "a"] and "".join(pieces) == vocab.decode([2, 3, 3, 2, 4, 1, 3])

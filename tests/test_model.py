@@ -1,25 +1,10 @@
 import numpy as np
 import pytest
+from tiny_models import H, N, T, V, build, ids, randomize
 
-from charlm import model as models
+from charlm import model as models, scratch
 from charlm.configs import CELLS, ModelConfig
 from charlm.engine import gluon, mx, nd
-
-T, N, V, H = 3, 2, 6, 5  # torch-rnn's habit: tiny, all different, so a transposed shape cannot pass
-
-
-def ids(seed=0):
-    return nd.array(np.random.default_rng(seed).integers(0, V, size=(T, N)))
-
-
-def build(cell, **kw):
-    return models.build(ModelConfig(cell=cell, hidden_size=H, embed_size=4, num_layers=2, **kw), V, mx.cpu())
-
-
-def randomize(model, seed=1):
-    rng = np.random.default_rng(seed)
-    for p in model.collect_params().values():
-        p.set_data(nd.array(rng.normal(0, 0.5, size=p.shape)))
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -29,56 +14,6 @@ def test_every_cell_has_the_same_interface(cell):
     logits, new_state = model(ids(), state)
     assert logits.shape == (T, N, V)
     assert [s.shape for s in new_state] == [s.shape for s in state]
-
-
-def test_scratch_rnn_equals_numpy_loop():
-    model = build("scratch-rnn")
-    randomize(model)
-    p = {name: getattr(model, name).data().asnumpy() for name in ["W_xh", "W_hh", "b_h", "W_hq", "b_q"]}
-    X = ids()
-    h0 = np.random.default_rng(2).normal(size=(N, H)).astype(np.float32)
-    logits, (h,) = model(X, [nd.array(h0)])
-    ref_h, ref = h0, []
-    for x in X.asnumpy().astype(int):
-        onehot = np.eye(V, dtype=np.float32)[x]  # the tutorial's one-hot input
-        ref_h = np.tanh(onehot @ p["W_xh"] + ref_h @ p["W_hh"] + p["b_h"])
-        ref.append(ref_h @ p["W_hq"] + p["b_q"])
-    np.testing.assert_allclose(logits.asnumpy(), np.stack(ref), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(h.asnumpy(), ref_h, rtol=1e-5, atol=1e-5)
-
-
-def test_scratch_init_is_the_tutorials_normal_001():
-    model = models.build(ModelConfig(cell="scratch-rnn", hidden_size=256), 40, mx.cpu())
-    w = model.W_hh.data().asnumpy()
-    assert abs(w.std() - 0.01) < 0.001 and abs(w.mean()) < 0.001
-    assert not model.b_h.data().asnumpy().any()
-
-
-@pytest.mark.parametrize("cell, layer_cls", [("scratch-lstm", gluon.rnn.LSTM), ("scratch-gru", gluon.rnn.GRU)])
-def test_scratch_gated_cells_equal_the_fused_layer(cell, layer_cls):
-    """Loaded with a fused layer's weights, the written-out equations give the fused layer's outputs."""
-    layer = layer_cls(H, input_size=V)
-    layer.initialize(mx.init.Uniform(0.5))
-    model = build(cell)
-    randomize(model)
-    w = {k: getattr(layer, f"l0_{k}").data().asnumpy() for k in ["i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias"]}
-    model.W_xh.set_data(nd.array(w["i2h_weight"].T))
-    model.W_hh.set_data(nd.array(w["h2h_weight"].T))
-    if cell == "scratch-gru":
-        h2h_rz = np.concatenate([w["h2h_bias"][:2 * H], np.zeros(H, np.float32)])
-        model.b_h.set_data(nd.array(w["i2h_bias"] + h2h_rz))
-        model.b_hn.set_data(nd.array(w["h2h_bias"][2 * H:]))
-    else:
-        model.b_h.set_data(nd.array(w["i2h_bias"] + w["h2h_bias"]))
-    X = ids()
-    rng = np.random.default_rng(3)
-    scratch_state = [nd.array(rng.normal(size=(N, H))) for _ in model.begin_state(N, mx.cpu())]
-    out, fused_state = layer(nd.one_hot(X, V), [s.expand_dims(0) for s in scratch_state])
-    logits, state = model(X, scratch_state)
-    W_hq, b_q = model.W_hq.data().asnumpy(), model.b_q.data().asnumpy()
-    np.testing.assert_allclose(logits.asnumpy(), out.asnumpy() @ W_hq + b_q, rtol=1e-5, atol=1e-5)
-    for s, f in zip(state, fused_state):
-        np.testing.assert_allclose(s.asnumpy(), f[0].asnumpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -104,63 +39,50 @@ def test_token_nll_is_minus_log_softmax_of_the_target():
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_stepper_one_character_at_a_time_equals_the_whole_sequence(cell, num_layers):
+def test_step_one_token_at_a_time_equals_the_whole_sequence(cell, num_layers):
     model = models.build(ModelConfig(cell=cell, hidden_size=H, embed_size=4, num_layers=num_layers), V, mx.cpu())
     randomize(model)
     X, state = ids(), model.begin_state(N, mx.cpu())
     whole, whole_state = model(X, state)
-    step, steps = model.stepper(), []
+    steps = []
     for t in range(T):
-        logits, state = step(X[t:t + 1], state)
+        logits, state = model.step(X[t:t + 1], state)
         steps.append(logits)
     np.testing.assert_allclose(nd.concat(*steps, dim=0).asnumpy(), whole.asnumpy(), rtol=1e-5, atol=1e-5)
     for a, b in zip(state, whole_state):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["scratch-rnn", "scratch-lstm", "scratch-gru"])
-def test_scratch_sequences_longer_than_the_unrolled_graph_run_in_pieces(cell, monkeypatch):
-    """Cut into pieces of MAX_UNROLL steps, a sequence gives the same logits, state and gradients."""
+@pytest.mark.parametrize("cell", CELLS)
+def test_greedy_equals_steps_fed_their_own_argmax(cell):
+    """One greedy call of 4 steps gives the ids, logits and state of 4 steps each fed the last one's argmax."""
     model = build(cell)
     randomize(model)
-    X = nd.array(np.random.default_rng(5).integers(0, V, size=(7, N)))
-    results = []
-    for max_unroll in (64, 3):  # one piece of 7 steps; pieces of 3, 3 and 1
-        monkeypatch.setattr(models, "MAX_UNROLL", max_unroll)
-        with mx.autograd.record():
-            logits, state = model(X, model.begin_state(N, mx.cpu()))
-            loss = (logits ** 2).sum() + sum((s ** 2).sum() for s in state)
-        loss.backward()
-        grads = [p.grad().asnumpy().copy() for p in model.collect_params().values()]
-        results.append((logits.asnumpy(), [s.asnumpy() for s in state], grads))
-    (whole, whole_state, whole_grads), (pieces, piece_state, piece_grads) = results
-    np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-6)
-    for a, b in zip(piece_state + piece_grads, whole_state + whole_grads):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    logits, state = model(ids(), model.begin_state(N, mx.cpu()))
+    logits = logits[-1:]
+    chosen, greedy_logits, greedy_state = model.greedy(logits, state, 4)
+    fed = []
+    for _ in range(4):
+        fed.append(logits.argmax(axis=-1))  # (1, N)
+        logits, state = model.step(fed[-1], state)
+    np.testing.assert_array_equal(chosen.asnumpy(), nd.concat(*fed, dim=0).asnumpy())
+    for a, b in zip([greedy_logits, *greedy_state], [logits, *state]):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-6)
 
 
 GLUON_LAYERS = {"rnn": lambda: gluon.rnn.RNN(H, 2, activation="tanh", input_size=4),
                 "lstm": lambda: gluon.rnn.LSTM(H, 2, input_size=4), "gru": lambda: gluon.rnn.GRU(H, 2, input_size=4)}
 
 
-def gluon_layer_and_its_file(cell, model, path):
-    """A random Gluon fused layer, and a parameter file of `model` holding it as Gluon saves its layers."""
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_flat_fused_layer_equals_gluons_layer(cell):
+    """Given a Gluon fused layer's weights packed in the operator's order, the flat layer gives that layer's
+    outputs and states."""
+    model = build(cell)
     layer = GLUON_LAYERS[cell]()
     layer.initialize(mx.init.Uniform(0.5))
-    pieces = {f"rnn.{name}": p.data() for name, p in layer._collect_params_with_prefix().items()}
-    others = {name: p.data() for name, p in model._collect_params_with_prefix().items() if not name.startswith("rnn.")}
-    nd.save(str(path), {**pieces, **others})
-    return layer
-
-
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_flat_fused_layer_equals_gluons_layer_and_reads_its_files(cell, tmp_path):
-    """Loaded from a file of Gluon's per-gate parameters (charlm's earlier layout), the flat layer gives
-    Gluon's layer's outputs and states: the pieces are packed in the operator's order."""
-    model = build(cell)
-    layer = gluon_layer_and_its_file(cell, model, tmp_path / "old.params")
-    model.load_parameters(str(tmp_path / "old.params"), ctx=mx.cpu())
-    assert model.packed  # so a resume refuses the per-piece optimizer state saved beside such a file
+    model.rnn.parameters.set_data(nd.concat(*[getattr(layer, name).data().reshape((-1,))
+                                              for name, _ in model.rnn.pieces], dim=0))
     x = nd.array(np.random.default_rng(6).normal(size=(T, N, 4)))
     state = [nd.array(np.random.default_rng(7 + k).normal(size=s.shape)) for k, s in
              enumerate(model.begin_state(N, mx.cpu()))]
@@ -190,7 +112,7 @@ def test_objective_is_the_models_nll_sum_and_its_mean_over_real_targets_gradient
                                                                                        monkeypatch):
     """The one graph of model and loss (per sequence length for scratch cells; beside the model when a
     sequence runs in pieces) against the two blocks."""
-    monkeypatch.setattr(models, "MAX_UNROLL", max_unroll)
+    monkeypatch.setattr(scratch, "MAX_UNROLL", max_unroll)
     model = build(cell, dropout=0.0)  # training mode: dropout would draw other masks in each run
     randomize(model)
     X = ids()
