@@ -98,8 +98,7 @@ def batches_of(cfg, vocab, ids, rng=None):
 
 class Sums:
     """Running sums of an epoch on the host: NLL, gradient norms, tokens and seconds. Each batch's NLL and
-    norm stay on the device until its stretch ends: adding them up there cost an engine op per batch,
-    whose host time the device waits for (measured: 1 ms of host time per step slows tm-rnn by 1.1 ms)."""
+    norm stay on the device until its stretch ends: an engine op per batch would cost host time per step."""
 
     def __init__(self, saved=None):
         saved = saved or {}
@@ -179,9 +178,8 @@ def _samples(s):
 
 @dataclass
 class Progress:
-    """Where a run stands: epochs done, batches done of the next epoch (after a mid-epoch checkpoint)
-    with that epoch's running sums and carried hidden state, the best checkpoint metric (a loss),
-    training seconds spent, and the learning-rate factor left by divergence rollbacks and their count."""
+    """Where a run stands: epochs done, batches done of the next one with its running sums and carried state,
+    the best checkpoint metric (a loss), seconds spent, and the learning-rate factor rollbacks left."""
     epoch: int = 0
     step: int = 0
     partial: dict = None
@@ -226,9 +224,8 @@ def _stretch_seed(seed, epoch, step):
 
 
 def objective_of(s):
-    """The setup's training objective (models.objective) as its config asks: masked in lines mode, and the
-    mean or the sum of the NLL ("sum" is the tutorial's scaling: lr and clip apply to the summed loss's
-    gradient), the mean taken over every device's batch of the update."""
+    """The setup's objective: masked in lines mode; the NLL's mean over the update's batches on every device,
+    or its sum (the tutorial's scaling: lr and clip apply to the summed loss's gradient)."""
     d, t = s.cfg.data, s.cfg.train
     return models.objective(s.model, masked=d.mode == "lines", mean=t.loss_reduction == "mean",
                             share=s.workers.share)
@@ -240,23 +237,25 @@ def make_trainer(s):
 
 
 class Callbacks:
-    """The callbacks' hooks, found once: any object may have on_start(info), on_batch(done, total, tokens,
-    mean_loss) (mean_loss: a function, a host sync) and on_epoch(record, samples); stop() ends training."""
+    """The hooks of some objects, each with any of on_start(info), on_batch(done, total, tokens, mean_loss)
+    (mean_loss: a function, a host sync) and on_epoch(record, samples); and stop(), true to end training."""
 
     def __init__(self, callbacks=(), stop=None):
-        self.stop = stop or (lambda: False)
-        self.hooks = {name: [getattr(c, name) for c in callbacks if hasattr(c, name)]
-                      for name in ("on_start", "on_batch", "on_epoch")}
+        self.stop, self.callbacks = stop or (lambda: False), callbacks
 
     def __call__(self, name, *args):
-        for hook in self.hooks[name]:
-            hook(*args)
+        for callback in self.callbacks:
+            getattr(callback, name, _ignore)(*args)
+
+
+def _ignore(*args):
+    """A hook a callback does not have."""
 
 
 @dataclass
 class Loop:
-    """What fit trains with: the setup, the run it saves into (None: nothing is saved, as on workers other
-    than rank 0), the trainer (a rollback may make a new one), objective, callbacks and the clock's start."""
+    """What fit trains with: the setup, the run it saves into (None: nothing, as on workers other than rank 0),
+    the trainer (a rollback may make a new one), objective, callbacks and the clock's start."""
     s: Setup
     run: object
     trainer: object
@@ -277,8 +276,7 @@ class Loop:
 
 @dataclass
 class Epoch:
-    """One epoch in training: its number, batches and running sums, and the carried state (whole, on the
-    first device)."""
+    """An epoch in training: its number, batches, running sums and carried state (whole, on the first device)."""
     number: int
     batches: object
     sums: Sums
@@ -323,11 +321,7 @@ def train_stretch(loop, epoch, first, end):
 
 
 class _Diverged(Exception):
-    """A batch's loss or gradient norm was not finite; step counts from the run's first batch."""
-
-    def __init__(self, step):
-        super().__init__(step)
-        self.step = step
+    """A batch's loss or gradient norm was not finite: args[0] is its step, counted over the run."""
 
 
 def train_epoch(loop, p):
@@ -417,7 +411,7 @@ def fit(s, run, trainer=None, progress=None, callbacks=(), stop=None):
         try:
             epoch = train_epoch(loop, p)
         except _Diverged as e:
-            p = _recover(loop, p, p.epoch + 1, e.step)
+            p = _recover(loop, p, p.epoch + 1, e.args[0])
             continue
         record = end_epoch(loop, p, epoch)
         loop.calls("on_epoch", record, _samples(s) if t.sample_every and epoch.number % t.sample_every == 0 else [])
