@@ -7,7 +7,6 @@ from pathlib import Path
 
 from . import configs
 from .errors import CharlmError
-from .run import Run, find
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +30,13 @@ def _mapping(section, values):
 def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, callbacks=(), gpu=False, gpus=None,
           ctx=None, kvstore="local", stop=None):
     """Train a new run of cfg (default: the embedded default config), or resume the run directory `resume`
-    (True: the latest run in runs_dir; epochs= raises its target); return its Run (None on a worker other than rank 0, which writes nothing).
+    (True: the latest run in runs_dir; epochs= raises its target); return its Run (None on a worker other
+    than rank 0, which writes nothing).
 
     callbacks: objects with any of on_start(info), on_batch(done, total, tokens, mean_loss) and
     on_epoch(record, samples); stop: a function, once true training saves a checkpoint and raises Interrupted."""
     from . import engine, parallel
+    from .run import find
 
     devices = engine.contexts(gpu, gpus, ctx)
     if resume is None:
@@ -77,7 +78,7 @@ def _guarded(workers, work, *args):
 def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
     """Read the corpus, build the model, create the run directory (rank 0 only) and train."""
     from . import checkpoint, training
-    from .run import BEST, init_source
+    from .run import BEST, Run, init_source
 
     source, vocab = init_source(cfg) if cfg.train.init_from else (None, None)
     s = training.setup(cfg, devices, workers, vocab)
@@ -144,6 +145,8 @@ def _fit(s, run, trainer, progress, callbacks, stop):
 
 def load(run=None, runs_dir="runs", gpu=False):
     """The LM of a run directory's best parameters (default: the latest run in runs_dir)."""
+    from .run import find
+
     return LM(find(run, runs_dir), gpu)
 
 

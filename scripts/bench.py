@@ -4,7 +4,7 @@
     python scripts/bench.py --torch-python PY      # add PyTorch rows, run by that interpreter (torch is never a
                                                    # charlm dependency: give a venv that has it)
     python scripts/bench.py --scaling              # LSTM tokens/s and peak RSS, hidden 128-1024 x batch 16-128
-    python scripts/bench.py --extras               # generation, `charlm generate`, `charlm --help`, 100 MB corpus
+    python scripts/bench.py --extras               # generation, start-up (`charlm --help`, `import charlm`), 100 MB corpus
     python scripts/bench.py --json results.json    # also write every measurement as JSON
 
 The shapes are the independent harness's (../shared/bench): `tm-lstm` is an LSTM of hidden 256, one layer,
@@ -297,7 +297,8 @@ def scaling(args):
 
 
 def extras(args):
-    """Generation speed, `charlm generate` and `charlm --help` wall times, and encoding a 100 MB corpus."""
+    """Generation speed, `charlm generate`, `charlm --help` and `import charlm` wall times, and encoding a 100 MB
+    corpus."""
     charlm = [sys.executable, "-m", "charlm"]
 
     def wall(cmd, times=5):
@@ -319,16 +320,18 @@ def extras(args):
             for _ in range(100 * 2**20 // len(book) + 1):
                 f.write(book)
         corpus = measure(sys.executable, "corpus", ids=big)
-    help_s = wall(charlm + ["--help"])
+    help_s, import_s = wall(charlm + ["--help"]), wall([sys.executable, "-c", "import charlm"])
     print("| measurement | result | target |")
     print("|---|---|---|")
     print(f"| greedy generation, 1,000 characters, default model | {statistics.median(gen):,.0f} chars/s "
           f"(min {min(gen):,.0f}) | >= 5,000 |")
     print(f"| `charlm generate \"the time ma\" --length 1000`, process start to exit | {generate_s:.2f} s | < 3 s |")
-    print(f"| `charlm --help` | {help_s:.2f} s | < 0.5 s |")
+    print(f"| `charlm --help` | {help_s:.2f} s | < 0.2 s |")
+    print(f"| `python -c \"import charlm\"` | {import_s:.2f} s | < 0.2 s |")
     print(f"| encoding a {corpus['chars'] / 1e6:.0f} MB text | {corpus['seconds']:.2f} s, ids as {corpus['dtype']} "
           f"| < 10 s |")
-    return {"generate_chars_per_s": gen, "generate_wall_s": generate_s, "help_wall_s": help_s, "corpus": corpus}
+    return {"generate_chars_per_s": gen, "generate_wall_s": generate_s, "help_wall_s": help_s,
+            "import_wall_s": import_s, "corpus": corpus}
 
 
 def main():
