@@ -95,6 +95,22 @@ def test_help_does_not_import_mxnet():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_train_help_lists_every_option_under_its_section():
+    out = invoke("train", "--help").stdout
+    titles = ["Data options:", "Model options:", "Training options:", "Devices options:", "Run options:"]
+    starts = [out.index(t) for t in titles]
+    assert starts == sorted(starts)
+    sections = dict(zip(titles, (out[a:b] for a, b in zip(starts, starts[1:] + [len(out)]))))
+    from charlm import configs
+    for section, f in configs.keys():
+        flag = configs.flag_name(f)
+        title = {"data": "Data", "model": "Model", "train": "Training"}[section] + " options:"
+        assert not flag or f"--{flag}" in sections[title], (flag, title)
+    for flag, title in [("--gpus", "Devices options:"), ("--kvstore", "Devices options:"), ("--resume", "Run options:"),
+                        ("--set", "Run options:"), ("--runs-dir", "Run options:")]:
+        assert flag in sections[title]
+
+
 def test_python_m_charlm_runs():
     out = subprocess.run([sys.executable, "-m", "charlm", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("charlm, version")
