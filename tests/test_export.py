@@ -20,13 +20,16 @@ from tiny_models import H, N, V, randomize
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "onnx_generate.py"
 FUSED = [(cell, layers, embed) for cell in ("rnn", "lstm", "gru") for layers in (1, 2) for embed in (0, 4)]
-CELLS = FUSED + [(cell, 1, 0) for cell in ("scratch-rnn", "scratch-lstm", "scratch-gru")]
+CELLS = FUSED + [("lstm", 2, "tied")] + [(cell, 1, 0) for cell in ("scratch-rnn", "scratch-lstm", "scratch-gru")]
 TOL = 1e-5
 
 
 def _model(cell, layers, embed):
+    """A built model with random weights, and its config; embed "tied": the decoder's weight the embedding's."""
     cfg = Config()
-    cfg.model = ModelConfig(cell=cell, hidden_size=H, embed_size=embed, num_layers=layers)
+    tied = embed == "tied"
+    cfg.model = ModelConfig(cell=cell, hidden_size=H, embed_size=H if tied else embed, num_layers=layers,
+                            tie_weights=tied)
     model = models.build(cfg.model, V, mx.cpu())
     randomize(model)
     return model, cfg
