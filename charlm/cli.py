@@ -494,4 +494,4 @@ def export(output, fmt, force, run_dir, runs_dir):
     """Export the run's best model (one generation step, its states in and out) for runtimes without charlm."""
     from .export import export as write_export
 
-    click.echo(f"wrote {write_export(run_dir, runs_dir, output, fmt, force)}")
+    click.echo(f"wrote {write_export(output, fmt, run_dir, runs_dir, force)}")

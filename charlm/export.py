@@ -75,10 +75,10 @@ def step_block(model):
 
 
 def state_names(model):
-    """What each state input holds, layer by layer: h, and c for an LSTM."""
+    """The states the step graph takes, layer by layer: h0, and c0 for an LSTM, then h1..."""
     layers = model.rnn.num_layers if isinstance(model, RNNLM) else 1
     kinds = ["h", "c"] if model.cell.endswith("lstm") else ["h"]
-    return [f"{kind}, layer {layer}" for layer in range(layers) for kind in kinds]
+    return [f"{kind}{layer}" for layer in range(layers) for kind in kinds]
 
 
 def split_state(model, state):
@@ -90,7 +90,8 @@ def split_state(model, state):
 
 def _io(model, vocab_size, hidden_size):
     """(inputs, outputs) of the step graph as [(what, shape)], N the batch size."""
-    states = [(name, ["N", hidden_size]) for name in state_names(model)]
+    kinds = {"h": "hidden state", "c": "cell state"}
+    states = [(f"layer {name[1:]}'s {kinds[name[0]]}", ["N", hidden_size]) for name in state_names(model)]
     return [("token ids, as float32", ["N"])] + states, [("logits", ["N", vocab_size])] + states
 
 
@@ -101,17 +102,17 @@ def _mxnet_inputs(count):
 
 def _onnx_names(model):
     """Names of the ONNX graph's inputs and outputs: ids, h0, c0, h1...; logits, h0_next..."""
-    states = [f"{what[0]}{what.rsplit(' ', 1)[1]}" for what in state_names(model)]
+    states = state_names(model)
     return ["ids"] + states, ["logits"] + [f"{s}_next" for s in states]
 
 
-def export(run_dir=None, runs_dir="runs", out=None, fmt="onnx", force=False):
+def export(out, fmt, run=None, runs_dir="runs", force=False):
     """Export the best model of a run (default: the latest in runs_dir) into the directory out; return its Path."""
     if fmt not in FORMATS:
         raise CharlmError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _need_onnx()
-    run, out = find(run_dir, runs_dir), Path(out)
+    run, out = find(run, runs_dir), Path(out)
     if (out.exists() or out.is_symlink()) and not force:
         raise CharlmError(f"{out} already exists: pass --force to replace it")
     vocab, cfg = run.vocab(), run.config()
@@ -143,25 +144,35 @@ def _staging(out):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         yield tmp
-        if out.exists() or out.is_symlink():
+        replacing = out.exists() or out.is_symlink()
+        if replacing:
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if replacing:
+                os.replace(old, out)  # the old export stays as it was
+            raise
+        _remove(old)
     except OSError as e:
         raise CharlmError(f"cannot write {out}: {e.strerror}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+
+
+def _remove(path):
+    """Remove a file, a symlink or a directory tree, if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write(model, vocab, cfg, out, fmt):
     """Write the export of a built model, its vocabulary and the manifest into the existing directory out."""
     block = step_block(model)
     H = cfg.model.hidden_size
-    ids = nd.zeros((1,))
-    block(ids, *[nd.zeros((1, H)) for _ in state_names(model)])  # traces the graph that export saves
+    block(nd.zeros((1,)), *[nd.zeros((1, H)) for _ in state_names(model)])  # traces the graph that export saves
     block.export(str(out / STEM))
     inputs, outputs = _io(model, len(vocab), H)
     if fmt == "mxnet":

@@ -42,7 +42,7 @@ def main():
     og = _onnx_generate()
     lm = charlm.load(args.run)
     with tempfile.TemporaryDirectory() as tmp:
-        out = export(args.run, out=Path(tmp) / "onnx", fmt="onnx")
+        out = export(Path(tmp) / "onnx", "onnx", args.run)
         session, manifest, tokens = og.load(out)
         ids = og.encode(args.prefix, manifest, tokens)
         runners = {"charlm (MXNet)": lambda: lm.generate(args.prefix, args.length),
