@@ -45,9 +45,10 @@ def main():
         out = export(Path(tmp) / "onnx", "onnx", args.run)
         session, manifest, tokens = og.load(out)
         ids = og.encode(args.prefix, manifest, tokens)
+        def onnx_text():
+            return og.decode(ids + og.generate(session, manifest, ids, args.length), tokens, manifest)
         runners = {"charlm (MXNet)": lambda: lm.generate(args.prefix, args.length),
-                   "ONNX export (onnxruntime)": lambda: og.decode(ids + og.generate(session, manifest, ids, args.length),
-                                                                  tokens, manifest)}
+                   "ONNX export (onnxruntime)": onnx_text}
         for run in runners.values():  # warm-up: graph building, first allocations
             run()
         times, texts = {name: [] for name in runners}, {}

@@ -50,6 +50,12 @@ def _written(tmp_path, cell, layers, embed, fmt):
     return model, json.loads((tmp_path / export.MANIFEST).read_text())
 
 
+def _onnx_or_skip():
+    """onnxruntime, or skip the test when onnx or onnxruntime is not installed (both are in the test extra)."""
+    pytest.importorskip("onnx")
+    return pytest.importorskip("onnxruntime")
+
+
 SYMBOL_BLOCK = """
 import sys, numpy as np, mxnet as mx
 d = sys.argv[1]
@@ -77,8 +83,7 @@ def test_mxnet_export_matches_charlm_step_in_a_fresh_process(tmp_path, cell, lay
 
 @pytest.mark.parametrize("cell, layers, embed", CELLS)
 def test_onnx_export_matches_charlm_step_in_onnxruntime(tmp_path, cell, layers, embed):
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+    ort = _onnx_or_skip()
     model, manifest = _written(tmp_path, cell, layers, embed, "onnx")
     ids, state, logits, new = _step_case(model)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -104,10 +109,15 @@ def random_run(request, tmp_path_factory):
     return tmp / "r"
 
 
+def _export(run, out):
+    result = CliRunner().invoke(main, ["export", "--run", str(run), "-o", str(out), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+
+
 def test_onnx_greedy_text_equals_charlm_generate(random_run, tmp_path):
-    pytest.importorskip("onnxruntime")
+    _onnx_or_skip()
     out = tmp_path / "exported"
-    assert CliRunner().invoke(main, ["export", "--run", str(random_run), "-o", str(out), "--format", "onnx"]).exit_code == 0
+    _export(random_run, out)
     expected = CliRunner().invoke(main, ["generate", "The Time ", "--length", "200", "--run", str(random_run)]).stdout
     # numpy and onnxruntime alone: the script run from elsewhere, and charlm and MXNet never imported
     check = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
@@ -118,9 +128,9 @@ def test_onnx_greedy_text_equals_charlm_generate(random_run, tmp_path):
 
 
 def test_onnx_generate_samples_reproducibly(random_run, tmp_path):
-    pytest.importorskip("onnxruntime")
+    _onnx_or_skip()
     out = tmp_path / "exported"
-    assert CliRunner().invoke(main, ["export", "--run", str(random_run), "-o", str(out), "--format", "onnx"]).exit_code == 0
+    _export(random_run, out)
     args = [sys.executable, str(SCRIPT), str(out), "the", "--length", "30", "--temperature", "0.8", "--seed", "4"]
     first, again = (subprocess.run(args, capture_output=True, text=True, check=True).stdout for _ in range(2))
     assert first == again and first.startswith("the") and len(first) == 3 + 30 + 1
