@@ -480,3 +480,18 @@ def data_addition(digits, count, seed, base, msd_first, pad, mixed, output):
 
     write_text(output, "\n".join(make_lines(digits, count, seed, base, msd_first, pad, mixed)) + "\n")
     click.echo(f"wrote {count:,} lines to {output}")
+
+
+@main.command()
+@click.option("-o", "--output", required=True, type=click.Path(), help="directory to write the export into")
+@click.option("--format", "fmt", required=True, type=click.Choice(["mxnet", "onnx"]),
+              help="mxnet: HybridBlock.export's symbol and params files; onnx: model.onnx (needs charlm[onnx])")
+@click.option("--force", is_flag=True, help="replace --output if it exists")
+@RUN
+@RUNS_DIR
+@_user_errors
+def export(output, fmt, force, run_dir, runs_dir):
+    """Export the run's best model (one generation step, its states in and out) for runtimes without charlm."""
+    from .export import export as write_export
+
+    click.echo(f"wrote {write_export(output, fmt, run_dir, runs_dir, force)}")

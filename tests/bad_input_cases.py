@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -92,6 +93,18 @@ def _damage_metrics_line(run):
 
 def _delete_metrics(run):
     (run / "metrics.jsonl").unlink()
+
+
+def _unfinished(run):
+    (run / "params-best.params").unlink()
+
+
+def _word_level(run):
+    (run / "vocab.json").write_text(json.dumps({"level": "word", "tokens": ["<unk>", "<eos>", "the", "fox"]}))
+
+
+def _no_onnx():
+    return mock.patch.dict(sys.modules, {"onnx": None})  # None in sys.modules: its import raises ImportError
 
 
 def _unlockable_run():
@@ -262,6 +275,18 @@ CASES = [
     ("`data addition --digits` of a trillion",
      lambda ws: ["data", "addition", "--digits", "1000000000000", "-o", str(ws.tmp / "a.txt")],
      "--digits 1000000000000 in base 10 is too large (at most 18)"),
+    ("`export` of a run that has not finished an epoch",
+     lambda ws: ["export", "--run", str(ws.damaged_run("unfinished", _unfinished)), "-o", str(ws.tmp / "e"),
+                 "--format", "mxnet"], "has no params-best.params: it has not finished an epoch yet"),
+    ("`export` onto an existing output without `--force`",
+     lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.file("taken", b"")), "--format", "mxnet"],
+     "already exists: pass --force to replace it"),
+    ("`export --format onnx` without the onnx package",
+     lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.tmp / "e"), "--format", "onnx"],
+     'needs the onnx package: pip install "charlm[onnx]"'),
+    ("`export` of a word-level run",
+     lambda ws: ["export", "--run", str(ws.damaged_run("words", _word_level)), "-o", str(ws.tmp / "e"),
+                 "--format", "mxnet"], "is a word-level run: charlm export takes character-level runs"),
     ("`--gpu` with no GPU visible", lambda ws: _train(ws, "--gpu"), "--gpu: MXNet sees no GPU"),
     ("`--gpus` with no GPU visible", lambda ws: _train(ws, "--gpus", "0,1"), "--gpus: MXNet sees no GPU"),
     ("`--ctx` that is not a device list", lambda ws: _train(ws, "--ctx", "cpu0"),
@@ -288,6 +313,7 @@ CASES = [
 PATCHES = {"disk full while saving": _disk_full, "dist kvstore without a cluster": _no_cluster,
            "run directory this user may not write in, on `--resume`": _unlockable_run,
            "data file this user may not read": _unreadable_data,
+           "`export --format onnx` without the onnx package": _no_onnx,
            **dict.fromkeys(["`--kvstore dist_async` with a decaying learning rate",
                             "`--on-divergence rollback` with a dist kvstore",
                             "a launcher's worker with `--kvstore local`"], _worker_env)}
