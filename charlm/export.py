@@ -19,7 +19,6 @@ from .scratch import _Unrolled
 
 FORMATS = ("mxnet", "onnx")
 MANIFEST = "charlm-export.json"
-STEM = "model"  # model-symbol.json and model-0000.params (HybridBlock.export's names), or model.onnx
 OPSET = 13  # stated, not the installed onnx's newest (mx.onnx.export_model writes that, with opset-13 nodes)
 IR_VERSION = 7  # the ONNX IR of opset 13: runtimes older than the onnx that wrote the file load it too
 ONNX_HINT = 'pip install "charlm[onnx]"'
@@ -121,7 +120,7 @@ def export(out, fmt, run=None, runs_dir="runs", force=False):
                           f"model's tokenizer and spacing are charlm's own, which the export does not carry)")
     model = checkpoint.load_model(run, mx.cpu())  # a run without params-best.params: a one-line error
     with _staging(out) as tmp:
-        write(model, vocab, cfg, tmp, fmt)
+        write(model, vocab, cfg, tmp, fmt, out.name)
     return out
 
 
@@ -168,21 +167,22 @@ def _remove(path):
         path.unlink(missing_ok=True)
 
 
-def write(model, vocab, cfg, out, fmt):
-    """Write the export of a built model, its vocabulary and the manifest into the existing directory out."""
+def write(model, vocab, cfg, out, fmt, stem):
+    """Write the export of a built model into the existing directory out: stem-symbol.json and stem-0000.params
+    (HybridBlock.export's names) or stem.onnx, its vocabulary and the manifest."""
     block = step_block(model)
     H = cfg.model.hidden_size
     block(nd.zeros((1,)), *[nd.zeros((1, H)) for _ in state_names(model)])  # traces the graph that export saves
-    block.export(str(out / STEM))
+    block.export(str(out / stem))
     inputs, outputs = _io(model, len(vocab), H)
     if fmt == "mxnet":
-        files = {"symbol": f"{STEM}-symbol.json", "params": f"{STEM}-0000.params"}
+        files = {"symbol": f"{stem}-symbol.json", "params": f"{stem}-0000.params"}
         sym = mx.sym.load(str(out / files["symbol"]))
         in_names, out_names = _mxnet_inputs(len(inputs)), sym.list_outputs()
     else:
-        files = {"model": f"{STEM}.onnx"}
+        files = {"model": f"{stem}.onnx"}
         in_names, out_names = _onnx_names(model)
-        _to_onnx(out, len(inputs), H, in_names, out_names)
+        _to_onnx(out / stem, len(inputs), H, in_names, out_names)
     (out / VOCAB).write_text(vocab.to_json(), encoding="utf-8")
     manifest = _manifest(model, vocab, cfg, fmt, files)
     manifest["inputs"] = [{"name": n, "holds": what, "shape": shape} for n, (what, shape) in zip(in_names, inputs)]
@@ -203,13 +203,13 @@ def _manifest(model, vocab, cfg, fmt, files):
             "line_start_id": vocab.bos if d.mode == "lines" else None}
 
 
-def _to_onnx(out, count, hidden_size, in_names, out_names):
-    """Convert the symbol files in out with MXNet's exporter at OPSET into model.onnx, named as given; the
+def _to_onnx(prefix, count, hidden_size, in_names, out_names):
+    """Convert the symbol files at prefix with MXNet's exporter at OPSET into prefix.onnx, named as given; the
     symbol files are removed. export_model takes no opset, hence its converter directly."""
     import onnx
     from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
 
-    sym, args, aux = mx.model.load_checkpoint(str(out / STEM), 0)
+    sym, args, aux = mx.model.load_checkpoint(str(prefix), 0)
     shapes = [(1,)] + [(1, hidden_size)] * (count - 1)
     with contextlib.redirect_stdout(io.StringIO()):  # its `1 - x` converter prints the node's name
         graph = MXNetGraph().create_onnx_graph_proto(
@@ -219,9 +219,9 @@ def _to_onnx(out, count, hidden_size, in_names, out_names):
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
                                    ir_version=IR_VERSION, producer_name="charlm", producer_version=__version__)
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(out / f"{STEM}.onnx"))
-    for name in (f"{STEM}-symbol.json", f"{STEM}-0000.params"):
-        (out / name).unlink()
+    onnx.save(model, f"{prefix}.onnx")
+    for name in (f"{prefix}-symbol.json", f"{prefix}-0000.params"):
+        Path(name).unlink()
 
 
 def _rename(graph, old_in, new_in, old_out, new_out):

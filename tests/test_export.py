@@ -46,7 +46,7 @@ def _step_case(model, seed=2):
 
 def _written(tmp_path, cell, layers, embed, fmt):
     model, cfg = _model(cell, layers, embed)
-    export.write(model, Vocab("abcdef"), cfg, tmp_path, fmt)
+    export.write(model, Vocab("abcdef"), cfg, tmp_path, fmt, "model")
     return model, json.loads((tmp_path / export.MANIFEST).read_text())
 
 
@@ -151,6 +151,6 @@ def test_export_force_replaces_the_old_export(random_run, tmp_path):
     result = CliRunner().invoke(main, ["export", "--run", str(random_run), "-o", str(out), "--format", "mxnet",
                                        "--force"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["charlm-export.json", "model-0000.params", "model-symbol.json",
-                                                     "vocab.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["charlm-export.json", "exported-0000.params",
+                                                     "exported-symbol.json", "vocab.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["exported"]
