@@ -461,8 +461,8 @@ def generate(prefix, prefix_file, length, temperature, top_k, top_p, stop, num_s
     text = _read_prefix(prefix_file) if prefix_file is not None else prefix
     lm = api.load(run_dir, runs_dir, gpu)
     live = sys.stdout.isatty() if live is None else live
-    options = dict(length=length, temperature=temperature, top_k=top_k, seed=seed, top_p=top_p, stop=stop,
-                   num_samples=num_samples)
+    options = {"length": length, "temperature": temperature, "top_k": top_k, "seed": seed, "top_p": top_p,
+               "stop": stop, "num_samples": num_samples}
     if interactive:
         _continue_lines(lm, options, live)
     else:
