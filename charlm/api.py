@@ -160,23 +160,28 @@ class LM:
         self.ctx = engine.context(gpu)
         self.model = checkpoint.load_model(run, self.ctx)
 
-    def generate(self, prefix, length=100, temperature=None, top_k=None, seed=None):
-        """The prefix (normalised as the training text was) and `length` generated tokens, as text: greedy, or
-        sampled at a temperature and/or from the top_k likeliest."""
-        return "".join(self.stream(prefix, length, temperature, top_k, seed))
+    def generate(self, prefix, length=100, temperature=None, top_k=None, seed=None, *, top_p=None, stop=(),
+                 num_samples=None):
+        """The prefix (normalised as the training text was) and up to `length` generated tokens, as text: greedy,
+        or sampled at a temperature and/or from the top_k likeliest and/or the nucleus of mass top_p, ending
+        before the first stop sequence; with num_samples, a list of that many such texts, made as one batch."""
+        pieces = self.stream(prefix, length, temperature, top_k, seed, top_p=top_p, stop=stop, num_samples=num_samples)
+        return "".join(pieces) if num_samples is None else ["".join(texts) for texts in zip(*pieces)]
 
-    def stream(self, prefix, length=100, temperature=None, top_k=None, seed=None):
-        """generate's text in pieces as they are produced: the prefix, then a block of tokens at a time."""
+    def stream(self, prefix, length=100, temperature=None, top_k=None, seed=None, *, top_p=None, stop=(),
+               num_samples=None):
+        """generate's text in pieces as they are produced: the prefix, then a block of tokens at a time; with
+        num_samples, lists of one piece per sample."""
         from . import generate
 
-        if length < 1:
-            raise CharlmError(f"--length must be at least 1, got {length}")
-        if temperature is not None and not temperature > 0:  # not <= 0: NaN is neither
-            raise CharlmError(f"--temperature must be positive, got {temperature}")
-        if top_k is not None and not 1 <= top_k <= len(self.vocab):
-            raise CharlmError(f"--top-k must be between 1 and the vocabulary size {len(self.vocab)}, got {top_k}")
+        n = 1 if num_samples is None else num_samples
+        stop = generate.check(length, temperature, top_k, top_p, stop, n, len(self.vocab))
+        if self.config.data.mode == "lines":
+            stop.append("\n")  # trained one line at a time: past its end the model has learnt nothing
         ids = generate.encode_prefix(prefix, self.vocab, self.config.data)
-        return generate.stream(self.model, self.vocab, ids, length, self.ctx, temperature, top_k, seed)
+        pieces = generate.stream(self.model, self.vocab, ids, length, self.ctx, temperature, top_k, seed, top_p=top_p,
+                                 stop=stop, num_samples=n)
+        return pieces if num_samples is not None else (texts[0] for texts in pieces)
 
     def score(self, text):
         """Loss (nats per token), perplexity, bits per character (character level) and token count of text,

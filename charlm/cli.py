@@ -390,24 +390,95 @@ class _ProgressBar:
         self.bar = None
 
 
+def _read_prefix(path):
+    """The text of a prefix file (- for stdin), as it is: its last line break too."""
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise CharlmError(f"cannot read prefix file {path}: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as e:
+        raise CharlmError(f"prefix file {path} is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}") \
+            from None
+
+
+def _echo_samples(pieces, live):
+    """Print each sample as prefix, continuation and a line break, a line `--- sample K ---` before the K-th
+    from the second on; when live, the first one as it is produced."""
+    texts = None
+    for block in pieces:
+        texts = texts or [[] for _ in block]
+        for text, piece in zip(texts, block):
+            text.append(piece)
+        if live and block[0]:
+            click.echo(block[0], nl=False)  # click.echo flushes
+    for k, text in enumerate(texts, 1):
+        if k > 1:
+            click.echo(f"--- sample {k} ---")
+        click.echo("" if live and k == 1 else "".join(text))
+
+
 @main.command()
-@click.argument("prefix")
-@click.option("--length", default=100, show_default=True, help="characters to generate")
+@click.argument("prefix", required=False)
+@click.option("--prefix-file", metavar="FILE", default=None,
+              help="continue the text of this UTF-8 file (- for stdin) instead of PREFIX, its last line break too")
+@click.option("--length", default=100, show_default=True,
+              help="tokens to generate: characters, or words at word level")
 @click.option("--temperature", type=float, default=None,
               help="sample with this softmax temperature  [default: greedy argmax]")
-@click.option("--top-k", type=int, default=None, help="sample only from the k likeliest characters")
+@click.option("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
+@click.option("--top-p", type=float, default=None,
+              help="sample only from the smallest set of likeliest tokens whose probabilities sum to at least P "
+                   "(nucleus sampling, after the temperature)")
+@click.option("--stop", multiple=True, metavar="TEXT",
+              help="end a continuation just before the first TEXT it produces (TEXT is not printed); repeatable. "
+                   "In lines mode a continuation also ends at its line end")
+@click.option("--num-samples", default=1, show_default=True,
+              help="continuations made as one batch, printed one after another, a line `--- sample K ---` before "
+                   "each from the second on")
+@click.option("--stream/--no-stream", "live", default=None,
+              help="write the text as it is produced  [default: when stdout is a terminal]")
+@click.option("-i", "--interactive", is_flag=True,
+              help="keep the model loaded and continue each line read from stdin, until an empty line or EOF")
 @click.option("--seed", type=int, default=None, help="random seed for sampling")
 @RUN
 @RUNS_DIR
 @GPU
 @_user_errors
-def generate(prefix, length, temperature, top_k, seed, run_dir, runs_dir, gpu):
-    """Continue PREFIX with the run's best model; prints only the text."""
-    from . import api
+def generate(prefix, prefix_file, length, temperature, top_k, top_p, stop, num_samples, live, interactive, seed,
+             run_dir, runs_dir, gpu):
+    """Continue PREFIX (or --prefix-file, or with -i each line typed) with the run's best model; prints only the
+    text."""
+    from . import api, generate as gen
 
-    if length < 1:  # before the model loads
-        raise CharlmError(f"--length must be at least 1, got {length}")
-    click.echo(api.load(run_dir, runs_dir, gpu).generate(prefix, length, temperature, top_k, seed))
+    gen.check(length, temperature, None, top_p, stop, num_samples)  # before the model loads
+    given = (prefix is not None) + (prefix_file is not None)
+    if given != (0 if interactive else 1):
+        raise CharlmError("-i reads its prefixes from stdin: give no PREFIX or --prefix-file" if interactive else
+                          "give a PREFIX or --prefix-file FILE, not both" if given else
+                          "give a PREFIX to continue, or --prefix-file FILE (- for stdin)")
+    text = _read_prefix(prefix_file) if prefix_file is not None else prefix
+    lm = api.load(run_dir, runs_dir, gpu)
+    live = sys.stdout.isatty() if live is None else live
+    options = {"length": length, "temperature": temperature, "top_k": top_k, "seed": seed, "top_p": top_p,
+               "stop": stop, "num_samples": num_samples}
+    if interactive:
+        _continue_lines(lm, options, live)
+    else:
+        _echo_samples(lm.stream(text, **options), live)
+
+
+def _continue_lines(lm, options, live):
+    """Continue each line of stdin as generate continues its PREFIX, until an empty line or EOF."""
+    for line in sys.stdin:
+        line = line.rstrip("\r\n")
+        if not line:
+            return
+        try:
+            _echo_samples(lm.stream(line, **options), live)
+        except CharlmError as e:  # one bad prompt does not end the session
+            click.echo(f"Error: {e}", err=True)
 
 
 @main.command("eval")

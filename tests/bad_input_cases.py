@@ -146,6 +146,10 @@ def _train(ws, *args):
     return ["train", "--data", str(ws.corpus), "--runs-dir", str(ws.tmp / "new-runs"), *TINY, *args]
 
 
+def _generate(ws, *args):
+    return ["generate", "the", "--run", str(ws.run), *args]
+
+
 # (input, how it is given, a fragment of the message). `args` builds the command line from a Workspace.
 CASES = [
     ("missing file", lambda ws: _train(ws, "--data", str(ws.tmp / "nope.txt")), "data file not found"),
@@ -246,6 +250,23 @@ CASES = [
     ("`--top-k 0`", lambda ws: ["generate", "the", "--top-k", "0", "--run", str(ws.run)], "--top-k must be between 1"),
     ("`--top-k` larger than the vocabulary", lambda ws: ["generate", "the", "--top-k", "99", "--run", str(ws.run)],
      "--top-k must be between 1 and the vocabulary size"),
+    ("`--top-p 0`", lambda ws: _generate(ws, "--top-p", "0"), "--top-p must be in (0, 1], got 0.0"),
+    ("`--top-p 1.5`", lambda ws: _generate(ws, "--top-p", "1.5"), "--top-p must be in (0, 1], got 1.5"),
+    ("`--top-p nan`", lambda ws: _generate(ws, "--top-p", "nan"), "--top-p must be in (0, 1], got nan"),
+    ("`--stop \"\"`", lambda ws: _generate(ws, "--stop", ""), "--stop must be non-empty text, got ''"),
+    ("`--num-samples 0`", lambda ws: _generate(ws, "--num-samples", "0"), "--num-samples must be at least 1, got 0"),
+    ("`--prefix-file` missing", lambda ws: ["generate", "--prefix-file", str(ws.tmp / "nope.txt"), "--run", str(ws.run)],
+     "cannot read prefix file"),
+    ("`--prefix-file` a directory", lambda ws: ["generate", "--prefix-file", str(ws.tmp), "--run", str(ws.run)],
+     "cannot read prefix file"),
+    ("`--prefix-file` not UTF-8",
+     lambda ws: ["generate", "--prefix-file", str(ws.file("p-latin1.txt", "caf\xe9".encode("latin-1"))), "--run",
+                 str(ws.run)], "is not valid UTF-8: byte 0xe9 at offset 3"),
+    ("both PREFIX and `--prefix-file`", lambda ws: _generate(ws, "--prefix-file", str(ws.corpus)),
+     "give a PREFIX or --prefix-file FILE, not both"),
+    ("neither PREFIX nor `--prefix-file`", lambda ws: ["generate", "--run", str(ws.run)],
+     "give a PREFIX to continue, or --prefix-file FILE (- for stdin)"),
+    ("`generate -i` with a PREFIX", lambda ws: _generate(ws, "-i"), "-i reads its prefixes from stdin"),
     ("text to evaluate with unknown characters",
      lambda ws: ["eval", "--run", str(ws.run), "--data", str(ws.file("e.txt", "naïve".encode()))],
      "characters not in the vocabulary: 'ï'"),

@@ -82,6 +82,74 @@ def test_generate_and_stream_give_what_the_cli_prints(trained):
     assert sampled[0] == sampled[1] == "".join(lm.stream("the", length=30, temperature=0.9, top_k=5, seed=3))
 
 
+def generate_cli(run, *args, input=None):
+    result = CliRunner().invoke(main, ["generate", *args, "--run", str(run.path)], input=input)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.mark.parametrize("args", [["--length", "70"], ["--length", "70", "--temperature", "1.5", "--seed", "2",
+                                                       "--num-samples", "3", "--stop", "e"]], ids=["one", "three"])
+def test_streamed_output_equals_the_output_written_at_the_end(trained, args):
+    run, _, _ = trained
+    assert generate_cli(run, "the", "--stream", *args) == generate_cli(run, "the", "--no-stream", *args)
+
+
+def test_num_samples_prints_each_sample_as_generate_prints_one(trained):
+    run, _, _ = trained
+    lm = charlm.load(run.path)
+    texts = lm.generate("the", length=30, temperature=1.5, seed=4, num_samples=3)
+    assert generate_cli(run, "the", "--length", "30", "--temperature", "1.5", "--seed", "4", "--num-samples", "3") == (
+        f"{texts[0]}\n--- sample 2 ---\n{texts[1]}\n--- sample 3 ---\n{texts[2]}\n")
+    streamed = list(lm.stream("the", length=30, temperature=1.5, seed=4, num_samples=3))
+    assert all(len(pieces) == 3 for pieces in streamed) and ["".join(t) for t in zip(*streamed)] == texts
+
+
+def test_stop_in_the_api_and_on_the_command_line(trained):
+    run, _, _ = trained
+    lm = charlm.load(run.path)
+    whole = lm.generate("the", length=60)
+    stop = whole[10:12]
+    cut = whole[:whole.index(stop, len("the"))]
+    assert lm.generate("the", length=60, stop=[stop]) == lm.generate("the", length=60, stop=stop) == cut
+    assert generate_cli(run, "the", "--length", "60", "--stop", stop, "--stop", "\x01") == cut + "\n"
+
+
+def test_prefix_file_and_stdin_continue_their_text_as_it_is(trained, tmp_path):
+    run, _, _ = trained
+    prime = "Pack my box with five dozen liquor jugs!\nThe quick"
+    (tmp_path / "prime.txt").write_bytes(prime.replace("\n", "\r\n").encode())
+    expected = generate_cli(run, prime, "--length", "20")
+    assert generate_cli(run, "--prefix-file", str(tmp_path / "prime.txt"), "--length", "20") == expected
+    assert generate_cli(run, "--prefix-file", "-", "--length", "20", input=prime.encode()) == expected
+
+
+def test_interactive_continues_each_line_until_an_empty_one(trained):
+    run, _, _ = trained
+    out = generate_cli(run, "-i", "--length", "15", input="the\npack my\n\nthe box\n")
+    assert out == generate_cli(run, "the", "--length", "15") + generate_cli(run, "pack my", "--length", "15")
+
+
+def test_interactive_reports_a_bad_line_and_goes_on(trained):
+    run, _, _ = trained
+    result = CliRunner().invoke(main, ["generate", "-i", "--length", "5", "--run", str(run.path)], input="€\nthe")
+    assert result.exit_code == 0 and result.stdout == generate_cli(run, "the", "--length", "5")
+    assert "Error: prefix characters not in the model's vocabulary: '€'" in result.stderr
+
+
+def test_lines_mode_continues_a_line_to_its_end_and_an_empty_prefix_starts_one(trained, tmp_path):
+    from charlm import generate
+
+    _, _, tmp = trained
+    cfg = charlm.config(data={"path": str(tmp / "tiny.txt"), "mode": "lines", **TINY["data"]}, model=TINY["model"],
+                        train={**TINY["train"], "epochs": 1})
+    lm = charlm.load(charlm.train(cfg, runs_dir=tmp_path, name="lines").path)
+    for prefix in ["", "the"]:
+        ids = generate.encode_prefix(prefix, lm.vocab, lm.config.data)
+        lines = generate.complete(lm.model, lm.vocab, ids, 300, lm.ctx, temperature=3.0, seed=1).split("\n")
+        assert len(lines) > 1 and lm.generate(prefix, length=300, temperature=3.0, seed=1) == lines[0]
+
+
 def test_score_equals_eval_of_the_same_text(trained, tmp_path):
     run, _, _ = trained
     text = "Pack my box with five dozen liquor jugs!\nThe quick brown fox jumps over the lazy dog.\n"
