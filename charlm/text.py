@@ -73,18 +73,13 @@ def read_text(path):
     return "".join(decoded_chunks(check_file(path), hint="convert it to UTF-8"))
 
 
-def letters(text):
-    """d2l's normalisation: every run of characters other than ASCII letters becomes one space."""
-    return _NON_LETTERS.sub(" ", text)
-
-
 def normalise(text, d):
     """Text with the normalisations a DataConfig d asks for, in the tutorial's order."""
     if d.lowercase:
         text = text.lower()
     if d.strip_newlines:
         text = text.replace("\n", "")
-    return letters(text) if d.letters_only else text
+    return _NON_LETTERS.sub(" ", text) if d.letters_only else text  # d2l's: a run of non-letters, one space
 
 
 def normalised_chunks(path, d, max_chars=0):

@@ -47,8 +47,7 @@ class Vocab:
         ok = ids < len(self.points)
         ok[ok] = self.points[ids[ok]] == points[ok]
         if not ok.all():
-            missing = "".join(self.unknown(text))
-            raise CharlmError(f"characters not in the vocabulary: {missing!r}")
+            raise CharlmError(f"characters not in the vocabulary: {''.join(self.unknown(text))!r}")
         return ids.astype(self.dtype)
 
     def decode(self, ids):
