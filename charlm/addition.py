@@ -31,9 +31,8 @@ def make_lines(digits, count, seed, base=10, msd_first=False, pad=False, mixed=F
                           f"at most {limit:,} fit in about {MEMORY / 1e9:.0f} GB")
     rng = np.random.default_rng(seed)
     if mixed:
-        # uniform values are almost all full length; uniform lengths put easy short sums in every batch.
-        # A float draw scaled to its range is unbiased only below 2**53.
-        if base ** digits > 2**53:
+        # uniform lengths (uniform values are almost all full length) put easy sums in every batch
+        if base ** digits > 2**53:  # a float draw scaled to the range is unbiased only below that
             raise CharlmError(f"--mixed takes numbers below 2**53: --digits at most {int(53 / np.log2(base))} "
                               f"in base {base}")
         lengths = rng.integers(1, digits + 1, size=(2, count))

@@ -1,5 +1,6 @@
 """Settings: dataclass defaults < YAML files < flags the user typed < --set, one name per setting:
 `section.name` in YAML, `--name-with-dashes` on the command line."""
+import contextlib
 import dataclasses
 import math
 import typing
@@ -112,10 +113,8 @@ def _check_type(key, f, value):
     """Return value converted to the field's type, or raise a CharlmError naming the key."""
     kind = f.type
     if kind is float and isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -131,11 +130,7 @@ def _check_type(key, f, value):
         raise CharlmError(f"{key}: expected {name}, got {value!r}")
     if "choices" in f.metadata and value not in f.metadata["choices"]:
         raise CharlmError(f"{key}: {value!r} is not one of {', '.join(f.metadata['choices'])}")
-    if kind is float:
-        return float(value)
-    if kind in (typing.List[str], typing.List[int]):
-        return list(value)
-    return value
+    return float(value) if kind is float else list(value) if kind in (typing.List[str], typing.List[int]) else value
 
 
 def _set(cfg, section, name, value, where):

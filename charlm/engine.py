@@ -34,9 +34,7 @@ def flush_denormals():
     return libm.fesetenv(env) == 0
 
 
-# Subnormals take the CPU's slow path and a converging model makes many; set before the import, so
-# that MXNet's engine and OpenMP threads inherit it.
-FLUSH_DENORMALS = flush_denormals()
+FLUSH_DENORMALS = flush_denormals()  # subnormals are slow; before the import, for MXNet's threads to inherit
 
 try:
     import mxnet as mx  # noqa: E402

@@ -49,8 +49,7 @@ class LoopbackCluster:
 
     def start(self):
         """Start the scheduler, the servers and the workers, in that order."""
-        # Workers share the cores (as `sweep --jobs` does); the servers only add up gradients.
-        threads = max(1, len(os.sched_getaffinity(0)) // self.num_workers)
+        threads = max(1, len(os.sched_getaffinity(0)) // self.num_workers)  # workers share them; servers only add
         self._spawn("scheduler", SERVE, self._env("scheduler", 1), quiet=True)
         for i in range(self.num_servers):
             self._spawn(f"server {i}", SERVE, self._env("server", 1), quiet=True)

@@ -113,11 +113,9 @@ class Run:
                 who = f"process {owner}" if owner else "another process"
                 raise CharlmError(f"{self.path} is being trained by {who} (lock file {path}); wait for it or stop it "
                                   f"first") from None
-            try:  # the file locked is still the one at path: a holder that was releasing may have removed it
+            with contextlib.suppress(FileNotFoundError):  # a holder releasing it may have removed the file locked
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     break
-            except FileNotFoundError:
-                pass
             os.close(fd)
         try:
             os.ftruncate(fd, 0)

@@ -142,8 +142,7 @@ def plan(sweep):
     else:
         rng = np.random.default_rng(sweep.seed)
         points = [{k: _draw(sweep.parameters[k], rng) for k in keys} for _ in range(sweep.run_cap)]
-    # Names show what varies; settings fixed with a single value would only make them long.
-    varying = [k for k in keys if len(sweep.parameters[k].get("values", [0, 1])) > 1]
+    varying = [k for k in keys if len(sweep.parameters[k].get("values", [0, 1])) > 1]  # names show what varies
     return [(f"{i:03d}-" + ",".join(f"{k.split('.')[-1]}={_fmt(p[k])}" for k in varying), p)
             for i, p in enumerate(points)]
 

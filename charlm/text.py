@@ -49,8 +49,7 @@ def decoded_chunks(path, encoding="utf-8", errors="strict", hint=DECODE_HINT):
     with f:
         while True:
             raw = f.read(CHUNK)
-            # UTF-8 text never holds NUL; the first chunk is enough to tell a binary file.
-            if offset == 0 and codec == "utf-8" and b"\x00" in raw:
+            if offset == 0 and codec == "utf-8" and b"\x00" in raw:  # UTF-8 text never holds NUL
                 raise CharlmError(f"{path} looks like a binary file (it contains NUL bytes), not UTF-8 text")
             buffered = len(decoder.getstate()[0])  # bytes of a character split by the last chunk
             try:
