@@ -13,9 +13,7 @@ from .errors import CharlmError
 from .vocab import vocab_from_json
 
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
-BEST = "params-best.params"
-LATEST = "latest"
-LOCK = ".lock"
+BEST, LATEST, LOCK = "params-best.params", "latest", ".lock"
 
 
 def atomic_write(path, write):

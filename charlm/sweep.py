@@ -177,8 +177,7 @@ def _last_error(log):
 
 def execute(sweep, sweep_dir, jobs=1, on_done=None):
     """Run every unfinished planned run, `jobs` at a time, recording failures; after each, on_done(row, rows)."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "logs").mkdir(exist_ok=True)
+    (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
     failures = recorded_failures(sweep_dir)
     todo = [(n, p, s) for n, p in plan(sweep) if (s := status(sweep_dir / n, {})) != "finished"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}

@@ -1,5 +1,4 @@
-"""Reading text files in bounded chunks, with one-line errors for what cannot be read, and the tutorial's
-normalisations, shared by corpora and generation prefixes."""
+"""Text files read in bounded chunks with one-line errors, and the tutorial's normalisations (corpora, prefixes)."""
 import codecs
 import re
 from importlib import resources

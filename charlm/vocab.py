@@ -1,5 +1,4 @@
-"""Vocabularies: characters with ids in sorted order, and words (special tokens first, then by falling
-frequency), each written as JSON into its run."""
+"""Vocabularies of characters (ids in sorted order) and of words (specials, then by falling frequency), as JSON."""
 import collections
 import json
 
