@@ -15,8 +15,7 @@ def write_number(n, base, msd_first, width=0):
 
 
 def make_lines(digits, count, seed, base=10, msd_first=False, pad=False, mixed=False):
-    """count lines `a+b=c` with a and b drawn uniformly below base**digits (fixed width if pad); if mixed,
-    each number's digit count is drawn uniformly from 1 to digits first."""
+    """count lines `a+b=c`, a and b uniform below base**digits (fixed width if pad), or of uniform length if mixed."""
     if not 2 <= base <= MAX_BASE:
         raise CharlmError(f"--base must be between 2 and {MAX_BASE}, got {base}")
     if digits < 1 or count < 1:
@@ -32,11 +31,8 @@ def make_lines(digits, count, seed, base=10, msd_first=False, pad=False, mixed=F
                           f"at most {limit:,} fit in about {MEMORY / 1e9:.0f} GB")
     rng = np.random.default_rng(seed)
     if mixed:
-        # uniform values are almost all full length; uniform lengths put short sums, where each digit of
-        # c sits a few steps from the digits it adds, beside long ones (a curriculum within every batch).
-        # The value is a float draw scaled to its range: exact only below 2**53 (above, its low digits
-        # would come out biased).
-        if base ** digits > 2**53:
+        # uniform lengths (uniform values are almost all full length) put easy sums in every batch
+        if base ** digits > 2**53:  # a float draw scaled to the range is unbiased only below that
             raise CharlmError(f"--mixed takes numbers below 2**53: --digits at most {int(53 / np.log2(base))} "
                               f"in base {base}")
         lengths = rng.integers(1, digits + 1, size=(2, count))
@@ -44,8 +40,7 @@ def make_lines(digits, count, seed, base=10, msd_first=False, pad=False, mixed=F
         a, b = low + (rng.random((2, count)) * (base ** lengths - low)).astype(np.int64)
     else:
         a, b = rng.integers(0, base ** digits, size=(2, count), dtype=np.int64)
-    # padded, digit i of a, b and c sits at the same offset in every line, as in the tutorial's 8-bit
-    # numbers; c gets one digit more for the final carry
+    # padded, digit i of a, b and c sits at one offset in every line; c has one digit more for the carry
     width = digits if pad else 0
     return [f"{write_number(x, base, msd_first, width)}+{write_number(y, base, msd_first, width)}="
             f"{write_number(x + y, base, msd_first, width + pad)}" for x, y in zip(a, b)]
@@ -60,10 +55,7 @@ def split_line(line):
 
 
 def accuracy(model, vocab, line_start, lines, ctx, batch_size=256):
-    """Exact-match accuracy of greedy completions of each line's prompt, up to the line end, against its
-    answer, and the accuracy of each answer position as written (position 0 first: the units digit unless
-    --msd-first), over the lines whose answer is that long; line_start is the id that opens a line (the
-    line-start token, or the line break)."""
+    """Exact-match accuracy of greedy completions after each line_start + `a+b=`, and that of each answer position."""
     if not lines:
         raise CharlmError("no addition lines to evaluate")
     pairs = [split_line(line) for line in lines]

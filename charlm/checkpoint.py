@@ -2,7 +2,7 @@
 Nothing is unpickled: arrays are in MXNet's own format, the optimizer's counters in state.json."""
 from . import model as models
 from .engine import mx, nd
-from .errors import CharlmError
+from .errors import CharlmError, mxnet_cause
 from .run import BEST, STATE, atomic_write
 
 
@@ -24,17 +24,13 @@ def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0):
 
 
 def save_position(run, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0):
-    """In the middle of an epoch: save the last checkpoint after `step` batches of epoch + 1, with the
-    epoch's running sums (partial) and the carried hidden state."""
+    """Mid-epoch: save the last checkpoint after `step` batches of epoch + 1, its running sums and hidden state."""
     _save_last(run, model, trainer, hidden, {"epoch": epoch, "step": step, "partial": partial,
                                              "best_epoch": run.read_state().get("best_epoch"), "lr_scale": lr_scale})
 
 
 def _save_last(run, model, trainer, hidden, state):
-    """Write a new last checkpoint under its own names, then state.json naming it, then drop the old one.
-
-    Until state.json is renamed into place it names the previous checkpoint, whose files are intact,
-    so a kill at any moment leaves one complete, consistent checkpoint."""
+    """Write a new last checkpoint, then state.json naming it, then drop the old one: a kill leaves one whole."""
     tag = f"e{state['epoch']}-s{state['step']}"
     params, optim, hid = _last_files(tag)
     atomic_write(run.path / params, model.save_parameters)
@@ -50,12 +46,9 @@ def _save_last(run, model, trainer, hidden, state):
 
 
 def _optimizer_state(trainer):
-    """(arrays, counters): each parameter's optimizer state by index ("3", or "3.0", "3.1" for a tuple such
-    as Adam's mean and variance; none for SGD's) and the optimizer's update counts. Each device applies the
-    same summed gradient: the first one's state is every device's. Under dist_async the state is on the
-    servers, which do not hand it back: none is saved, and a resumed run starts it afresh."""
-    arrays = {}
-    for index, state in trainer._updaters[0].states.items():
+    """(arrays, counters): optimizer state by parameter index ("3", or "3.0", "3.1" of a tuple), update counts."""
+    arrays = {}  # dist_async keeps the state on the servers: none here, and a resume starts it afresh
+    for index, state in trainer._updaters[0].states.items():  # every device applies the same summed gradient
         if isinstance(state, nd.NDArray):
             arrays[str(index)] = state
         elif state is not None:
@@ -116,11 +109,8 @@ def load_params(model, path, ctx):
     try:
         model.load_parameters(str(path), ctx=ctx)
     except (mx.base.MXNetError, AssertionError, ValueError) as e:
-        # MXNet's messages carry a C++ stack before the cause; the cause is the last line.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        cause = lines[-1].removeprefix("MXNetError: ")
         raise CharlmError(f"{path} cannot be loaded into the model its config.yaml and vocab.json "
-                          f"describe: {cause}") from None
+                          f"describe: {mxnet_cause(e)}") from None
 
 
 def load_model(run, ctx):

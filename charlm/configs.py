@@ -1,6 +1,6 @@
-"""Settings: dataclass defaults < YAML files < flags the user typed < --set, one name per setting.
-
-A key is `section.name` in YAML and `--name-with-dashes` on the command line."""
+"""Settings: dataclass defaults < YAML files < flags the user typed < --set, one name per setting:
+`section.name` in YAML, `--name-with-dashes` on the command line."""
+import contextlib
 import dataclasses
 import math
 import typing
@@ -13,8 +13,7 @@ from .errors import CharlmError
 
 CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
 SCRATCH_CELLS = CELLS[:3]  # no embedding, no stacking, no dropout
-# MXNet's updates refuse a learning rate below the smallest normal float32 (1.2e-38), Adam's after its first
-# steps' bias correction multiplies it by as little as 0.32; and one below 1e-30 changes no float32 weight.
+# smaller rates change no float32 weight; this one keeps Adam's bias-corrected rate above MXNet's floor (1.2e-38)
 MIN_LR = 1e-30
 
 
@@ -114,10 +113,8 @@ def _check_type(key, f, value):
     """Return value converted to the field's type, or raise a CharlmError naming the key."""
     kind = f.type
     if kind is float and isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -133,11 +130,7 @@ def _check_type(key, f, value):
         raise CharlmError(f"{key}: expected {name}, got {value!r}")
     if "choices" in f.metadata and value not in f.metadata["choices"]:
         raise CharlmError(f"{key}: {value!r} is not one of {', '.join(f.metadata['choices'])}")
-    if kind is float:
-        return float(value)
-    if kind in (typing.List[str], typing.List[int]):
-        return list(value)
-    return value
+    return float(value) if kind is float else list(value) if kind in (typing.List[str], typing.List[int]) else value
 
 
 def _set(cfg, section, name, value, where):
@@ -216,16 +209,15 @@ def resolve(files=(), flags=None, sets=()):
 
 def validate(cfg):
     """Raise a CharlmError for values no run can use."""
-    positive = [("data", "seq_len"), ("data", "batch_size"), ("model", "hidden_size"), ("model", "num_layers"),
-                ("train", "epochs"), ("train", "sample_length"), ("data", "min_freq")]
-    for section, name in positive:
-        if getattr(getattr(cfg, section), name) < 1:
-            raise CharlmError(f"{section}.{name} must be at least 1, got {getattr(getattr(cfg, section), name)}")
-    for section, name in [("data", "max_chars"), ("model", "embed_size"), ("train", "grad_clip"),
-                          ("train", "sample_every"), ("train", "checkpoint_every"), ("data", "max_vocab"),
-                          ("train", "seed")]:
-        if not getattr(getattr(cfg, section), name) >= 0:  # not < 0: NaN is neither
-            raise CharlmError(f"{section}.{name} must not be negative, got {getattr(getattr(cfg, section), name)}")
+    for least, keys in ((1, "data.seq_len data.batch_size model.hidden_size model.num_layers train.epochs "
+                            "train.sample_length data.min_freq"),
+                        (0, "data.max_chars model.embed_size train.grad_clip train.sample_every "
+                            "train.checkpoint_every data.max_vocab train.seed")):
+        for key in keys.split():
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if not value >= least:  # not < least: NaN is neither
+                raise CharlmError(f"{key} must {'be at least 1' if least else 'not be negative'}, got {value}")
     if not 0 <= cfg.data.val_frac < 1:
         raise CharlmError(f"data.val_frac must be in [0, 1), got {cfg.data.val_frac}")
     if not 0 <= cfg.model.dropout < 1:
@@ -248,12 +240,7 @@ def validate(cfg):
                           f"got {m.cell} with embed_size {m.embed_size} and hidden_size {m.hidden_size}")
 
 
-def to_dict(cfg):
-    """The config as nested plain dicts, in field order."""
-    return dataclasses.asdict(cfg)
-
-
 def to_yaml(cfg):
     """The config as YAML text that apply_yaml reads back to the same config."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
 

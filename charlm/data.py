@@ -10,9 +10,7 @@ UNICODE = 0x110000  # code points
 
 
 def corpus_of(d, path=None, vocab=None):
-    """(vocab, ids) of the text a DataConfig describes, or of all of another file read the same way.
-
-    In lines mode the vocabulary also holds the line-start and line-end tokens."""
+    """(vocab, ids) of the text a DataConfig describes, or of all of another file; lines mode adds BOS and EOS."""
     lines, max_chars = d.mode == "lines", 0 if path else d.max_chars
     path = check_file(corpus_path(path or d.path))
     if d.level == "word":
@@ -21,9 +19,7 @@ def corpus_of(d, path=None, vocab=None):
 
 
 def load_corpus(d, path, max_chars, vocab=None, extra=""):
-    """Read a text file once, as a DataConfig d says, into (vocab, ids), ids in the smallest unsigned type;
-    the vocabulary is the text's own (plus the characters of extra) unless one is given, in which case
-    characters outside it are an error naming them."""
+    """Read a text file once into (vocab, ids): the text's own vocabulary plus extra's, or the one given."""
     # Ids are assigned by first appearance, then renumbered in sorted order at the end: one pass.
     lut = np.full(UNICODE, -1, dtype=np.int64)
     seen = list(vocab.points) if vocab is not None else list(dict.fromkeys(codepoints(extra)))
@@ -100,18 +96,14 @@ def check_trainable(n_chars, batch_size, seq_len):
 
 
 def _offset(n, batch_size, seq_len, rng):
-    """A random start offset below seq_len that keeps the number of full batches at n // (N*T).
-
-    Both iterators need N*T positions per batch out of the n that have a next character."""
+    """A random offset below seq_len that keeps all n // (N*T) full batches of n positions, and that count."""
     num_batches = n // (batch_size * seq_len)
     slack = n - num_batches * batch_size * seq_len
     return int(rng.integers(0, min(seq_len - 1, slack) + 1)), num_batches
 
 
 class RandomBatches:
-    """The tutorial's sampler: non-overlapping windows in shuffled order from a random offset.
-
-    The hidden state is reset for every batch, since neighbouring rows are unrelated."""
+    """The tutorial's sampler: non-overlapping windows in shuffled order (unrelated rows: no state carried)."""
 
     carries_state, padded = False, False
 
@@ -134,9 +126,7 @@ class RandomBatches:
 
 
 class SequentialBatches:
-    """The corpus cut into batch_size parallel streams read in consecutive seq_len windows.
-
-    Row n of one batch continues row n of the previous batch, so the hidden state is carried."""
+    """The corpus as batch_size parallel streams in consecutive seq_len windows, so the state is carried."""
 
     carries_state, padded = True, False
 

@@ -9,19 +9,15 @@ import numpy as np
 
 from .errors import CharlmError
 
-# MXNet's OpenMP assumes SMT and uses half the cores; on these 2-core machines that is one
-# thread. Using every core measured +40% on the fused LSTM. Set before import: read only then.
+# MXNet's OpenMP assumes SMT and takes half the cores; every core is faster. Read only at import.
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
 os.environ.setdefault("OMP_NUM_THREADS", str(CPUS))
-# MXNet's operator tuning keeps elementwise ops it judges small on one thread. The gated scratch cells
-# are made of such ops, a few per time step: on every thread they measured 4-7% faster (scratch-lstm,
-# scratch-gru), and the other cells the same (scripts/bench.py). Also read only at import.
+# Operator tuning keeps the small elementwise ops the scratch cells are made of on one thread.
 os.environ.setdefault("MXNET_USE_OPERATOR_TUNING", "0")
 
 
 def flush_denormals():
-    """Turn on flush-to-zero and denormals-are-zero (x86-64 Linux) for this thread and the threads it starts
-    later, which inherit its floating-point environment; True if set. Off with CHARLM_FLUSH_DENORMALS=0."""
+    """Flush subnormal floats to zero (x86-64 Linux) in this thread and those it starts later; True if set."""
     setting = os.environ.get("CHARLM_FLUSH_DENORMALS", "1")
     if setting not in ("0", "1"):
         raise CharlmError(f"CHARLM_FLUSH_DENORMALS must be 0 (keep subnormal floats) or 1 (flush them), "
@@ -38,11 +34,7 @@ def flush_denormals():
     return libm.fesetenv(env) == 0
 
 
-# A float32 below 1.2e-38 takes the CPU's slow path, and a converging model makes many (near-certain
-# softmax outputs, saturated gates): from the addition recipe's best weights training ran at 18.3k tokens/s,
-# and at 31.4k with them flushed (scripts/denormals.py). TensorFlow flushes them by default too. Set before
-# the import, so that MXNet's engine and OpenMP threads inherit it.
-FLUSH_DENORMALS = flush_denormals()
+FLUSH_DENORMALS = flush_denormals()  # subnormals are slow; before the import, for MXNet's threads to inherit
 
 try:
     import mxnet as mx  # noqa: E402
@@ -91,17 +83,14 @@ def _parse_devices(flag, text, pattern, example):
 
 
 def contexts(gpu=False, gpus=None, ctx=None):
-    """The devices to train on, from --ctx cpu:0,cpu:1, --gpus 0,1 or --gpu: one Context, or a list of
-    several (MXNet's own convention for data-parallel blocks)."""
+    """The devices to train on, from --ctx cpu:0,cpu:1, --gpus 0,1 or --gpu: one Context, or a list of several."""
     if bool(gpu) + (gpus is not None) + (ctx is not None) > 1:
         raise CharlmError("--ctx, --gpus and --gpu each choose the devices: give only one of them")
     if gpus is None and ctx is None:
         return context(gpu)
-    flag, text = ("--gpus", gpus) if gpus is not None else ("--ctx", ctx)
-    if gpus is not None:
-        devices = _parse_devices(flag, gpus, r"(?P<kind>)(?P<index>\d+)", "0,1")
-    else:
-        devices = _parse_devices(flag, ctx, r"(?P<kind>cpu|gpu):(?P<index>\d+)", "cpu:0,cpu:1 or gpu:0,gpu:1")
+    flag, text, pattern, example = (("--gpus", gpus, r"(?P<kind>)(?P<index>\d+)", "0,1") if gpus is not None else
+                                    ("--ctx", ctx, r"(?P<kind>cpu|gpu):(?P<index>\d+)", "cpu:0,cpu:1 or gpu:0,gpu:1"))
+    devices = _parse_devices(flag, text, pattern, example)
     wanted = [i for kind, i in devices if kind == "gpu"]
     count = _gpu_count() if wanted else 0
     if wanted and count == 0:
@@ -113,11 +102,8 @@ def contexts(gpu=False, gpus=None, ctx=None):
 
 
 def on_device(batches, first, end, ctx):
-    """(x, y, X, Y) for batches[first:end], X and Y copied to ctx PREFETCH batches at a time.
-
-    MXNet's host-to-device copy is synchronous: one per batch, between the steps the host queues, cost
-    11% on tm-rnn and 5% on tm-lstm against 64 at a time (measured A/B). Batches of one shape go as one
-    array each for X and Y; each batch is then a view of it, which costs no copy and no engine op."""
+    """(x, y, X, Y) for batches[first:end], X and Y copied to ctx PREFETCH batches at a time, one array per shape."""
+    # MXNet's host-to-device copy is synchronous: one per batch would stall the queue between steps.
     for start in range(first, end, PREFETCH):
         block = [batches[j] for j in range(start, min(start + PREFETCH, end))]
         shapes = {x.shape for x, _ in block}  # several in lines mode, one bucket length each
@@ -131,10 +117,7 @@ def on_device(batches, first, end, ctx):
 
 
 def keep_up(results):
-    """Every AHEAD steps, wait for the step AHEAD before the last of `results` (one array per step).
-
-    MXNet runs asynchronously: unchecked, the host queued up to a whole epoch ahead of the device, so a
-    stop (Ctrl-C) took effect that much later. This keeps AHEAD to 2 x AHEAD steps queued; a wait per
-    step instead cost 5-10% of the speed."""
+    """Every AHEAD steps, wait for the step AHEAD before the last of `results` (one array per step)."""
+    # Unchecked, the host queues up to an epoch ahead and a stop comes that late; a wait per step is slower.
     if len(results) > AHEAD and len(results) % AHEAD == 0:
         results[-AHEAD - 1].wait_to_read()

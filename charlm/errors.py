@@ -7,3 +7,9 @@ class CharlmError(Exception):
 
 class Interrupted(Exception):
     """Training stopped because stop() turned true; the checkpoint of where it stopped is saved."""
+
+
+def mxnet_cause(e):
+    """The cause an MXNet exception states: its message's last line, without MXNet's C++ stack."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    return lines[-1].removeprefix("MXNetError: ")

@@ -23,15 +23,13 @@ def free_port():
 
 
 def _die_with_parent():
-    # Runs in each child before exec: should the launcher itself be killed outright (kill -9),
-    # the kernel ends its cluster too instead of leaving it waiting for peers forever.
+    # in each child before exec: should the launcher be killed outright, the kernel ends its cluster too
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 class LoopbackCluster:
-    """One scheduler, num_servers servers and num_workers workers running `worker_argv` on 127.0.0.1,
-    each in a process group of its own, so that stop() ends them and whatever they started."""
+    """A scheduler, servers and workers running `worker_argv` on 127.0.0.1, each in a process group of its own."""
 
     def __init__(self, num_workers, num_servers, worker_argv, grace=3.0):
         self.num_workers, self.num_servers, self.worker_argv = num_workers, num_servers, list(worker_argv)
@@ -51,8 +49,7 @@ class LoopbackCluster:
 
     def start(self):
         """Start the scheduler, the servers and the workers, in that order."""
-        # Workers share the cores (as `sweep --jobs` does); the servers only add up gradients.
-        threads = max(1, len(os.sched_getaffinity(0)) // self.num_workers)
+        threads = max(1, len(os.sched_getaffinity(0)) // self.num_workers)  # workers share them; servers only add
         self._spawn("scheduler", SERVE, self._env("scheduler", 1), quiet=True)
         for i in range(self.num_servers):
             self._spawn(f"server {i}", SERVE, self._env("server", 1), quiet=True)
@@ -60,13 +57,8 @@ class LoopbackCluster:
             self._spawn(f"worker {i}", self.worker_argv, self._env("worker", threads), quiet=False)
         return self
 
-    def pids(self):
-        """The process ids of the cluster, by name."""
-        return {name: proc.pid for name, proc in self.procs}
-
     def wait(self, poll=0.1):
-        """Block until every worker has exited or a process failed; return (0, None) when all workers
-        succeeded, else (exit status, name) of the first failure, a signal counted as 128 + its number."""
+        """Wait for every worker or a failure: (0, None), or the first failure's (exit status, name)."""
         workers = [(name, proc) for name, proc in self.procs if name.startswith("worker")]
         while True:
             for name, proc in self.procs:

@@ -18,17 +18,14 @@ def split(ids, val_frac, eos):
 
 
 def auto_buckets(lengths):
-    """Padded lengths from the distribution of sequence lengths: quartiles, 90th and 99th percentile, and the
-    longest (capped at 4x the 99th percentile: rarer outliers are split), rounded up to multiples of 8."""
+    """Padded lengths, multiples of 8: quartiles, 90th and 99th percentiles, and the longest up to 4x the 99th."""
     top = np.percentile(lengths, 99)
     cuts = list(np.percentile(lengths, [25, 50, 75, 90, 99])) + [min(lengths.max(), 4 * top)]
     return sorted({int(-(-c // 8) * 8) for c in cuts})
 
 
 class LineBatches:
-    """Batches of batch_size line sequences from one bucket each, as (X, Y) of shape (bucket, N).
-
-    With rng, sequences are shuffled within buckets and batches across them; without, the order is fixed."""
+    """(X, Y) batches of batch_size line sequences, (bucket, N), one bucket each; shuffled when given rng."""
 
     carries_state, padded = False, True
 
@@ -67,8 +64,7 @@ class LineBatches:
         return len(self.batches)
 
     def __getitem__(self, i):
-        """Batch i as (X, Y), each (bucket length, N); padding is 0 in X and PAD in Y, and rows past the
-        bucket's last sequence are all padding, so every batch has N columns."""
+        """Batch i as (X, Y), each (bucket length, N), padded with 0 in X and PAD in Y to N columns."""
         length, members = self.batches[i]
         X = np.zeros((length, self.batch_size), dtype=np.int64)
         Y = np.full((length, self.batch_size), PAD, dtype=np.int64)

@@ -34,10 +34,7 @@ class _Xavier(mx.init.Initializer):
 
 
 class FusedLayer(gluon.HybridBlock):
-    """MXNet's fused RNN/LSTM/GRU operator, its weights kept as the one flat vector the operator reads.
-
-    Gluon's own layers keep a matrix per gate group and concatenate them on every call, a sizeable
-    share of each step."""
+    """MXNet's fused RNN/LSTM/GRU operator on one flat weight vector (Gluon's layers concatenate theirs per call)."""
 
     def __init__(self, cell, hidden_size, num_layers, dropout, input_size, **kwargs):
         super().__init__(**kwargs)
@@ -99,11 +96,8 @@ class RNNLM(Generation, gluon.HybridBlock):
 
 
 class _Steps(gluon.HybridBlock):
-    """Time steps of an RNNLM through the scratch cells' equations on its fused layer's weights, unpacked once
-    per call: one step from ids (1, N), or when greedy > 0 that many greedy steps (see greedy_steps).
-
-    The fused operator costs far more than the step itself at T = 1, and MXNet's own unfused cells use its
-    slow tanh and sigmoid."""
+    """An RNNLM's steps by the scratch equations on its fused weights: one from ids (1, N), or `greedy` greedy ones."""
+    # At T = 1 the fused operator costs far more than the step, and MXNet's unfused cells use its slow tanh.
 
     def __init__(self, lm, greedy):
         super().__init__(prefix=lm.rnn.prefix, params=lm.rnn.params)
@@ -142,8 +136,7 @@ class _Steps(gluon.HybridBlock):
 
 
 class TokenNLL(gluon.HybridBlock):
-    """Negative log-likelihood of each target token, in nats: (T, N, V), (T, N) -> (T, N); when masked,
-    targets below 0 are padding and cost 0 (so they add nothing to the gradient either)."""
+    """Each target's NLL in nats, (T, N, V), (T, N) -> (T, N); when masked, targets below 0 (padding) cost 0."""
 
     def __init__(self, masked=False, **kwargs):
         super().__init__(**kwargs)
@@ -155,8 +148,7 @@ class TokenNLL(gluon.HybridBlock):
 
 
 def _sums(F, nll, Y, mean, share=1):
-    """(NLL sum, the loss to differentiate): that sum, or when mean the sum over the real targets' count
-    times share (the number of such batches one update's gradient is the mean over)."""
+    """(NLL sum, loss to differentiate): the sum, or when mean, over the real targets' count times share."""
     total = F.sum(nll)
     if not mean:
         return total, total
@@ -177,26 +169,22 @@ class _Objective(gluon.HybridBlock):
 
 
 def objective(model, masked=False, mean=True, share=1):
-    """The training objective of model: `total, loss, state = objective(X, Y, state)`, total the NLL sum
-    of the batch and loss what is differentiated (total, or its mean over the real targets when mean).
-
-    Model and loss run as one graph (a ScratchLM's, one per sequence length of up to MAX_UNROLL steps): two
-    cached graphs and the ops between them cost more host time per step, and the device waits that long."""
+    """The training objective: `total, loss, state = objective(X, Y, state)`, the NLL sum and what is differentiated."""
+    # Model and loss as one graph (a ScratchLM's, one per length): two graphs cost host time the device waits.
     if isinstance(model, gluon.HybridBlock):
         block = _Objective(model, masked, mean, share)
         block.hybridize(static_alloc=True, static_shape=True)
         return block
-    nll, graphs = TokenNLL(masked), {}
+    nll = TokenNLL(masked)
     nll.hybridize(static_alloc=True, static_shape=True)
+    graphs = Blocks(lambda steps: _Objective(model.unrolled[steps], masked, mean, share),
+                    static_alloc=True, static_shape=True)
 
     def run(X, Y, state):
         steps = X.shape[0]
         if steps > scratch.MAX_UNROLL:  # run in pieces by the model, its loss beside them
             logits, state = model(X, state)
             return (*_sums(mx.nd, nll(logits, Y), Y, mean, share), state)
-        if steps not in graphs:
-            graphs[steps] = _Objective(model.unrolled[steps], masked, mean, share)
-            graphs[steps].hybridize(static_alloc=True, static_shape=True)
         return graphs[steps](X, Y, state)
     return run
 

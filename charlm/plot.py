@@ -1,4 +1,5 @@
 """Training and validation perplexity per epoch of one or more runs, as a PNG (matplotlib is optional)."""
+import dataclasses
 from pathlib import Path
 
 from .errors import CharlmError
@@ -21,13 +22,12 @@ def runs_in(paths):
 
 
 def _flat(cfg):
-    return {f"{s}.{k}": v for s, section in cfg.items() for k, v in section.items()}
+    return {f"{s}.{k}": v for s, section in dataclasses.asdict(cfg).items() for k, v in section.items()}
 
 
 def labels(runs):
     """A label per run from the settings that differ between them (the directory name if none do)."""
-    from .configs import to_dict
-    flats = [_flat(to_dict(r.config())) for r in runs]
+    flats = [_flat(r.config()) for r in runs]
     differ = [k for k in flats[0] if len({repr(f[k]) for f in flats}) > 1]
     return [", ".join(f"{k.split('.')[-1]}={f[k]}" for k in differ) or r.path.name for r, f in zip(runs, flats)]
 

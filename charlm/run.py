@@ -13,9 +13,7 @@ from .errors import CharlmError
 from .vocab import vocab_from_json
 
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
-BEST = "params-best.params"
-LATEST = "latest"
-LOCK = ".lock"
+BEST, LATEST, LOCK = "params-best.params", "latest", ".lock"
 
 
 def atomic_write(path, write):
@@ -97,11 +95,8 @@ class Run:
 
     @contextlib.contextmanager
     def lock(self):
-        """Hold the run directory for this process: a second training of it refuses to start.
-
-        An flock on the lock file, which the kernel drops when its process exits however it ends: a lock
-        is never stale, and a test-then-take race cannot hand it to two processes. The file holds the
-        owner's pid for the message. Temporary files of writes killed midway are removed once it is held."""
+        """Hold the run directory for this process: a second training of it refuses to start."""
+        # An flock: the kernel drops it however its process ends (never stale), and no test-then-take race.
         path = self.path / LOCK
         while True:
             try:
@@ -116,15 +111,13 @@ class Run:
                 who = f"process {owner}" if owner else "another process"
                 raise CharlmError(f"{self.path} is being trained by {who} (lock file {path}); wait for it or stop it "
                                   f"first") from None
-            try:  # the file locked is still the one at path: a holder that was releasing may have removed it
+            with contextlib.suppress(FileNotFoundError):  # a holder releasing it may have removed the file locked
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     break
-            except FileNotFoundError:
-                pass
             os.close(fd)
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.write(fd, f"{os.getpid()}\n".encode())  # for the message a second trainer gets
             for tmp in self.path.glob(".*.tmp"):  # only a trainer writes here, and it held this lock
                 tmp.unlink(missing_ok=True)
             yield self
@@ -179,8 +172,7 @@ class Run:
         return state
 
     def metrics(self):
-        """The metrics.jsonl records, in order, ignoring a line cut short by a crash; a clear error when a
-        line is whole JSON but no record."""
+        """The metrics.jsonl records, skipping a line a crash cut short; a clear error for JSON that is no record."""
         path = self.path / METRICS
         records = []
         for n, line in enumerate(_read_text(path).splitlines() if path.exists() else [], 1):
@@ -204,21 +196,18 @@ class Run:
     def vocab(self):
         """The run's vocabulary."""
         path = self.path / VOCAB
-        text = _read_text(path)
         try:
-            return vocab_from_json(text)
+            return vocab_from_json(_read_text(path))
         except (ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
             raise CharlmError(f"{path} is damaged (not a vocabulary charlm wrote)") from None
 
 
-# the model settings that shape the parameters (of a Gluon cell; a scratch cell's are its first two only);
-# dropout may differ between a run and one started from it
+# the settings that shape a Gluon cell's parameters (a scratch cell's: the first two); dropout may differ
 SHAPE_KEYS = ("cell", "hidden_size", "embed_size", "num_layers", "tie_weights")
 
 
 def init_source(cfg):
-    """(run, its vocabulary) of the run cfg.train.init_from names, checked to hold best parameters that fit
-    cfg's model and a vocabulary that fits cfg's data settings."""
+    """(run, its vocabulary) of cfg.train.init_from, checked to hold best parameters and fit cfg's settings."""
     try:
         source = find(cfg.train.init_from)
     except CharlmError as e:

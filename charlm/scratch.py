@@ -38,11 +38,8 @@ def _lstm_step(F, x, state, hh, H):
 
 def _gru_step(F, x, state, hh, H):
     h = state[0]
-    # The reset gate scales H·Whn + bhn (cuDNN's and MXNet's fused GRU), hence that bias of its own, which
-    # hh adds to its n columns (a scratch GRU adds nothing to the others, the fused layer its h2h bias).
-    hx = hh(h)
-    # The reset and update gates from one sum and one sigmoid over their 2H columns, not one per gate:
-    # fewer ops per step.
+    hx = hh(h)  # its n columns hold bhn: the reset gate scales H·Whn + bhn, as the fused GRU does
+    # r and z from one sum and one sigmoid over their 2H columns: fewer ops per step.
     r, z = _gates(F, _sigmoid(F, F.slice_axis(x + hx, axis=-1, begin=0, end=2 * H)), 2, H)
     xn, hn = (F.slice_axis(a, axis=-1, begin=2 * H, end=3 * H) for a in (x, hx))
     n = _tanh(F, xn + r * hn)
@@ -54,8 +51,7 @@ STEPS = {"scratch-rnn": _rnn_step, "scratch-lstm": _lstm_step, "scratch-gru": _g
 
 
 def greedy_steps(F, logits, cells, advance, steps):
-    """`steps` greedy steps after logits (1, N, V), each step's argmax the next one's input, in one graph (one
-    call per block of characters, not per character): ids (steps, N), the last logits (1, N, V), cells."""
+    """`steps` greedy steps after logits (1, N, V) in one graph: ids (steps, N), the last logits (1, N, V), cells."""
     chosen, logits = [], F.squeeze(logits, axis=0)
     for _ in range(steps):
         chosen.append(F.argmax(logits, axis=-1))  # (N,)
@@ -64,8 +60,7 @@ def greedy_steps(F, logits, cells, advance, steps):
 
 
 class Blocks:
-    """Blocks made on first use, one per key, hybridized alike. A model holds them in this, not as children
-    (Gluon would save their shared parameters again) nor in a dict (Gluon warns of Blocks in one)."""
+    """Blocks made on first use, one per key, hybridized alike; not children (saved twice) nor a dict (Gluon warns)."""
 
     def __init__(self, make, **hybrid):
         self.make, self.hybrid, self.made = make, hybrid, {}
@@ -84,8 +79,7 @@ class Blocks:
 
 
 class Generation:
-    """Generation on a model's own weights and states, through its `generation` Blocks: key 0 runs one step
-    from given ids, key k > 0 runs k greedy steps."""
+    """Generation through a model's `generation` Blocks: key 0 runs one step from ids, key k > 0 k greedy steps."""
 
     def step(self, ids, state):
         """One step from ids (1, N): logits (1, N, V) and the new state."""
@@ -97,10 +91,8 @@ class Generation:
 
 
 class ScratchLM(Generation, gluon.Block):
-    """The tutorial's model: one-hot input, the cell's equations written out, a linear output layer.
-
-    Each sequence length gets its own hybridized graph with the time loop unrolled (faster than MXNet's
-    foreach); sequences longer than MAX_UNROLL run piece by piece."""
+    """The tutorial's model: one-hot input, the cell's equations written out, a linear output layer."""
+    # A hybridized graph per sequence length, the time loop unrolled: faster than MXNet's foreach.
 
     def __init__(self, cell, vocab_size, hidden_size, **kwargs):
         super().__init__(**kwargs)
@@ -140,8 +132,7 @@ class ScratchLM(Generation, gluon.Block):
 
 
 class _Unrolled(gluon.HybridBlock):
-    """A ScratchLM's equations on its parameters, unrolled over `steps` given ids (T = steps, N), or when
-    greedy over `steps` greedy steps after logits (1, N, V) (see greedy_steps)."""
+    """A ScratchLM unrolled over `steps` given ids (T = steps, N), or greedy: `steps` steps after logits (1, N, V)."""
 
     def __init__(self, lm, steps, greedy=False):
         super().__init__(prefix=lm.prefix, params=lm.params)
@@ -151,13 +142,9 @@ class _Unrolled(gluon.HybridBlock):
             setattr(self, name, self.params.get(name))  # the ScratchLM's own Parameter, found by its name
 
     def hybrid_forward(self, F, X, state, W_xh, W_hh, b_h, W_hq, b_q, b_hn=None):
-        # one_hot(X)·Wxh + bh selects rows of Wxh + bh: take() is the same product without a V-wide GEMM,
-        # and adding bh to the V rows rather than to all T x N of them keeps its gradient a small sum.
-        # One take per step: a take of all steps then split into steps would copy (T, N, G*H) once forward
-        # and once backward.
+        # one_hot(X)·Wxh + bh as a take of rows, per step: no V-wide GEMM, no (T, N, G*H) copy to split.
         table = F.broadcast_add(W_xh, b_h)  # (V, G*H)
-        # FullyConnected (oneDNN) multiplies these small matrices faster than dot (OpenBLAS); it wants the
-        # weight as (out, in), so it is transposed once per call, not once per step.
+        # FullyConnected (oneDNN) beats dot (OpenBLAS) here; it wants (out, in), transposed once per call.
         W_hh_t, W_hq_t, H = F.transpose(W_hh), F.transpose(W_hq), self.hidden_size
         width = GATES[self.cell] * H
         # the GRU's bhn, added to the n columns of H·Whh

@@ -39,12 +39,6 @@ class Sweep:
     parameters: dict  # "section.key" -> spec
 
 
-def _check_key(key, path):
-    valid = {f"{s}.{f.name}" for s, f in configs.keys()}
-    if key not in valid:
-        raise CharlmError(f"{path}: unknown parameter {key!r}; valid keys: {', '.join(sorted(valid))}")
-
-
 def _check_spec(key, spec, method, path):
     where = f"{path}: parameters.{key}"
     if not isinstance(spec, dict):
@@ -108,8 +102,10 @@ def load(path):
     params = doc.get("parameters")
     if not isinstance(params, dict) or not params:
         raise CharlmError(f"{path}: parameters must map section.key to values or a distribution")
+    valid = {f"{s}.{f.name}" for s, f in configs.keys()}
     for key in params:
-        _check_key(key, path)
+        if key not in valid:
+            raise CharlmError(f"{path}: unknown parameter {key!r}; valid keys: {', '.join(sorted(valid))}")
     base = doc.get("base")
     base = [] if base is None else [base] if isinstance(base, str) else base
     if not isinstance(base, list) or not all(isinstance(file, str) for file in base):
@@ -146,8 +142,7 @@ def plan(sweep):
     else:
         rng = np.random.default_rng(sweep.seed)
         points = [{k: _draw(sweep.parameters[k], rng) for k in keys} for _ in range(sweep.run_cap)]
-    # Names show what varies; settings fixed with a single value would only make them long.
-    varying = [k for k in keys if len(sweep.parameters[k].get("values", [0, 1])) > 1]
+    varying = [k for k in keys if len(sweep.parameters[k].get("values", [0, 1])) > 1]  # names show what varies
     return [(f"{i:03d}-" + ",".join(f"{k.split('.')[-1]}={_fmt(p[k])}" for k in varying), p)
             for i, p in enumerate(points)]
 
@@ -181,14 +176,10 @@ def _last_error(log):
 
 
 def execute(sweep, sweep_dir, jobs=1, on_done=None):
-    """Run every planned run that is not finished, `jobs` at a time; failures are recorded, not raised.
-
-    After each run, summary.csv is rewritten and on_done(its row, all rows) is called."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "logs").mkdir(exist_ok=True)
+    """Run every unfinished planned run, `jobs` at a time, recording failures; after each, on_done(row, rows)."""
+    (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
     failures = recorded_failures(sweep_dir)
-    todo = [(n, p, status(sweep_dir / n, {})) for n, p in plan(sweep)]
-    todo = [(n, p, s) for n, p, s in todo if s != "finished"]
+    todo = [(n, p, s) for n, p in plan(sweep) if (s := status(sweep_dir / n, {})) != "finished"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}
     running = []
     try:

@@ -1,5 +1,4 @@
-"""Reading text files in bounded chunks, with one-line errors for what cannot be read, and the tutorial's
-normalisations, shared by corpora and generation prefixes."""
+"""Text files read in bounded chunks with one-line errors, and the tutorial's normalisations (corpora, prefixes)."""
 import codecs
 import re
 from importlib import resources
@@ -49,8 +48,7 @@ def decoded_chunks(path, encoding="utf-8", errors="strict", hint=DECODE_HINT):
     with f:
         while True:
             raw = f.read(CHUNK)
-            # UTF-8 text never holds NUL; the first chunk is enough to tell a binary file.
-            if offset == 0 and codec == "utf-8" and b"\x00" in raw:
+            if offset == 0 and codec == "utf-8" and b"\x00" in raw:  # UTF-8 text never holds NUL
                 raise CharlmError(f"{path} looks like a binary file (it contains NUL bytes), not UTF-8 text")
             buffered = len(decoder.getstate()[0])  # bytes of a character split by the last chunk
             try:
@@ -73,18 +71,13 @@ def read_text(path):
     return "".join(decoded_chunks(check_file(path), hint="convert it to UTF-8"))
 
 
-def letters(text):
-    """d2l's normalisation: every run of characters other than ASCII letters becomes one space."""
-    return _NON_LETTERS.sub(" ", text)
-
-
 def normalise(text, d):
     """Text with the normalisations a DataConfig d asks for, in the tutorial's order."""
     if d.lowercase:
         text = text.lower()
     if d.strip_newlines:
         text = text.replace("\n", "")
-    return letters(text) if d.letters_only else text
+    return _NON_LETTERS.sub(" ", text) if d.letters_only else text  # d2l's: a run of non-letters, one space
 
 
 def normalised_chunks(path, d, max_chars=0):

@@ -1,5 +1,4 @@
-"""Vocabularies: characters with ids in sorted order, and words (special tokens first, then by falling
-frequency), each written as JSON into its run."""
+"""Vocabularies of characters (ids in sorted order) and of words (specials, then by falling frequency), as JSON."""
 import collections
 import json
 
@@ -47,8 +46,7 @@ class Vocab:
         ok = ids < len(self.points)
         ok[ok] = self.points[ids[ok]] == points[ok]
         if not ok.all():
-            missing = "".join(self.unknown(text))
-            raise CharlmError(f"characters not in the vocabulary: {missing!r}")
+            raise CharlmError(f"characters not in the vocabulary: {''.join(self.unknown(text))!r}")
         return ids.astype(self.dtype)
 
     def decode(self, ids):
