@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__, configs
-from .errors import CharlmError, Interrupted
+from .errors import CharlmError, Interrupted, mxnet_cause
 from .launch import KVSTORES
 
 RUNS_DIR = click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
@@ -52,9 +52,8 @@ def _user_errors(command):
             if type(e).__name__ != "MXNetError":  # matched by name: MXNet is imported only by commands that need it
                 raise
             # What no check of charlm's foresaw (a resource MXNet cannot get, say): its cause, not its C++ stack.
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or ["(no message)"]
-            raise click.ClickException(f"MXNet failed: {lines[-1].removeprefix('MXNetError: ')} (`charlm --debug "
-                                       f"...` shows the traceback)") from None
+            raise click.ClickException(f"MXNet failed: {mxnet_cause(e)} (`charlm --debug ...` shows the traceback)"
+                                       ) from None
     return wrapper
 
 
