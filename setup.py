@@ -23,8 +23,9 @@ setup(
         "cpu": ["mxnet==1.9.1"],
         "cu112": ["mxnet-cu112==1.9.1"],
         "plot": ["matplotlib>=3.5"],
+        "tensorboard": ["tensorboardX>=2.5"],  # train --tensorboard DIR
         # matplotlib: the plot test runs too; wheel: the packaging test builds the wheel without isolation
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "wheel"],
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "wheel", "tensorboardX>=2.5"],
     },
     entry_points={"console_scripts": ["charlm = charlm.cli:main"]},
 )
