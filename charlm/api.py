@@ -154,7 +154,8 @@ def _fit(s, run, trainer, progress, callbacks, stop):
     callbacks = [*callbacks, *([board] if board else [])] if not w.rank else ()
     info = {"run": run.path if run else None, "cell": s.cfg.model.cell, "level": s.cfg.data.level,
             "parameters": sum(p.data(s.device).size for p in s.model.collect_params().values()),
-            "vocab_size": len(s.vocab), "lowercase": s.cfg.data.lowercase, "train_tokens": len(s.train_ids), "val_tokens": len(s.val_ids),
+            "vocab_size": len(s.vocab), "lowercase": s.cfg.data.lowercase, "train_tokens": len(s.train_ids),
+            "val_tokens": len(s.val_ids),
             "workers": (w.num_workers, len(w.ctxs), w.kvstore) if w.spread else None, "split_lines": s.split_lines,
             "resumed": (progress.epoch, progress.step) if progress else None}
     training.Callbacks(callbacks)("on_start", info)

@@ -338,7 +338,8 @@ class Epoch:
 
 def train_step(loop, grads, batch, states):
     """One update: forward and backward on every device, then the gradients summed over devices and workers,
-    clipped by global norm and applied. Returns (NLL sum on the first device, norm before clipping, states)."""
+    clipped by global norm and applied, and the weights' average moved. Returns (NLL sum on the first device,
+    norm before clipping, states)."""
     with autograd.record():
         outs = [loop.objective(X, Y, state) for (X, Y), state in zip(batch, states)]
     # No isfinite check: it would force a host sync every step; divergence is caught per stretch.
@@ -357,14 +358,14 @@ def update_lr(loop, epoch, i):
     update = (epoch.number - 1) * len(epoch.batches) + i + 1  # of the run, from 1
     lr = epoch.lr
     if t.lr_schedule == "cosine":
-        lr *= optim.cosine(loop.seconds / loop.limit if loop.limit else (update - 1) / (t.epochs * len(epoch.batches)))
+        done = loop.seconds / loop.limit if loop.limit else (update - 1) / (t.epochs * len(epoch.batches))
+        lr *= optim.cosine(done)
     return max(lr * optim.ramp(update, t.warmup), configs.MIN_LR)
 
 
 def train_stretch(loop, epoch, first, end):
     """Train epoch.batches[first:end], or up to the batch before which the time limit is spent or stop() is
-    true; return (batches done,
-    index of the first batch whose loss or norm is not finite, or None)."""
+    true; return (batches done, index of the first batch whose loss or norm is not finite, or None)."""
     w, model, batches, sums = loop.s.workers, loop.s.model, epoch.batches, epoch.sums
     params = [p for p in model.collect_params().values() if p.grad_req != "null"]
     grads = [[p.grad(ctx).reshape((-1,)) for p in params] for ctx in w.ctxs]  # flat views, made once

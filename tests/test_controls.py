@@ -13,7 +13,7 @@ from charlm import checkpoint, optim, text, training as train
 from charlm.cli import main
 from charlm.configs import DataConfig
 from charlm.engine import mx, nd
-from charlm.run import Run
+from test_training import train_in
 
 TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
         "--sample-every", "0", "--dropout", "0"]
@@ -104,7 +104,7 @@ def test_the_average_is_numpys_moving_average_of_the_weights_over_the_steps(tiny
 
 def test_the_average_is_kept_when_better_and_both_losses_are_recorded(tiny_cfg, tmp_path):
     tiny_cfg.train.ema, tiny_cfg.train.epochs = 0.5, 1
-    result = run_in(tiny_cfg, tmp_path / "r")
+    result, _ = train_in(tiny_cfg, tmp_path / "r")
     [record] = result.metrics()
     assert record["val_loss"] == min(record["val_loss_raw"], record["val_loss_ema"])
     s = train.setup(tiny_cfg, mx.cpu())
@@ -115,33 +115,13 @@ def test_the_average_is_kept_when_better_and_both_losses_are_recorded(tiny_cfg, 
                                                                    "last-e1-s0.params"]
 
 
-def run_in(cfg, path, stop_after=None):
-    """Train cfg into the run directory path (resuming it when it exists), stopping before batch stop_after."""
-    from charlm.errors import Interrupted
-    s = train.setup(cfg, mx.cpu())
-    run = Run.create(path.parent, path.name) if not path.exists() else Run(path)
-    trainer = train.make_trainer(s)
-    progress = None
-    if (path / "state.json").exists():
-        progress = train.restore(s, run, trainer)
-    else:
-        run.start(cfg, s.vocab)
-    seen = []
-    try:
-        train.fit(s, run, trainer, progress, callbacks=[SimpleNamespace(on_batch=lambda *a: seen.append(1))],
-                  stop=lambda: len(seen) == stop_after)
-    except Interrupted:
-        pass
-    return run
-
-
 def test_a_run_with_an_average_stopped_mid_epoch_resumes_it_exactly(tiny_cfg, tmp_path):
     tiny_cfg.train.ema, tiny_cfg.model.dropout, tiny_cfg.train.epochs = 0.8, 0.0, 3
-    whole = run_in(tiny_cfg, tmp_path / "whole")
-    stopped = run_in(tiny_cfg, tmp_path / "cut", stop_after=100)
+    whole, _ = train_in(tiny_cfg, tmp_path / "whole")
+    stopped, _ = train_in(tiny_cfg, tmp_path / "cut", stop_after=100)
     state = stopped.read_state()
     assert state["step"] and (stopped.path / f"last-e{state['epoch']}-s{state['step']}.ema").exists()
-    cut = run_in(tiny_cfg, tmp_path / "cut")
+    cut, _ = train_in(tiny_cfg, tmp_path / "cut")
     for a, b in zip(whole.metrics(), cut.metrics(), strict=True):
         for key in ("train_loss", "val_loss", "val_loss_raw", "val_loss_ema"):
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
@@ -162,7 +142,7 @@ def test_patience_stops_after_epochs_without_improvement_and_keeps_the_best_epoc
                                                                                            monkeypatch):
     tiny_cfg.train.patience, tiny_cfg.train.epochs = 2, 10
     kept = scripted_validation(monkeypatch, [3.0, 2.0, 2.5, 2.0, 1.0])
-    run = run_in(tiny_cfg, tmp_path / "r")
+    run, _ = train_in(tiny_cfg, tmp_path / "r")
     assert [r["epoch"] for r in run.metrics()] == [1, 2, 3, 4]  # 3 and 4 are no better than 2: stop
     assert run.read_state()["best_epoch"] == 2
     for got, want in zip(params(checkpoint.load_model(run, mx.cpu())), kept[1], strict=True):
@@ -172,7 +152,7 @@ def test_patience_stops_after_epochs_without_improvement_and_keeps_the_best_epoc
 def test_patience_off_trains_every_epoch(tiny_cfg, tmp_path, monkeypatch):
     tiny_cfg.train.epochs = 4
     scripted_validation(monkeypatch, [3.0, 3.0, 3.0, 3.0])
-    assert [r["epoch"] for r in run_in(tiny_cfg, tmp_path / "r").metrics()] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in train_in(tiny_cfg, tmp_path / "r")[0].metrics()] == [1, 2, 3, 4]
 
 
 def records(run):
