@@ -260,3 +260,16 @@ def test_tensorboard_gets_each_epochs_metrics_and_samples(corpus, tmp_path):
         assert ("val_loss", r["epoch"], pytest.approx(r["val_loss"], rel=1e-6)) in values
         assert ("train_ppl", r["epoch"], pytest.approx(r["train_ppl"], rel=1e-6)) in values
     assert {tag for tag, _, _ in values if tag.startswith("sample")}
+
+
+def test_each_sweep_point_gets_its_own_time_limit(tmp_path):
+    import yaml
+    from charlm import configs, sweep as sweeps
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"method": "grid", "parameters": {"train.time_limit": {"values": ["90s", "2m"]}}}))
+    plan = sweeps.load(path)
+    limits = []
+    for name, point in sweeps.plan(plan):
+        line = sweeps.command(plan, tmp_path, name, point, "new")
+        limits.append(configs.resolve(sets=[line[line.index("--set") + 1]]).train.time_limit)
+    assert limits == ["90s", "2m"]
