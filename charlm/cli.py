@@ -72,7 +72,7 @@ def _config_options(command):
                                   show_default=f.default is not None, help=help)
         else:
             kind = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else types[f.type]
-            option = click.option(f"--{flag}", dest, type=kind, default=f.default,
+            option = click.option(f"--{flag}", dest, type=kind, default=f.default, metavar=f.metadata.get("metavar"),
                                   show_default=f.default is not None, help=help)
         command = option(command)
     return command

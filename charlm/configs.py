@@ -79,7 +79,8 @@ class TrainConfig:
                                choices=("mean", "sum"))
     epochs: int = _opt(20, "passes over the training text")
     time_limit: typing.Optional[str] = _opt(None, "stop once training has taken this long, earlier sessions "
-                                                  "included: 90s, 30m, 2h or seconds (null = no limit)")
+                                                  "included: 90s, 30m, 2h or seconds (null = no limit)",
+                                                  metavar="DURATION")
     lr_schedule: str = _opt("exp", "exp: lr_decay after each epoch; cosine: from lr to 0 per update over the "
                                    "time limit, or over the epochs without one", choices=("exp", "cosine"))
     warmup: int = _opt(0, "raise the learning rate linearly from 0 over the first N updates (0 = off)")
@@ -88,7 +89,8 @@ class TrainConfig:
     ema: float = _opt(0.0, "keep a moving average of the weights with this decay, e.g. 0.999, and save it as "
                            "the best model when its validation loss is lower (0 = off)")
     tensorboard: typing.Optional[str] = _opt(None, "write epoch metrics and samples as TensorBoard events "
-                                                   "into DIR/<run name> (needs tensorboardX; null = off)")
+                                                   "into DIR/<run name> (needs tensorboardX; null = off)",
+                                                   metavar="DIR")
     seed: int = _opt(0, "random seed for initialisation, dropout and batch order")
     init_from: typing.Optional[str] = _opt(None, "start from the best parameters and the vocabulary of this run "
                                                  "directory instead of random weights (fine-tuning)")
