@@ -26,9 +26,11 @@ setup(
         # `charlm export --format onnx` converts with MXNet 1.9.1's own exporter, which imports onnx.mapping:
         # onnx 1.19 removed it. 1.16.2 is the release the export is checked with (it has cp311 wheels).
         "onnx": ["onnx==1.16.2"],
+        "tensorboard": ["tensorboardX>=2.5"],  # train --tensorboard DIR
         # matplotlib: the plot test runs too; wheel: the packaging test builds the wheel without isolation;
         # onnx and onnxruntime: the export tests run the ONNX model in a real runtime (opset 13, IR 7)
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "wheel", "onnx==1.16.2", "onnxruntime>=1.16"],
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "wheel", "onnx==1.16.2", "onnxruntime>=1.16",
+                 "tensorboardX>=2.5"],
     },
     entry_points={"console_scripts": ["charlm = charlm.cli:main"]},
 )

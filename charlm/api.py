@@ -27,11 +27,12 @@ def _mapping(section, values):
     return values
 
 
-def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, callbacks=(), gpu=False, gpus=None,
-          ctx=None, kvstore="local", stop=None):
+def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, time_limit=None, callbacks=(),
+          gpu=False, gpus=None, ctx=None, kvstore="local", stop=None):
     """Train a new run of cfg (default: the embedded default config), or resume the run directory `resume`
-    (True: the latest run in runs_dir; epochs= raises its target); return its Run (None on a worker other
-    than rank 0, which writes nothing).
+    (True: the latest run in runs_dir; epochs= raises its target, time_limit= sets its budget, e.g. "30m", of
+    training time earlier sessions included); return its Run (None on a worker other than rank 0, which writes
+    nothing). With train.tensorboard set, a TensorBoard callback is added.
 
     callbacks: objects with any of on_start(info), on_batch(done, total, tokens, mean_loss) and
     on_epoch(record, samples); stop: a function, once true training saves a checkpoint and raises Interrupted."""
@@ -43,25 +44,36 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, cal
         if cfg is not None and not isinstance(cfg, configs.Config):
             raise CharlmError(f"cfg must be a Config (see charlm.config), got {type(cfg).__name__}")
         cfg = copy.deepcopy(cfg) if cfg is not None else configs.resolve()
-        if epochs is not None:
-            cfg.train.epochs = epochs
-        configs.validate(cfg)
+        _extend(cfg, epochs, time_limit)
         _absolute(cfg)
         workers = parallel.connect(cfg, devices, kvstore)
         return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop)
     if cfg is not None or name is not None:
-        raise CharlmError("resume= continues a run with its own config.yaml: give only epochs=")
+        raise CharlmError("resume= continues a run with its own config.yaml: give only epochs= and time_limit=")
     if kvstore.startswith("dist"):
         raise CharlmError(f"--resume continues a run in one process: drop --kvstore {kvstore}")
     run = find(None if resume is True else resume, runs_dir)
     with run.lock():
-        return _resume(run, epochs, devices, kvstore, callbacks, stop)
+        return _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop)
+
+
+def _extend(cfg, epochs, time_limit):
+    """Set the epochs and the time limit given (None: as they are) and check the config."""
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    if time_limit is not None:
+        cfg.train.time_limit = time_limit
+    configs.validate(cfg)
+    if cfg.train.tensorboard:
+        from .tensorboard import writer_class
+
+        writer_class()  # before anything is written: a missing tensorboardX is a one-line error
 
 
 def _absolute(cfg):
     """Make the config's file paths absolute, so that the run reproduces from any directory."""
     for part, key in ((cfg.data, "path"), (cfg.data, "valid_path"), (cfg.data, "test_path"),
-                      (cfg.train, "init_from")):
+                      (cfg.train, "init_from"), (cfg.train, "tensorboard")):
         if getattr(part, key):
             setattr(part, key, str(Path(getattr(part, key)).expanduser().resolve()))
 
@@ -81,6 +93,8 @@ def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
     from .run import BEST, Run, init_source
 
     source, vocab = init_source(cfg) if cfg.train.init_from else (None, None)
+    if cfg.data.lowercase is None:  # the bundled book lowercased as the tutorial does, a user's text as written
+        cfg.data.lowercase = source.config().data.lowercase if source else not cfg.data.path
     s = training.setup(cfg, devices, workers, vocab)
     if source:
         checkpoint.load_params(s.model, source.path / BEST, devices)
@@ -100,14 +114,12 @@ def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
     return run
 
 
-def _resume(run, epochs, devices, kvstore, callbacks, stop):
+def _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop):
     """Rebuild a run from its directory, load its last checkpoint and train on."""
     from . import parallel, training
 
     cfg = run.config()
-    if epochs is not None:
-        cfg.train.epochs = epochs
-        configs.validate(cfg)
+    _extend(cfg, epochs, time_limit)
     done = run.read_state().get("epoch", 0)
     if done >= cfg.train.epochs:
         log.info("%s has trained %d of %d epochs: give --epochs to extend it", run.path, done, cfg.train.epochs)
@@ -119,6 +131,11 @@ def _resume(run, epochs, devices, kvstore, callbacks, stop):
         raise CharlmError(f"the text of {run.path} has changed since the run started (another vocabulary)")
     trainer = training.make_trainer(s)
     progress = training.restore(s, run, trainer)  # first: a run it refuses keeps its files as they were
+    t = cfg.train
+    if t.time_limit and progress.elapsed >= configs.duration(t.time_limit):
+        log.info("%s has trained for %.0f s of its time limit %s: give a longer --time-limit to extend it",
+                 run.path, progress.elapsed, t.time_limit)
+        return run
     run.start(cfg, s.vocab, fresh=False)
     _fit(s, run, trainer, progress, callbacks, stop)
     return run
@@ -129,14 +146,24 @@ def _fit(s, run, trainer, progress, callbacks, stop):
     from . import training
 
     w = s.workers
-    callbacks = callbacks if not w.rank else ()
+    board = None
+    if s.cfg.train.tensorboard and not w.rank:
+        from .tensorboard import TensorBoard
+
+        board = TensorBoard(s.cfg.train.tensorboard)
+    callbacks = [*callbacks, *([board] if board else [])] if not w.rank else ()
     info = {"run": run.path if run else None, "cell": s.cfg.model.cell, "level": s.cfg.data.level,
             "parameters": sum(p.data(s.device).size for p in s.model.collect_params().values()),
-            "vocab_size": len(s.vocab), "train_tokens": len(s.train_ids), "val_tokens": len(s.val_ids),
+            "vocab_size": len(s.vocab), "lowercase": s.cfg.data.lowercase, "train_tokens": len(s.train_ids),
+            "val_tokens": len(s.val_ids),
             "workers": (w.num_workers, len(w.ctxs), w.kvstore) if w.spread else None, "split_lines": s.split_lines,
             "resumed": (progress.epoch, progress.step) if progress else None}
     training.Callbacks(callbacks)("on_start", info)
-    training.fit(s, run, trainer, progress, callbacks, stop)
+    try:
+        training.fit(s, run, trainer, progress, callbacks, stop)
+    finally:
+        if board:
+            board.close()
     if run:
         run.finish()
         if s.cfg.data.test_path:

@@ -7,39 +7,44 @@ from .run import BEST, STATE, atomic_write
 
 
 def _last_files(tag):
-    """Parameter, optimizer-state and hidden-state files of the last checkpoint called tag."""
-    return f"last-{tag}.params", f"last-{tag}.optim", f"last-{tag}.hidden"
+    """Parameter, optimizer-state, hidden-state and averaged-weight files of the last checkpoint called tag."""
+    return f"last-{tag}.params", f"last-{tag}.optim", f"last-{tag}.hidden", f"last-{tag}.ema"
 
 
-def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0):
-    """At the end of an epoch: save the last checkpoint, the best parameters when is_best, a metrics line."""
+def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0, best=None, ema=None):
+    """At the end of an epoch: save the last checkpoint (with ema, the model of the averaged weights), the best
+    parameters when is_best (those of `best`, the model or its average; default model), a metrics line."""
     if is_best:
-        atomic_write(run.path / BEST, model.save_parameters)
+        atomic_write(run.path / BEST, (best or model).save_parameters)
     run.append_metrics(record)
     best_epoch = record["epoch"] if is_best else run.read_state().get("best_epoch")
     _save_last(run, model, trainer, None, {"epoch": record["epoch"], "step": 0, "best_epoch": best_epoch,
-                                           "lr_scale": lr_scale})
+                                           "lr_scale": lr_scale}, ema)
     if record["epoch"] == 1:
         run.point_latest()  # from its first checkpoint on, a run has a model to generate from
 
 
-def save_position(run, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0):
-    """Mid-epoch: save the last checkpoint after `step` batches of epoch + 1, its running sums and hidden state."""
+def save_position(run, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0, ema=None):
+    """Mid-epoch: save the last checkpoint after `step` batches of epoch + 1, its running sums, hidden state and
+    averaged weights."""
     _save_last(run, model, trainer, hidden, {"epoch": epoch, "step": step, "partial": partial,
-                                             "best_epoch": run.read_state().get("best_epoch"), "lr_scale": lr_scale})
+                                             "best_epoch": run.read_state().get("best_epoch"), "lr_scale": lr_scale},
+               ema)
 
 
-def _save_last(run, model, trainer, hidden, state):
+def _save_last(run, model, trainer, hidden, state, ema=None):
     """Write a new last checkpoint, then state.json naming it, then drop the old one: a kill leaves one whole."""
     tag = f"e{state['epoch']}-s{state['step']}"
-    params, optim, hid = _last_files(tag)
+    params, optim, hid, avg = _last_files(tag)
     atomic_write(run.path / params, model.save_parameters)
+    if ema is not None:
+        atomic_write(run.path / avg, ema.save_parameters)
     arrays, counters = _optimizer_state(trainer)
     atomic_write(run.path / optim, lambda tmp: nd.save(tmp, arrays))
     if hidden is not None:
         atomic_write(run.path / hid, lambda tmp: nd.save(tmp, list(hidden)))
     run.write_state({**state, "status": "running", "last": tag, "optimizer": counters})
-    keep = {params, optim, hid}
+    keep = {params, optim, hid, avg}
     for old in run.path.glob("last-*"):
         if old.name not in keep:
             old.unlink(missing_ok=True)
@@ -82,11 +87,12 @@ def _load_optimizer(trainer, path, counters):
     opt._index_update_count = opt._all_index_update_counts[trainer._contexts[0].device_id]
 
 
-def load_last(run, model, trainer, ctx):
-    """Load the last checkpoint into model and trainer; return its carried hidden state (or None)."""
+def load_last(run, model, trainer, ctx, ema=None):
+    """Load the last checkpoint into model and trainer, and its averaged weights into ema when given; return its
+    carried hidden state (or None)."""
     state = run.read_state()
     tag = state.get("last")
-    params, optim, hidden = (run.path / name for name in _last_files(tag))
+    params, optim, hidden, avg = (run.path / name for name in _last_files(tag))
     if not tag or not params.exists():
         raise CharlmError(f"{run.path} has no last checkpoint{f' ({params.name})' if tag else ''}")
     if not optim.exists() and (run.path / f"last-{tag}.states").exists():
@@ -95,10 +101,14 @@ def load_last(run, model, trainer, ctx):
                           f"parameters in a new run with charlm train --init-from {run.path}")
     load_params(model, params, ctx)
     _load_optimizer(trainer, optim, state.get("optimizer"))
+    device = ctx[0] if isinstance(ctx, list) else ctx  # a carried state and the average are saved from one device
+    if ema is not None:
+        if not avg.exists():
+            raise CharlmError(f"{run.path} has no {avg.name}: the averaged weights of its last checkpoint")
+        load_params(ema, avg, device)
     if not hidden.exists():
         return None
     try:
-        device = ctx[0] if isinstance(ctx, list) else ctx  # a carried state is saved whole, from one device
         return [h.as_in_context(device) for h in nd.load(str(hidden))]
     except mx.base.MXNetError:
         raise CharlmError(f"{hidden} (hidden state) cannot be loaded") from None

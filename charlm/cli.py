@@ -5,6 +5,7 @@ MXNet is imported inside the commands that need it, so `charlm --help` stays ins
 import functools
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -65,11 +66,12 @@ def _config_options(command):
         if not flag:
             continue
         dest, help = f"{section}__{f.name}", f"{f.metadata['help']}  [{section}.{f.name}]"
-        if f.type is bool:
-            option = click.option(f"--{flag}/--no-{flag}", dest, default=f.default, show_default=True, help=help)
+        if f.type in (bool, typing.Optional[bool]):
+            option = click.option(f"--{flag}/--no-{flag}", dest, default=f.default,
+                                  show_default=f.default is not None, help=help)
         else:
             kind = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else types[f.type]
-            option = click.option(f"--{flag}", dest, type=kind, default=f.default,
+            option = click.option(f"--{flag}", dest, type=kind, default=f.default, metavar=f.metadata.get("metavar"),
                                   show_default=f.default is not None, help=help)
         command = option(command)
     return command
@@ -142,7 +144,7 @@ def main(debug):
 @click.option("--name", default=None, help="run directory name  [default: the start time, YYYYmmdd-HHMMSS]")
 @click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[RUN_DIR]",
               help="continue a run from its last checkpoint (RUN_DIR defaults to the latest run); "
-                   "--epochs then raises its target")
+                   "--epochs then raises its target, --time-limit sets its budget (earlier sessions included)")
 @GPU
 @GPUS
 @CTX
@@ -161,10 +163,12 @@ def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, *
             cfg = configs.resolve(config_files, typed, sets)
             run = api.train(cfg, runs_dir=runs_dir, name=name, callbacks=callbacks, stop=stop.requested, **devices)
         else:
-            if config_files or sets or name or set(typed) - {("train", "epochs")}:
-                raise CharlmError("--resume continues a run with its own config.yaml: only --epochs may be given")
+            if config_files or sets or name or set(typed) - {("train", "epochs"), ("train", "time_limit")}:
+                raise CharlmError("--resume continues a run with its own config.yaml: only --epochs and --time-limit "
+                                  "may be given")
             run = api.train(resume=resume or True, runs_dir=runs_dir, epochs=typed.get(("train", "epochs")),
-                            callbacks=callbacks, stop=stop.requested, **devices)
+                            time_limit=typed.get(("train", "time_limit")), callbacks=callbacks,
+                            stop=stop.requested, **devices)
     except Interrupted:
         bar.close()
         _stopped(stop, callbacks[1].run)
@@ -191,6 +195,10 @@ def _done(run):
     from .training import checkpoint_metric, perplexity
 
     state, records = run.read_state(), run.metrics()
+    if not records:
+        click.echo(f"done | the time limit ended before the first epoch did: no model to score yet | resume with: "
+                   f"charlm train --resume {run.path} --time-limit LONGER")
+        return
     metric = "val" if "val_loss" in records[-1] else "train"
     best = min(map(checkpoint_metric, records))
     test = f" | test ppl {_ppl(state['test']['test_ppl'])}" if "test" in state else ""
@@ -211,7 +219,8 @@ class _EpochLines:
         spread = info["workers"] and " | {} worker(s) x {} device(s), kvstore {}".format(*info["workers"])
         resumed = info["resumed"] or (0, 0)
         click.echo(f"run {info['run']} | {info['cell']} | {info['parameters']:,} parameters | "
-                   f"{info['vocab_size']:,}-{unit} vocabulary | {info['train_tokens']:,} train / "
+                   f"{info['vocab_size']:,}-{unit} vocabulary, {'lowercased' if info['lowercase'] else 'case kept'} | "
+                   f"{info['train_tokens']:,} train / "
                    f"{info['val_tokens']:,} val" + (spread or "")
                    + (f" | {info['split_lines']:,} lines longer than the largest bucket split" if info["split_lines"]
                       else "")
@@ -220,7 +229,8 @@ class _EpochLines:
 
     def on_epoch(self, r, samples):
         self.bar.close()
-        val = f" | val ppl {_ppl(r['val_ppl'])}" if "val_ppl" in r else ""
+        ema = " (average)" if r.get("val_loss_ema", math.inf) < r.get("val_loss_raw", math.inf) else ""
+        val = f" | val ppl {_ppl(r['val_ppl'])}{ema}" if "val_ppl" in r else ""
         click.echo(f"epoch {r['epoch']} | train ppl {_ppl(r['train_ppl'])}{val} | "
                    f"{r['tokens_per_s'] / 1e3:.1f}k tok/s | {r['elapsed_s']:.1f} s")
         for text in samples:

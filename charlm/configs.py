@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ class DataConfig:
     encoding: str = _opt("utf-8", "text encoding of the data file")
     errors: str = _opt("strict", "bytes that do not decode: an error, or replace them with U+FFFD, or drop them",
                        choices=("strict", "replace", "ignore"))
-    lowercase: bool = _opt(True, "lowercase the text, as the tutorial does")
+    lowercase: typing.Optional[bool] = _opt(None, "lowercase the text, as the tutorial does (null = only the "
+                                                  "bundled book; a run's config.yaml records what was chosen)")
     strip_newlines: bool = _opt(False, "delete newlines, as the tutorial does")
     letters_only: bool = _opt(False, "turn every run of non-letters into one space, as d2l does")
     max_chars: int = _opt(0, "keep only the first N characters after normalising (0 = all)")
@@ -75,6 +77,19 @@ class TrainConfig:
     loss_reduction: str = _opt("mean", "loss the gradient is taken of: mean or sum over the batch's tokens",
                                choices=("mean", "sum"))
     epochs: int = _opt(20, "passes over the training text")
+    time_limit: typing.Optional[str] = _opt(None, "stop once training has taken this long, earlier sessions "
+                                                  "included: 90s, 30m, 2h or seconds (null = no limit)",
+                                                  metavar="DURATION")
+    lr_schedule: str = _opt("exp", "exp: lr_decay after each epoch; cosine: from lr to 0 per update over the "
+                                   "time limit, or over the epochs without one", choices=("exp", "cosine"))
+    warmup: int = _opt(0, "raise the learning rate linearly from 0 over the first N updates (0 = off)")
+    patience: int = _opt(0, "stop after N epochs without a better validation loss (0 = off)")
+    weight_decay: float = _opt(0.0, "weight decay: decoupled (AdamW) for adam, L2 for sgd (0 = off)")
+    ema: float = _opt(0.0, "keep a moving average of the weights with this decay, e.g. 0.999, and save it as "
+                           "the best model when its validation loss is lower (0 = off)")
+    tensorboard: typing.Optional[str] = _opt(None, "write epoch metrics and samples as TensorBoard events "
+                                                   "into DIR/<run name> (needs tensorboardX; null = off)",
+                                                   metavar="DIR")
     seed: int = _opt(0, "random seed for initialisation, dropout and batch order")
     init_from: typing.Optional[str] = _opt(None, "start from the best parameters and the vocabulary of this run "
                                                  "directory instead of random weights (fine-tuning)")
@@ -121,6 +136,7 @@ def _check_type(key, f, value):
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         str: isinstance(value, str),
         typing.Optional[str]: value is None or isinstance(value, str),
+        typing.Optional[bool]: value is None or isinstance(value, bool),
         typing.List[str]: isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
         typing.List[int]: isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
                                                                    for v in value),
@@ -212,7 +228,8 @@ def validate(cfg):
     for least, keys in ((1, "data.seq_len data.batch_size model.hidden_size model.num_layers train.epochs "
                             "train.sample_length data.min_freq"),
                         (0, "data.max_chars model.embed_size train.grad_clip train.sample_every "
-                            "train.checkpoint_every data.max_vocab train.seed")):
+                            "train.checkpoint_every data.max_vocab train.seed train.warmup train.patience "
+                            "train.weight_decay")):
         for key in keys.split():
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
@@ -228,6 +245,7 @@ def validate(cfg):
     for name in ("lr_decay", "plateau_factor"):
         if not 0 < getattr(cfg.train, name) <= 1:
             raise CharlmError(f"train.{name} must be in (0, 1], got {getattr(cfg.train, name)}")
+    _validate_controls(cfg)
     buckets = cfg.data.buckets
     if buckets and (min(buckets) < 1 or buckets != sorted(set(buckets))):
         raise CharlmError(f"data.buckets must be increasing positive lengths, got {buckets}")
@@ -238,6 +256,29 @@ def validate(cfg):
     if m.tie_weights and (m.cell in SCRATCH_CELLS or m.embed_size != m.hidden_size):
         raise CharlmError(f"model.tie_weights needs a Gluon cell (rnn, lstm, gru) with embed_size = hidden_size, "
                           f"got {m.cell} with embed_size {m.embed_size} and hidden_size {m.hidden_size}")
+
+
+def _validate_controls(cfg):
+    """The training controls' checks beyond a sign."""
+    t = cfg.train
+    if t.time_limit is not None:
+        duration(t.time_limit)
+    if not 0 <= t.ema < 1:
+        raise CharlmError(f"train.ema must be in [0, 1) (0 = off), got {t.ema}")
+    if t.ema and not (cfg.data.val_frac or cfg.data.valid_path):
+        raise CharlmError("train.ema picks the average or the weights by validation loss: give --val-frac or "
+                          "--valid-data")
+    if not t.weight_decay < math.inf:
+        raise CharlmError(f"train.weight_decay must be finite, got {t.weight_decay}")
+
+
+def duration(text):
+    """The seconds of a time limit: 90s, 30m, 2h, or a plain number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", text)
+    if not match or not float(match[1]) > 0:
+        raise CharlmError(f"train.time_limit must be a positive duration such as 90s, 30m, 2h or 600 (seconds), "
+                          f"got {text!r}")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
 def to_yaml(cfg):

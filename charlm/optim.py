@@ -1,4 +1,7 @@
-"""The optimizers, and clipping by global norm: SGD applies the clipping factor inside its update."""
+"""The optimizers, learning-rate schedules, and clipping by global norm: SGD applies the clipping factor inside
+its update."""
+import math
+
 from .engine import gluon, mx, nd
 
 
@@ -62,7 +65,8 @@ class SGD(_Scaled, mx.optimizer.SGD):
         if self.grad_scale is None:
             return super()._update_impl(indices, weights, grads, states, multi_precision)
         many = isinstance(indices, (tuple, list))
-        if self.momentum or multi_precision or not many:
+        # with weight decay the factor must scale the gradient alone, not the lr that multiplies wd * weight too
+        if self.momentum or multi_precision or not many or self.wd:
             scale(grads if many else [grads], self.grad_scale)
             return super()._update_impl(indices, weights, grads, states, multi_precision)
         self._update_count(indices)
@@ -74,14 +78,39 @@ class SGD(_Scaled, mx.optimizer.SGD):
                                       num_weights=len(weights), rescale_grad=self.rescale_grad, **kwargs)
 
 
+class AdamW(mx.optimizer.Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter; PyTorch's AdamW): each weight shrinks by
+    lr * decay before Adam's step, outside its moment estimates (MXNet's Adam adds wd * weight to the gradient)."""
+
+    def __init__(self, learning_rate, decay):
+        super().__init__(learning_rate=learning_rate)
+        self.decay = decay
+
+    def update(self, index, weight, grad, state):
+        weight *= 1 - self._get_lr(index) * self.decay  # the scheduled lr, without Adam's bias correction
+        super().update(index, weight, grad, state)
+
+
 # Adam keeps MXNet's own update, its gradients scaled in place first: adamw_update, which takes the factor
 # as an array, made the default model's step 25.6 ms instead of 17.3 ms (measured).
 OPTIMIZERS = {"sgd": SGD, "adam": mx.optimizer.Adam}
 
 
-def create(name, learning_rate):
-    """The optimizer `name` (sgd or adam) at learning_rate."""
-    return OPTIMIZERS[name](learning_rate=learning_rate)
+def create(name, learning_rate, weight_decay=0.0):
+    """The optimizer `name` (sgd or adam) at learning_rate; weight decay is L2 for sgd, decoupled for adam."""
+    if name == "adam" and weight_decay:
+        return AdamW(learning_rate, weight_decay)
+    return OPTIMIZERS[name](learning_rate=learning_rate, wd=weight_decay)
+
+
+def cosine(progress):
+    """The cosine schedule's factor at progress 0..1 of the run: from 1 down to 0, then 0."""
+    return (1 + math.cos(math.pi * min(progress, 1.0))) / 2
+
+
+def ramp(update, warmup):
+    """Linear warmup's factor at update number `update` (from 1): update / warmup, 1 after warmup updates."""
+    return min(1.0, update / warmup) if warmup else 1.0
 
 
 def clip(optimizer, grads, max_norm, summed=True):

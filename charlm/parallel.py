@@ -64,13 +64,13 @@ class Workers:
         Updates run on the servers only under dist_async, where MXNet requires it (with MXNet's own
         optimizer, which the servers unpickle); otherwise each device updates its copy with the summed
         gradient, which keeps the learning rate and the optimizer state in this process."""
+        optimizer = optim.create(tcfg.optimizer, tcfg.lr, tcfg.weight_decay)
         if not self.spread:
-            return gluon.Trainer(params, optim.create(tcfg.optimizer, tcfg.lr))
+            return gluon.Trainer(params, optimizer)
         if self.is_async:
             return _Trainer(params, tcfg.optimizer, {"learning_rate": tcfg.lr}, kvstore=self.kv,
                             update_on_kvstore=True)
-        return _Trainer(params, optim.create(tcfg.optimizer, tcfg.lr), kvstore=self.kv or self.kvstore,
-                        update_on_kvstore=False)
+        return _Trainer(params, optimizer, kvstore=self.kv or self.kvstore, update_on_kvstore=False)
 
     def split(self, X, Y):
         """A batch on the first device as [(X, Y)] per device, each (T, N / devices)."""
@@ -124,6 +124,13 @@ class Workers:
         self.kv.pushpull(SUM_KEY, buf, out=buf)
         return tuple(float(v) for v in buf.asnumpy())
 
+    def from_rank0(self, value):
+        """Rank 0's number on every worker of a dist_sync cluster (a collective: all call it together);
+        elsewhere this process's own."""
+        if self.kv is None or self.is_async:
+            return value
+        return self.allsum(0.0 if self.rank else value, 0.0)[0]  # two values: the size the key has for epoch sums
+
     def fail_fast(self):
         """After an error in a worker of a cluster: end the process at exit with status 1 instead of waiting
         in MXNet's exit for peers that may never come (rank 0 failing alone would hang there)."""
@@ -175,6 +182,10 @@ def connect(cfg, ctx, kvstore="local"):
     if kvstore == "dist_async" and cfg.train.lr_decay != 1:
         raise CharlmError("--kvstore dist_async runs the optimizer on the servers, where charlm cannot decay the "
                           "learning rate: pass --lr-decay 1")
+    t = cfg.train
+    if kvstore == "dist_async" and (t.lr_schedule != "exp" or t.warmup or t.weight_decay):
+        raise CharlmError("--kvstore dist_async runs the optimizer on the servers, where charlm cannot schedule the "
+                          "learning rate or decay weights: drop --lr-schedule, --warmup and --weight-decay")
     if cfg.data.mode == "lines" and (dist or len(ctxs) > 1):
         raise CharlmError("lines mode trains on one device in one process: drop --ctx, --gpus and --kvstore")
     return Workers(ctxs, kvstore, mx.kv.create(kvstore) if dist else None)

@@ -73,7 +73,7 @@ def read_text(path):
 
 def normalise(text, d):
     """Text with the normalisations a DataConfig d asks for, in the tutorial's order."""
-    if d.lowercase:
+    if d.lowercase or (d.lowercase is None and not d.path):  # None: lowercase only the bundled book
         text = text.lower()
     if d.strip_newlines:
         text = text.replace("\n", "")

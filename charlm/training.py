@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import checkpoint, configs, data, engine, generate, lines, model as models, parallel
+from . import checkpoint, configs, data, engine, generate, lines, model as models, optim, parallel
 from .engine import autograd, mx, nd
 from .errors import CharlmError, Interrupted
 from .run import METRICS, STATE
 
 log = logging.getLogger(__name__)
 MAX_ROLLBACKS = 3
+SYNC_EVERY = 50  # batches between dist_sync workers' readings of rank 0's clock, under a time limit
 
 
 def perplexity(loss):
@@ -45,6 +46,7 @@ class Setup:
     workers: parallel.Workers
     split_lines: int = 0
     test_ids: np.ndarray = None
+    ema: object = None  # with train.ema, a second model on the first device that holds the averaged weights
 
     @property
     def device(self):
@@ -75,7 +77,8 @@ def setup(cfg, ctx, workers=None, vocab=None):
     test_ids = data.corpus_of(d, d.test_path, vocab)[1] if d.test_path else None  # read now: fail early
     mx.random.seed(cfg.train.seed)
     model = models.build(cfg.model, len(vocab), ctx)
-    return Setup(cfg, vocab, train_ids, val_ids, model, workers, split_lines, test_ids)
+    ema = models.build(cfg.model, len(vocab), workers.ctxs[0]) if cfg.train.ema else None
+    return Setup(cfg, vocab, train_ids, val_ids, model, workers, split_lines, test_ids, ema)
 
 
 def split_text(cfg, vocab, ids):
@@ -179,7 +182,7 @@ def _samples(s):
 @dataclass
 class Progress:
     """Where a run stands: epochs done, batches done of the next one with its running sums and carried state,
-    the best checkpoint metric (a loss), seconds spent, and the learning-rate factor rollbacks left."""
+    the best checkpoint metric (a loss) and its epoch, seconds spent, and the learning-rate factor rollbacks left."""
     epoch: int = 0
     step: int = 0
     partial: dict = None
@@ -188,6 +191,7 @@ class Progress:
     elapsed: float = 0.0
     lr_scale: float = 1.0
     rollbacks: int = 0
+    best_epoch: int = 0
 
 
 def checkpoint_metric(record):
@@ -205,14 +209,15 @@ def restore(s, run, trainer):
                           f"checkpoint's; its best loss is unknown")
     progress = Progress(lr_scale=state.get("lr_scale", 1.0))
     if done or step:
-        hidden = checkpoint.load_last(run, s.model, trainer, s.workers.ctxs)
+        hidden = checkpoint.load_last(run, s.model, trainer, s.workers.ctxs, s.ema)
         try:
             elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
             best = min(map(checkpoint_metric, records), default=math.inf)
+            best_epoch = next((r["epoch"] for r in records if checkpoint_metric(r) == best), 0)
         except (KeyError, TypeError):
             raise CharlmError(f"{run.path / METRICS} or {run.path / STATE} is damaged: a loss or elapsed time "
                               f"is missing") from None
-        progress = Progress(done, step, partial, hidden, best, elapsed, progress.lr_scale)
+        progress = Progress(done, step, partial, hidden, best, elapsed, progress.lr_scale, best_epoch=best_epoch)
     run.write_metrics(records)  # without lines past the checkpoint: a kill after an epoch's line, before its own
     return progress
 
@@ -252,26 +257,73 @@ def _ignore(*args):
     """A hook a callback does not have."""
 
 
+class Average:
+    """The exponential moving average of the model's weights (train.ema) in s.ema, a second model on the first
+    device, so that it evaluates and saves as a model does; updated on the device after every step."""
+
+    def __init__(self, s):
+        self.s, self.decay, self.pairs = s, s.cfg.train.ema, []
+
+    def bind(self):
+        """Pair each average with its weight on the first device (a rollback may have made new arrays)."""
+        ctx = self.s.device
+        self.pairs = [(a.data(ctx), w.data(ctx)) for a, w in zip(self.s.ema.collect_params().values(),
+                                                                  self.s.model.collect_params().values())]
+
+    def reset(self):
+        """Start the average at the model's weights."""
+        self.bind()
+        for a, w in self.pairs:
+            w.copyto(a)
+
+    def update(self):
+        """average = decay * average + (1 - decay) * weight, in place."""
+        for a, w in self.pairs:
+            a *= self.decay
+            a += w * (1 - self.decay)
+
+
 @dataclass
 class Loop:
     """What fit trains with: the setup, the run it saves into (None: nothing, as on workers other than rank 0),
-    the trainer (a rollback may make a new one), objective, callbacks and the clock's start."""
+    the trainer (a rollback may make a new one), objective, callbacks, the clock's start, the time limit in
+    seconds (None: none) with the seconds last read against it, and the weights' average (None: off)."""
     s: Setup
     run: object
     trainer: object
     objective: object
     calls: Callbacks
     start: float
+    limit: float = None
+    seconds: float = None
+    timed_out: bool = False
+    average: Average = None
 
     @classmethod
     def of(cls, s, run=None, trainer=None, callbacks=(), stop=None, elapsed=0.0):
         """The loop for a setup: a new trainer unless given, the clock started `elapsed` seconds ago."""
+        t = s.cfg.train
         return cls(s, run, trainer or make_trainer(s), objective_of(s), Callbacks(callbacks, stop),
-                   time.perf_counter() - elapsed)
+                   time.perf_counter() - elapsed, configs.duration(t.time_limit) if t.time_limit else None,
+                   average=Average(s) if t.ema else None)
 
     def elapsed(self):
         """Training seconds of the run so far, earlier sessions included."""
         return time.perf_counter() - self.start
+
+    def out_of_time(self, i):
+        """Whether the time limit is spent before batch i of the epoch; notes the seconds, which a cosine over
+        the limit follows. A dist_sync cluster reads rank 0's clock every SYNC_EVERY batches (a collective):
+        its workers stop at the same batch and take the same learning rates, without a sync per batch."""
+        if self.limit is None:
+            return False
+        w = self.s.workers
+        if w.kv is None or w.is_async:
+            self.seconds = self.elapsed()
+        elif i % SYNC_EVERY == 0 or self.seconds is None:
+            self.seconds = w.from_rank0(self.elapsed())
+        self.timed_out = self.seconds >= self.limit
+        return self.timed_out
 
 
 @dataclass
@@ -281,31 +333,52 @@ class Epoch:
     batches: object
     sums: Sums
     state: list = None
+    lr: float = 0.0  # before a per-update schedule's factors
 
 
 def train_step(loop, grads, batch, states):
     """One update: forward and backward on every device, then the gradients summed over devices and workers,
-    clipped by global norm and applied. Returns (NLL sum on the first device, norm before clipping, states)."""
+    clipped by global norm and applied, and the weights' average moved. Returns (NLL sum on the first device,
+    norm before clipping, states)."""
     with autograd.record():
         outs = [loop.objective(X, Y, state) for (X, Y), state in zip(batch, states)]
     # No isfinite check: it would force a host sync every step; divergence is caught per stretch.
     autograd.backward([loss for _, loss, _ in outs])
     w = loop.s.workers
     norm = w.update(loop.trainer, grads, loop.s.cfg.train.grad_clip)
+    if loop.average:
+        loop.average.update()
     return w.gather([total for total, _, _ in outs]), norm, [state for _, _, state in outs]
 
 
+def update_lr(loop, epoch, i):
+    """The learning rate of batch i of the epoch under a per-update schedule: epoch.lr times the cosine (over
+    the time limit, else over the epochs' updates) and the warmup's linear ramp."""
+    t = loop.s.cfg.train
+    update = (epoch.number - 1) * len(epoch.batches) + i + 1  # of the run, from 1
+    lr = epoch.lr
+    if t.lr_schedule == "cosine":
+        done = loop.seconds / loop.limit if loop.limit else (update - 1) / (t.epochs * len(epoch.batches))
+        lr *= optim.cosine(done)
+    return max(lr * optim.ramp(update, t.warmup), configs.MIN_LR)
+
+
 def train_stretch(loop, epoch, first, end):
-    """Train epoch.batches[first:end], or up to the batch before which stop() is true; return (batches done,
-    index of the first batch whose loss or norm is not finite, or None)."""
+    """Train epoch.batches[first:end], or up to the batch before which the time limit is spent or stop() is
+    true; return (batches done, index of the first batch whose loss or norm is not finite, or None)."""
     w, model, batches, sums = loop.s.workers, loop.s.model, epoch.batches, epoch.sums
     params = [p for p in model.collect_params().values() if p.grad_req != "null"]
     grads = [[p.grad(ctx).reshape((-1,)) for p in params] for ctx in w.ctxs]  # flat views, made once
     states = w.split_state(model, epoch.state) if batches.carries_state and epoch.state else None
+    per_update = loop.s.cfg.train.lr_schedule == "cosine" or loop.s.cfg.train.warmup
+    if loop.average:
+        loop.average.bind()
     i, start = first, time.perf_counter()
     for x, y, X, Y in engine.on_device(batches, first, end, w.ctxs[0]):
-        if loop.calls.stop():
+        if loop.out_of_time(i) or loop.calls.stop():
             break
+        if per_update:
+            loop.trainer.set_learning_rate(update_lr(loop, epoch, i))  # a float on the host: no sync
         batch = w.split(X, Y)
         if states is None or not batches.carries_state:
             states = [model.begin_state(part.shape[1], part.context) for part, _ in batch]
@@ -326,12 +399,12 @@ class _Diverged(Exception):
 
 def train_epoch(loop, p):
     """Train the rest of epoch p.epoch + 1 from batch p.step on, a stretch between checkpoints at a time,
-    saving a checkpoint after each stretch but the last; return the epoch. Raises _Diverged, and Interrupted
-    (after saving where it stopped) once stop() is true."""
+    saving a checkpoint after each stretch but the last; return the epoch, or None once the time limit is spent
+    (after saving where it stopped). Raises _Diverged, and Interrupted (after saving) once stop() is true."""
     s, t, number = loop.s, loop.s.cfg.train, p.epoch + 1
     rng = np.random.default_rng([t.seed, number])  # batch order and dropout from (seed, epoch) alone: replayable
     epoch_seed = int(rng.integers(2**31))
-    epoch = Epoch(number, batches_of(s.cfg, s.vocab, s.train_ids, rng), Sums(p.partial), p.hidden)
+    epoch = Epoch(number, batches_of(s.cfg, s.vocab, s.train_ids, rng), Sums(p.partial), p.hidden, base_lr(t, p))
     every, step = t.checkpoint_every or len(epoch.batches), p.step
     while step < len(epoch.batches):
         s.workers.seed(_stretch_seed(t.seed, number, step) if step else epoch_seed)
@@ -345,11 +418,30 @@ def train_epoch(loop, p):
             p.step, p.partial, p.hidden = done, {**epoch.sums.read(), "elapsed_s": loop.elapsed()}, epoch.state
             if loop.run:
                 checkpoint.save_position(loop.run, s.model, loop.trainer, p.epoch, done, p.partial,
-                                         epoch.state if epoch.batches.carries_state else None, p.lr_scale)
+                                         epoch.state if epoch.batches.carries_state else None, p.lr_scale, s.ema)
         if done < end:
+            if loop.timed_out:
+                return None
             raise Interrupted()
         step = done
     return epoch
+
+
+def _val_loss(s, model):
+    """The validation loss of model, over every worker's part of the text."""
+    nll, tokens = s.workers.allsum(*evaluate(model, s.val_ids, s.cfg, s.vocab, s.device))
+    return nll / tokens
+
+
+def validation(s):
+    """(validation scores, the model they are of): with train.ema, those of the average or of the weights,
+    whichever has the lower loss, with both losses beside (val_loss_ema, val_loss_raw)."""
+    loss, level = _val_loss(s, s.model), s.cfg.data.level
+    if s.ema is None:
+        return scores("val_", loss, level), s.model
+    averaged = _val_loss(s, s.ema)
+    chosen = s.ema if averaged < loss else s.model
+    return {**scores("val_", min(loss, averaged), level), "val_loss_raw": loss, "val_loss_ema": averaged}, chosen
 
 
 def end_epoch(loop, p, epoch):
@@ -359,9 +451,10 @@ def end_epoch(loop, p, epoch):
     nll, tokens = s.workers.allsum(stats["nll"], stats["tokens"])
     record = {"epoch": epoch.number, **scores("train_", nll / tokens, level), "lr": loop.trainer.learning_rate,
               "grad_norm": stats["grad_norm"] / len(epoch.batches), "tokens_per_s": tokens / stats["train_s"]}
+    chosen = s.model
     if len(s.val_ids):
-        nll, tokens = s.workers.allsum(*evaluate(s.model, s.val_ids, s.cfg, s.vocab, s.device))
-        record.update(scores("val_", nll / tokens, level))
+        val, chosen = validation(s)
+        record.update(val)
     record["elapsed_s"] = loop.elapsed()
     if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
         raise CharlmError(f"training diverged in epoch {epoch.number} (validation loss {record.get('val_loss')}); "
@@ -370,8 +463,10 @@ def end_epoch(loop, p, epoch):
     if metric >= p.best:
         p.lr_scale *= s.cfg.train.plateau_factor  # no better than the best so far: anneal (off at 1)
     if loop.run:
-        checkpoint.save_epoch(loop.run, s.model, loop.trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale)
-    p.best = min(p.best, metric)
+        checkpoint.save_epoch(loop.run, s.model, loop.trainer, record, is_best=metric < p.best, lr_scale=p.lr_scale,
+                              best=chosen, ema=s.ema)
+    if metric < p.best:
+        p.best, p.best_epoch = metric, epoch.number
     p.epoch, p.step, p.partial, p.hidden, p.elapsed = epoch.number, 0, None, None, record["elapsed_s"]
     return record
 
@@ -393,26 +488,49 @@ def _recover(loop, p, epoch, step):
         mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
         s.model.initialize(mx.init.Xavier(), ctx=s.workers.ctxs, force_reinit=True)
         loop.trainer, p = make_trainer(s), Progress()
+        if loop.average:
+            loop.average.reset()
     p.rollbacks, p.lr_scale = rollbacks, lr_scale
     if run:
         run.write_state({**run.read_state(), "lr_scale": lr_scale})  # a resume keeps it, checkpoint or not
     return p
 
 
+def base_lr(t, p):
+    """The learning rate of the next epoch before a per-update schedule: decayed per epoch (exp) or not (cosine),
+    times the factor plateaus and rollbacks left."""
+    return t.lr * p.lr_scale * (t.lr_decay ** p.epoch if t.lr_schedule == "exp" else 1.0)
+
+
+def _patience_spent(t, p):
+    """Whether train.patience epochs have passed without a better checkpoint metric (early stopping)."""
+    if not (t.patience and p.epoch - p.best_epoch >= t.patience):
+        return False
+    log.info("stopping early: no better loss in the %d epochs since epoch %d, the best", t.patience, p.best_epoch)
+    return True
+
+
 def fit(s, run, trainer=None, progress=None, callbacks=(), stop=None):
     """Train up to cfg.train.epochs (from `progress` when resuming), checkpointing into run (None: save
     nothing) every train.checkpoint_every batches and after each epoch, evaluating and sampling after each
-    epoch; return the best checkpoint metric. Once stop() is true, saves a checkpoint and raises Interrupted."""
+    epoch, until the time limit or the patience runs out; return the best checkpoint metric. Once stop() is
+    true, saves a checkpoint and raises Interrupted."""
     t, p = s.cfg.train, progress or Progress()
     loop = Loop.of(s, run, trainer, callbacks, stop, p.elapsed)
-    while p.epoch < t.epochs:
+    if loop.average and not (p.epoch or p.step):
+        loop.average.reset()
+    while p.epoch < t.epochs and not _patience_spent(t, p):
         # Decay stops at the smallest learning rate charlm takes: MXNet's updates refuse much smaller ones.
-        loop.trainer.set_learning_rate(max(t.lr * p.lr_scale * t.lr_decay ** p.epoch, configs.MIN_LR))
+        loop.trainer.set_learning_rate(max(base_lr(t, p), configs.MIN_LR))
         try:
             epoch = train_epoch(loop, p)
         except _Diverged as e:
             p = _recover(loop, p, p.epoch + 1, e.args[0])
             continue
+        if epoch is None:
+            log.info("time limit %s reached in epoch %d; its checkpoint resumes with --resume and a longer "
+                     "--time-limit", t.time_limit, p.epoch + 1)
+            break
         record = end_epoch(loop, p, epoch)
         loop.calls("on_epoch", record, _samples(s) if t.sample_every and epoch.number % t.sample_every == 0 else [])
     return p.best

@@ -138,6 +138,10 @@ def _worker_env():
                                         "DMLC_PS_ROOT_PORT": "9", "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": "2"})
 
 
+def _no_tensorboardx():
+    return mock.patch.dict(sys.modules, {"tensorboardX": None})  # None: importing it raises ImportError
+
+
 def _no_cluster():
     return mock.patch.dict(os.environ, {name: "" for name in DMLC_ENV})  # empty counts as unset
 
@@ -175,6 +179,22 @@ CASES = [
     ("`--checkpoint-every -1`", lambda ws: _train(ws, "--checkpoint-every", "-1"),
      "train.checkpoint_every must not be negative"),
     ("`--val-frac 1`", lambda ws: _train(ws, "--val-frac", "1"), "data.val_frac must be in [0, 1)"),
+    *[(f"`--time-limit {limit}`", lambda ws, limit=limit: _train(ws, "--time-limit", limit),
+       f"train.time_limit must be a positive duration such as 90s, 30m, 2h or 600 (seconds), got '{limit}'")
+      for limit in ("0", "-5m", "abc")],
+    ("`--patience -1`", lambda ws: _train(ws, "--patience", "-1"), "train.patience must not be negative"),
+    *[(f"`--ema {decay}`", lambda ws, decay=decay: _train(ws, "--ema", decay), "train.ema must be in [0, 1)")
+      for decay in ("1.5", "-0.1")],
+    ("`--ema` without validation text", lambda ws: _train(ws, "--ema", "0.99", "--val-frac", "0"),
+     "train.ema picks the average or the weights by validation loss"),
+    ("`--weight-decay -1`", lambda ws: _train(ws, "--weight-decay", "-1"), "train.weight_decay must not be negative"),
+    ("`--warmup -1`", lambda ws: _train(ws, "--warmup", "-1"), "train.warmup must not be negative"),
+    ("unknown `--lr-schedule`", lambda ws: _train(ws, "--lr-schedule", "linear"), "Invalid value for '--lr-schedule'"),
+    ("`--tensorboard` without tensorboardX", lambda ws: _train(ws, "--tensorboard", str(ws.tmp / "tb")),
+     'pip install "charlm[tensorboard]"'),
+    ("`--lr-schedule cosine` with `--kvstore dist_async`",
+     lambda ws: _train(ws, "--kvstore", "dist_async", "--lr-decay", "1", "--lr-schedule", "cosine"),
+     "cannot schedule the learning rate or decay weights"),
     ("`--seed -1`", lambda ws: _train(ws, "--seed", "-1"), "train.seed must not be negative, got -1"),
     ("`--grad-clip nan`", lambda ws: _train(ws, "--grad-clip", "nan"), "train.grad_clip must not be negative, got nan"),
     ("`--lr` too small to change a weight", lambda ws: _train(ws, "--lr", "1e-39"),
@@ -335,8 +355,10 @@ PATCHES = {"disk full while saving": _disk_full, "dist kvstore without a cluster
            "run directory this user may not write in, on `--resume`": _unlockable_run,
            "data file this user may not read": _unreadable_data,
            "`export --format onnx` without the onnx package": _no_onnx,
+           "`--tensorboard` without tensorboardX": _no_tensorboardx,
            **dict.fromkeys(["`--kvstore dist_async` with a decaying learning rate",
                             "`--on-divergence rollback` with a dist kvstore",
+                            "`--lr-schedule cosine` with `--kvstore dist_async`",
                             "a launcher's worker with `--kvstore local`"], _worker_env)}
 
 

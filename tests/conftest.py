@@ -25,6 +25,7 @@ def tiny_cfg(corpus):
     """A Config for a model small enough to train in a second."""
     cfg = config.Config()
     cfg.data.path, cfg.data.seq_len, cfg.data.batch_size = str(corpus), 8, 4
+    cfg.data.lowercase = True  # the tests of training and generation were written for the lowercased text
     cfg.model.hidden_size, cfg.model.embed_size, cfg.model.num_layers = 16, 8, 1
     cfg.train.epochs, cfg.train.sample_every = 2, 0
     return cfg

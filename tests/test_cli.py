@@ -45,8 +45,8 @@ def test_generate_prints_only_the_text(trained):
     runs, _ = trained
     result = invoke("generate", "The quick", "--length", 20, "--runs-dir", runs)
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("the quick")
-    assert len(result.stdout) == len("the quick") + 20 + 1  # text and a newline, nothing else
+    assert result.stdout.startswith("The quick")  # a user's own text keeps its case
+    assert len(result.stdout) == len("The quick") + 20 + 1  # text and a newline, nothing else
 
 
 def test_eval_json_on_the_validation_split_and_on_a_file(trained, corpus):
@@ -212,7 +212,7 @@ def test_resume_of_a_finished_run_says_how_to_extend_it(trained):
 def test_resume_refuses_other_settings(trained):
     runs, _ = trained
     result = invoke("train", "--resume", "--runs-dir", runs, "--hidden-size", "32")
-    assert result.exit_code == 1 and "only --epochs may be given" in result.output
+    assert result.exit_code == 1 and "only --epochs and --time-limit may be given" in result.output
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

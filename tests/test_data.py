@@ -79,7 +79,8 @@ def test_other_file_is_read_whole_with_the_vocabulary(tmp_path):
 
 
 def word_cfg(path, **options):
-    return DataConfig(path=str(path), level="word", **options)
+    # lowercased unless told: these tests were written for it (a user's text keeps its case by default)
+    return DataConfig(path=str(path), level="word", **{"lowercase": True, **options})
 
 
 def test_words_are_whitespace_tokens_with_eos_at_line_ends(tmp_path):

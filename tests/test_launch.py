@@ -155,3 +155,11 @@ def test_ctrl_c_or_sigterm_stops_the_whole_cluster(corpus, tmp_path, launched, s
     assert launch.wait() == code, launch.output()
     assert cluster_pids(port) == []
     assert json.loads((tmp_path / "runs" / "s" / "state.json").read_text())["epoch"] >= 1  # its checkpoint is kept
+
+
+def test_a_time_limit_stops_every_worker_at_the_same_batch_on_rank_0s_clock(corpus, tmp_path, launched):
+    launch = launched("-n", 2, "--", "train", "--kvstore", "dist_sync", "--data", corpus, "--runs-dir", "runs",
+                      "--name", "d", *TINY, "--epochs", 100000, "--time-limit", "3s")
+    assert launch.wait() == 0, launch.output()  # a worker that stopped alone would leave the other waiting
+    assert "time limit 3s reached" in launch.output() and "done | best val ppl" in launch.output()
+    assert Run(tmp_path / "runs" / "d").read_state()["status"] == "finished"
