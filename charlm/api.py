@@ -1,5 +1,6 @@
 """The Python API: `config`, `train` and `load`, and the LM that generates and scores with a run's best
 parameters. MXNet is imported on first use, not by `import charlm`."""
+import contextlib
 import copy
 import logging
 import shutil
@@ -98,18 +99,14 @@ def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
     s = training.setup(cfg, devices, workers, vocab)
     if source:
         checkpoint.load_params(s.model, source.path / BEST, devices)
-    run = None
-    if not workers.rank:
-        run = Run.create(runs_dir, name)
-        try:
+    run = None if workers.rank else Run.create(runs_dir, name)  # workers other than rank 0 write nothing
+    try:
+        if run:
             run.start(cfg, s.vocab)
-        except CharlmError:
-            shutil.rmtree(run.path, ignore_errors=True)  # brand new and ours: leave no half-made run behind
-            raise
-    if run is None:
-        _fit(s, None, None, None, callbacks, stop)
-        return None
-    with run.lock():
+    except CharlmError:
+        shutil.rmtree(run.path, ignore_errors=True)  # brand new and ours: leave no half-made run behind
+        raise
+    with run.lock() if run else contextlib.nullcontext():
         _fit(s, run, None, None, callbacks, stop)
     return run
 

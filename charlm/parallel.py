@@ -21,31 +21,12 @@ class Workers:
     kv: object = None  # the dist KVStore, connected to the scheduler
     summing: bool = False  # SUM_KEY is initialised on the servers
 
-    @property
-    def rank(self):
-        """This worker's number, 0 to num_workers - 1; rank 0 writes the run."""
-        return self.kv.rank if self.kv else 0
-
-    @property
-    def num_workers(self):
-        """How many workers train together."""
-        return self.kv.num_workers if self.kv else 1
-
-    @property
-    def is_async(self):
-        """Whether each worker's update lands on its own (dist_async)."""
-        return self.kvstore == "dist_async"
-
-    @property
-    def spread(self):
-        """Whether training spans several devices or workers."""
-        return len(self.ctxs) > 1 or self.kv is not None
-
-    @property
-    def share(self):
-        """How many device batches one update's gradient is the mean over: this worker's devices, and every
-        worker's under dist_sync (each dist_async push is an update of its own)."""
-        return len(self.ctxs) * (1 if self.is_async else self.num_workers)
+    def __post_init__(self):
+        self.rank, self.num_workers = (self.kv.rank, self.kv.num_workers) if self.kv else (0, 1)  # rank 0 writes
+        self.is_async = self.kvstore == "dist_async"  # each worker's update lands on its own
+        self.spread = len(self.ctxs) > 1 or self.kv is not None
+        # the device batches one update's gradient is the mean over: every worker's too under dist_sync
+        self.share = len(self.ctxs) * (1 if self.is_async else self.num_workers)
 
     def shard(self, ids):
         """This worker's contiguous 1/num_workers of ids; every shard has the same length, so every
