@@ -80,8 +80,8 @@ class Workers:
     def update(self, trainer, grads, max_norm):
         """Sum the gradients (grads[device]: flat views) over devices and workers, clip them by global norm
         (none at 0) and update; return the norm before clipping, on the first device."""
-        if self.is_async:  # the servers sum and update: clip what this worker pushes
-            norm = optim.clip(None, grads, max_norm, summed=False)
+        if not self.spread or self.is_async:  # nothing to sum, or the servers sum and update: clip what is pushed
+            norm = optim.clip(trainer.optimizer if not self.spread else None, grads, max_norm, summed=False)
             trainer.step(1)
             return norm
         trainer.allreduce_grads()  # every device now holds the gradient summed over devices and workers
