@@ -13,8 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def config(*files, data=None, model=None, train=None, sets=()):
-    """A Config: the defaults, then each YAML file in order, then the keys of the data, model and train dicts,
-    then `section.key=value` strings."""
+    """A Config: the defaults < YAML files in order < the data, model and train dicts < `section.key=value`s."""
     given = {(section, key): value for section, values in (("data", data), ("model", model), ("train", train))
              for key, value in _mapping(section, values).items()}
     return configs.resolve(files, given, sets)
@@ -194,8 +193,7 @@ class LM:
 
     def stream(self, prefix, length=100, temperature=None, top_k=None, seed=None, *, top_p=None, stop=(),
                num_samples=None):
-        """generate's text in pieces as they are produced: the prefix, then a block of tokens at a time; with
-        num_samples, lists of one piece per sample."""
+        """generate's text in pieces as produced (with num_samples, lists of one piece per sample)."""
         from . import generate
 
         n = 1 if num_samples is None else num_samples
@@ -208,8 +206,7 @@ class LM:
         return pieces if num_samples is not None else (texts[0] for texts in pieces)
 
     def score(self, text):
-        """Loss (nats per token), perplexity, bits per character (character level) and token count of text,
-        read as the training text was."""
+        """Loss (nats per token), ppl, bpc (char level) and token count of text, read as the training text was."""
         from .text import normalise
 
         return self._scores(self.vocab.encode(normalise(text.replace("\r\n", "\n"), self.config.data)))

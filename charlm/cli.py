@@ -238,8 +238,7 @@ class _EpochLines:
 
 
 def _ppl(value, decimals=3):
-    """A perplexity as text: fixed-point, or in exponent form once it is too large to read that way (a
-    diverging model's reaches 1e304)."""
+    """A perplexity as text, in exponent form from 1e6 on (a diverging model's reaches 1e304)."""
     return f"{value:.{decimals}f}" if value < 1e6 else f"{value:.{decimals}e}"
 
 
@@ -413,8 +412,7 @@ def _read_prefix(path):
 
 
 def _echo_samples(pieces, live):
-    """Print each sample as prefix, continuation and a line break, a line `--- sample K ---` before the K-th
-    from the second on; when live, the first one as it is produced."""
+    """Print each sample as generate prints one, `--- sample K ---` before the K-th; the first live if asked."""
     texts = None
     for block in pieces:
         texts = texts or [[] for _ in block]

@@ -8,8 +8,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__, checkpoint
 from .engine import gluon, mx, nd
 from .errors import CharlmError

@@ -28,8 +28,7 @@ def encode_prefix(prefix, vocab, data_cfg):
 
 
 def check(length, temperature=None, top_k=None, top_p=None, stop=(), num_samples=1, vocab_size=None):
-    """Check the generation settings (top_k needs the vocab_size); return the stop sequences as a list (a str is
-    one sequence)."""
+    """Check the generation settings; the stop sequences as a list (a str is one sequence)."""
     if length < 1:
         raise CharlmError(f"--length must be at least 1, got {length}")
     if temperature is not None and not temperature > 0:  # not <= 0: NaN is neither
@@ -48,8 +47,7 @@ def check(length, temperature=None, top_k=None, top_p=None, stop=(), num_samples
 
 
 def probabilities(logits, temperature=None, top_k=None, top_p=None):
-    """The sampling distribution (N, V) of logits (N, V): the tempered softmax over the top_k likeliest tokens,
-    then over the nucleus of mass top_p."""
+    """The sampling distribution (N, V): tempered softmax over the top_k, then over the nucleus of mass top_p."""
     if top_k is not None:
         kth = nd.topk(logits, k=top_k, ret_typ="value")[:, -1:]  # (N, 1), the k-th largest
         logits = nd.where(nd.broadcast_greater_equal(logits, kth), logits, nd.zeros_like(logits) - 1e30)
@@ -78,8 +76,7 @@ def _start(model, prefix_ids, ctx, num_samples):
 
 
 def _blocks(model, prefix_ids, length, ctx, sampling, num_samples):
-    """The continuations' ids in blocks (up to GREEDY_STEPS, N), left on the device, each queued when asked
-    for; sampling is (temperature, top_k, top_p), or None for greedy."""
+    """The continuations' ids in blocks of up to GREEDY_STEPS, on the device, each queued when asked for."""
     logits, state = _start(model, prefix_ids, ctx, num_samples)
     for start in range(0, length, GREEDY_STEPS):
         n = min(GREEDY_STEPS, length - start)

@@ -29,22 +29,16 @@ class Workers:
         self.share = len(self.ctxs) * (1 if self.is_async else self.num_workers)
 
     def shard(self, ids):
-        """This worker's contiguous 1/num_workers of ids; every shard has the same length, so every
-        worker takes the same number of steps (dist_sync waits for all of them at each step)."""
+        """This worker's contiguous 1/num_workers of ids, all of one length (dist_sync steps together)."""
         n = len(ids) // self.num_workers
         return ids[self.rank * n:(self.rank + 1) * n]
 
     def shards(self, train_ids, val_ids):
-        """This worker's training and validation text. Under dist_async no two workers hold the same
-        weights, so each scores its own copy on all of the validation text (rank 0's score is kept)."""
+        """This worker's training and validation text (all of the validation under dist_async)."""
         return self.shard(train_ids), (val_ids if self.is_async else self.shard(val_ids))
 
     def trainer(self, params, tcfg):
-        """A Trainer over these devices and workers.
-
-        Updates run on the servers only under dist_async, where MXNet requires it (with MXNet's own
-        optimizer, which the servers unpickle); otherwise each device updates its copy with the summed
-        gradient, which keeps the learning rate and the optimizer state in this process."""
+        """A Trainer over these devices and workers: updates on the servers only under dist_async."""
         optimizer = optim.create(tcfg.optimizer, tcfg.lr, tcfg.weight_decay)
         if not self.spread:
             return gluon.Trainer(params, optimizer)
@@ -78,8 +72,7 @@ class Workers:
         return values[0] if len(values) == 1 else nd.add_n(*(v.as_in_context(self.ctxs[0]) for v in values))
 
     def update(self, trainer, grads, max_norm):
-        """Sum the gradients (grads[device]: flat views) over devices and workers, clip them by global norm
-        (none at 0) and update; return the norm before clipping, on the first device."""
+        """Sum the gradients over devices and workers, clip them, update; the norm before clipping."""
         if not self.spread or self.is_async:  # nothing to sum, or the servers sum and update: clip what is pushed
             norm = optim.clip(trainer.optimizer if not self.spread else None, grads, max_norm, summed=False)
             trainer.step(1)
@@ -106,15 +99,13 @@ class Workers:
         return tuple(float(v) for v in buf.asnumpy())
 
     def from_rank0(self, value):
-        """Rank 0's number on every worker of a dist_sync cluster (a collective: all call it together);
-        elsewhere this process's own."""
+        """Rank 0's number on every dist_sync worker (a collective); elsewhere this process's own."""
         if self.kv is None or self.is_async:
             return value
         return self.allsum(0.0 if self.rank else value, 0.0)[0]  # two values: the size the key has for epoch sums
 
     def fail_fast(self):
-        """After an error in a worker of a cluster: end the process at exit with status 1 instead of waiting
-        in MXNet's exit for peers that may never come (rank 0 failing alone would hang there)."""
+        """After an error in a cluster worker: exit 1 at once, not wait in MXNet's exit for peers."""
         if self.kv is not None:
             atexit.register(_exit_now)
 
@@ -139,8 +130,7 @@ class _Trainer(gluon.Trainer):
 
 
 def connect(cfg, ctx, kvstore="local"):
-    """Workers for these devices and kvstore; a dist kvstore connects to the scheduler named by the DMLC_*
-    variables MXNet's launchers set."""
+    """Workers for these devices and kvstore; a dist kvstore joins the cluster the DMLC_* variables name."""
     ctxs = ctx if isinstance(ctx, list) else [ctx]
     if kvstore not in KVSTORES:
         raise CharlmError(f"unknown kvstore {kvstore!r}; valid kvstores: {', '.join(KVSTORES)}")

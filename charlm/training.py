@@ -89,8 +89,7 @@ def split_text(cfg, vocab, ids):
 
 
 def batches_of(cfg, vocab, ids, rng=None):
-    """The batches of ids as cfg.data describes them: one epoch's order drawn from rng, or, without rng,
-    the fixed order evaluation reads."""
+    """The batches of ids as cfg.data says: an epoch's order drawn from rng, or evaluation's fixed order."""
     d = cfg.data
     if d.mode == "lines":
         return lines.LineBatches(ids, vocab.bos, vocab.eos, d.batch_size, d.buckets, rng)
@@ -100,8 +99,7 @@ def batches_of(cfg, vocab, ids, rng=None):
 
 
 class Sums:
-    """Running sums of an epoch on the host: NLL, gradient norms, tokens and seconds. Each batch's NLL and
-    norm stay on the device until its stretch ends: an engine op per batch would cost host time per step."""
+    """An epoch's running sums on the host: NLL, gradient norms, tokens, seconds (each stretch's on the device)."""
 
     def __init__(self, saved=None):
         saved = saved or {}
@@ -122,8 +120,7 @@ class Sums:
         return (self.nll + pending) / self.tokens
 
     def end_stretch(self, start, first):
-        """Wait for the queued batches (the one host sync of a stretch, so the time is honest), add them and
-        the seconds since start; return the index of the stretch's first non-finite batch, counted from first."""
+        """Wait for the stretch (its one host sync), add it up; the index of its first non-finite batch, or None."""
         nd.waitall()
         self.seconds += time.perf_counter() - start
         if not self.totals:
@@ -181,8 +178,7 @@ def _samples(s):
 
 @dataclass
 class Progress:
-    """Where a run stands: epochs done, batches done of the next one with its running sums and carried state,
-    the best checkpoint metric (a loss) and its epoch, seconds spent, and the learning-rate factor rollbacks left."""
+    """Where a run stands: epochs and batches done, the next epoch's sums and state, the best, time, lr factor."""
     epoch: int = 0
     step: int = 0
     partial: dict = None
@@ -223,14 +219,13 @@ def restore(s, run, trainer):
 
 
 def _stretch_seed(seed, epoch, step):
-    """The dropout seed for the batches of `epoch` from `step` on; reseeding at every checkpoint boundary
-    (MXNet cannot save its generator's state) lets a run resumed there draw the same masks."""
+    """The dropout seed from `step` of `epoch` on: a run resumed at a checkpoint draws the same masks."""
+    # reseeded at every checkpoint boundary, as MXNet cannot save its generator's state
     return int(np.random.default_rng([seed, epoch, step]).integers(2**31))
 
 
 def objective_of(s):
-    """The setup's objective: masked in lines mode; the NLL's mean over the update's batches on every device,
-    or its sum (the tutorial's scaling: lr and clip apply to the summed loss's gradient)."""
+    """The setup's objective: masked in lines mode; the NLL's mean over the update's batches, or its sum."""
     d, t = s.cfg.data, s.cfg.train
     return models.objective(s.model, masked=d.mode == "lines", mean=t.loss_reduction == "mean",
                             share=s.workers.share)
@@ -242,8 +237,7 @@ def make_trainer(s):
 
 
 class Callbacks:
-    """The hooks of some objects, each with any of on_start(info), on_batch(done, total, tokens, mean_loss)
-    (mean_loss: a function, a host sync) and on_epoch(record, samples); and stop(), true to end training."""
+    """Hooks by name (on_start, on_batch, on_epoch) of some objects, each optional, and stop()."""
 
     def __init__(self, callbacks=(), stop=None):
         self.stop, self.callbacks = stop or (lambda: False), callbacks
@@ -258,8 +252,7 @@ def _ignore(*args):
 
 
 class Average:
-    """The exponential moving average of the model's weights (train.ema) in s.ema, a second model on the first
-    device, so that it evaluates and saves as a model does; updated on the device after every step."""
+    """The moving average of the weights (train.ema) in s.ema, a second model on the first device."""
 
     def __init__(self, s):
         self.s, self.decay, self.pairs = s, s.cfg.train.ema, []
@@ -285,9 +278,7 @@ class Average:
 
 @dataclass
 class Loop:
-    """What fit trains with: the setup, the run it saves into (None: nothing, as on workers other than rank 0),
-    the trainer (a rollback may make a new one), objective, callbacks, the clock's start, the time limit in
-    seconds (None: none) with the seconds last read against it, and the weights' average (None: off)."""
+    """What fit trains with: setup, run (None: save nothing), trainer, objective, callbacks, clock, limit, average."""
     s: Setup
     run: object
     trainer: object
@@ -312,9 +303,7 @@ class Loop:
         return time.perf_counter() - self.start
 
     def out_of_time(self, i):
-        """Whether the time limit is spent before batch i of the epoch; notes the seconds, which a cosine over
-        the limit follows. A dist_sync cluster reads rank 0's clock every SYNC_EVERY batches (a collective):
-        its workers stop at the same batch and take the same learning rates, without a sync per batch."""
+        """Whether the time limit is spent before batch i; under dist_sync, rank 0's clock every SYNC_EVERY batches."""
         if self.limit is None:
             return False
         w = self.s.workers
@@ -337,9 +326,7 @@ class Epoch:
 
 
 def train_step(loop, grads, batch, states):
-    """One update: forward and backward on every device, then the gradients summed over devices and workers,
-    clipped by global norm and applied, and the weights' average moved. Returns (NLL sum on the first device,
-    norm before clipping, states)."""
+    """One update on every device: record, backward, sum, clip, step; (NLL sum, norm before clipping, states)."""
     with autograd.record():
         outs = [loop.objective(X, Y, state) for (X, Y), state in zip(batch, states)]
     # No isfinite check: it would force a host sync every step; divergence is caught per stretch.
@@ -352,8 +339,7 @@ def train_step(loop, grads, batch, states):
 
 
 def update_lr(loop, epoch, i):
-    """The learning rate of batch i of the epoch under a per-update schedule: epoch.lr times the cosine (over
-    the time limit, else over the epochs' updates) and the warmup's linear ramp."""
+    """The learning rate of batch i of the epoch: epoch.lr times the cosine's and the warmup's factors."""
     t = loop.s.cfg.train
     update = (epoch.number - 1) * len(epoch.batches) + i + 1  # of the run, from 1
     lr = epoch.lr
@@ -364,8 +350,7 @@ def update_lr(loop, epoch, i):
 
 
 def train_stretch(loop, epoch, first, end):
-    """Train epoch.batches[first:end], or up to the batch before which the time limit is spent or stop() is
-    true; return (batches done, index of the first batch whose loss or norm is not finite, or None)."""
+    """Train epoch.batches[first:end] until a stop or the time limit; (batches done, first non-finite or None)."""
     w, model, batches, sums = loop.s.workers, loop.s.model, epoch.batches, epoch.sums
     params = [p for p in model.collect_params().values() if p.grad_req != "null"]
     grads = [[p.grad(ctx).reshape((-1,)) for p in params] for ctx in w.ctxs]  # flat views, made once
@@ -398,9 +383,7 @@ class _Diverged(Exception):
 
 
 def train_epoch(loop, p):
-    """Train the rest of epoch p.epoch + 1 from batch p.step on, a stretch between checkpoints at a time,
-    saving a checkpoint after each stretch but the last; return the epoch, or None once the time limit is spent
-    (after saving where it stopped). Raises _Diverged, and Interrupted (after saving) once stop() is true."""
+    """Train the rest of the next epoch, a checkpointed stretch at a time; the epoch, or None at the time limit."""
     s, t, number = loop.s, loop.s.cfg.train, p.epoch + 1
     rng = np.random.default_rng([t.seed, number])  # batch order and dropout from (seed, epoch) alone: replayable
     epoch_seed = int(rng.integers(2**31))
@@ -434,8 +417,7 @@ def _val_loss(s, model):
 
 
 def validation(s):
-    """(validation scores, the model they are of): with train.ema, those of the average or of the weights,
-    whichever has the lower loss, with both losses beside (val_loss_ema, val_loss_raw)."""
+    """(validation scores, their model): the average's or the weights', whichever loss is lower (train.ema)."""
     loss, level = _val_loss(s, s.model), s.cfg.data.level
     if s.ema is None:
         return scores("val_", loss, level), s.model
@@ -472,8 +454,7 @@ def end_epoch(loop, p, epoch):
 
 
 def _recover(loop, p, epoch, step):
-    """After a non-finite loss or gradient: stop with an error, or (rollback) reload the last checkpoint
-    and halve the learning rate; return the progress to go on from."""
+    """After a non-finite loss: stop with an error, or roll back to the last checkpoint at half the rate."""
     s, run = loop.s, loop.run
     if s.cfg.train.on_divergence == "stop" or p.rollbacks == MAX_ROLLBACKS:
         raise CharlmError(f"training diverged at step {step} (epoch {epoch}): the loss or gradient norm is not "
@@ -497,8 +478,7 @@ def _recover(loop, p, epoch, step):
 
 
 def base_lr(t, p):
-    """The learning rate of the next epoch before a per-update schedule: decayed per epoch (exp) or not (cosine),
-    times the factor plateaus and rollbacks left."""
+    """The next epoch's learning rate before per-update factors: decayed per epoch under exp, times lr_scale."""
     return t.lr * p.lr_scale * (t.lr_decay ** p.epoch if t.lr_schedule == "exp" else 1.0)
 
 
