@@ -8,9 +8,9 @@ import sys
 import numpy as np
 
 from .errors import CharlmError
+from .launch import CPUS
 
 # MXNet's OpenMP assumes SMT and takes half the cores; every core is faster. Read only at import.
-CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
 os.environ.setdefault("OMP_NUM_THREADS", str(CPUS))
 # Operator tuning keeps the small elementwise ops the scratch cells are made of on one thread.
 os.environ.setdefault("MXNET_USE_OPERATOR_TUNING", "0")

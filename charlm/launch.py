@@ -13,6 +13,7 @@ KVSTORES = ("local", "device", "dist_sync", "dist_async")
 DMLC_ENV = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")
 HOST = "127.0.0.1"  # MXNet's own `--launcher local` picks a non-loopback address, which can hang
 SERVE = [sys.executable, "-c", "import mxnet"]  # with DMLC_ROLE scheduler or server, importing MXNet serves
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
 
 
 def free_port():
@@ -49,7 +50,7 @@ class LoopbackCluster:
 
     def start(self):
         """Start the scheduler, the servers and the workers, in that order."""
-        threads = max(1, len(os.sched_getaffinity(0)) // self.num_workers)  # workers share them; servers only add
+        threads = max(1, CPUS // self.num_workers)  # workers share them; servers only add
         self._spawn("scheduler", SERVE, self._env("scheduler", 1), quiet=True)
         for i in range(self.num_servers):
             self._spawn(f"server {i}", SERVE, self._env("server", 1), quiet=True)

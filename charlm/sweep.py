@@ -17,6 +17,7 @@ import yaml
 
 from . import configs
 from .errors import CharlmError
+from .launch import CPUS
 from .run import CONFIG, Run, read_json, write_text
 
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
@@ -180,7 +181,7 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
     (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
     failures = recorded_failures(sweep_dir)
     todo = [(n, p, s) for n, p in plan(sweep) if (s := status(sweep_dir / n, {})) != "finished"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, CPUS // jobs))}
     running = []
     try:
         while todo or running:

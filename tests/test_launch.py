@@ -163,3 +163,10 @@ def test_a_time_limit_stops_every_worker_at_the_same_batch_on_rank_0s_clock(corp
     assert launch.wait() == 0, launch.output()  # a worker that stopped alone would leave the other waiting
     assert "time limit 3s reached" in launch.output() and "done | best val ppl" in launch.output()
     assert Run(tmp_path / "runs" / "d").read_state()["status"] == "finished"
+
+
+def test_cpus_fall_back_to_the_cpu_count_where_the_os_keeps_no_affinity():
+    """macOS has no os.sched_getaffinity: charlm must still import and count the machine's CPUs."""
+    code = ("import os; del os.sched_getaffinity; from charlm.launch import CPUS; "
+            "assert CPUS == os.cpu_count(), CPUS")
+    subprocess.run([sys.executable, "-c", code], check=True)
