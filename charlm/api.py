@@ -91,10 +91,11 @@ def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
     """Read the corpus, build the model, create the run directory (rank 0 only) and train."""
     from . import checkpoint, training
     from .run import BEST, Run, init_source
+    from .text import lowercases
 
     source, vocab = init_source(cfg) if cfg.train.init_from else (None, None)
-    if cfg.data.lowercase is None:  # the bundled book lowercased as the tutorial does, a user's text as written
-        cfg.data.lowercase = source.config().data.lowercase if source else not cfg.data.path
+    if cfg.data.lowercase is None:  # resolved, so that config.yaml records it; a fine-tuning run reads as its source
+        cfg.data.lowercase = source.config().data.lowercase if source else lowercases(cfg.data)
     s = training.setup(cfg, devices, workers, vocab)
     if source:
         checkpoint.load_params(s.model, source.path / BEST, devices)
@@ -141,13 +142,13 @@ def _fit(s, run, trainer, progress, callbacks, stop):
     """Announce the run to the callbacks (rank 0's only), train, then mark it finished and score the test text."""
     from . import training
 
-    w = s.workers
-    board = None
+    w, board = s.workers, None
+    callbacks = [] if w.rank else list(callbacks)
     if s.cfg.train.tensorboard and not w.rank:
         from .tensorboard import TensorBoard
 
         board = TensorBoard(s.cfg.train.tensorboard)
-    callbacks = [*callbacks, *([board] if board else [])] if not w.rank else ()
+        callbacks.append(board)
     info = {"run": run.path if run else None, "cell": s.cfg.model.cell, "level": s.cfg.data.level,
             "parameters": sum(p.data(s.device).size for p in s.model.collect_params().values()),
             "vocab_size": len(s.vocab), "lowercase": s.cfg.data.lowercase, "train_tokens": len(s.train_ids),

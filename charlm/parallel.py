@@ -39,12 +39,12 @@ class Workers:
 
     def trainer(self, params, tcfg):
         """A Trainer over these devices and workers: updates on the servers only under dist_async."""
+        if self.is_async:  # MXNet's own optimizer, which the servers unpickle
+            return _Trainer(params, tcfg.optimizer, {"learning_rate": tcfg.lr}, kvstore=self.kv,
+                            update_on_kvstore=True)
         optimizer = optim.create(tcfg.optimizer, tcfg.lr, tcfg.weight_decay)
         if not self.spread:
             return gluon.Trainer(params, optimizer)
-        if self.is_async:
-            return _Trainer(params, tcfg.optimizer, {"learning_rate": tcfg.lr}, kvstore=self.kv,
-                            update_on_kvstore=True)
         return _Trainer(params, optimizer, kvstore=self.kv or self.kvstore, update_on_kvstore=False)
 
     def split(self, X, Y):

@@ -71,9 +71,14 @@ def read_text(path):
     return "".join(decoded_chunks(check_file(path), hint="convert it to UTF-8"))
 
 
+def lowercases(d):
+    """Whether a DataConfig's text is lowercased: as set, or when unset (None) only the bundled book's."""
+    return d.lowercase if d.lowercase is not None else not d.path
+
+
 def normalise(text, d):
     """Text with the normalisations a DataConfig d asks for, in the tutorial's order."""
-    if d.lowercase or (d.lowercase is None and not d.path):  # None: lowercase only the bundled book
+    if lowercases(d):
         text = text.lower()
     if d.strip_newlines:
         text = text.replace("\n", "")
