@@ -46,8 +46,9 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
         cfg = copy.deepcopy(cfg) if cfg is not None else configs.resolve()
         _extend(cfg, epochs, time_limit)
         _absolute(cfg)
+        chosen = choose(cfg, kvstore, len(devices) if isinstance(devices, list) else 1)
         workers = parallel.connect(cfg, devices, kvstore)
-        return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop)
+        return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop, chosen)
     if cfg is not None or name is not None:
         raise CharlmError("resume= continues a run with its own config.yaml: give only epochs= and time_limit=")
     if kvstore.startswith("dist"):
@@ -55,6 +56,25 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
     run = find(None if resume is True else resume, runs_dir)
     with run.lock():
         return _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop)
+
+
+def choose(cfg, kvstore="local", devices=1):
+    """Fill cfg's unset settings: the model of --init-from's run, the rest the recipe's; what and why, or None."""
+    from . import recipe
+    from .run import SHAPE_KEYS, find
+
+    if cfg.train.init_from:  # fine-tuning keeps the source's model
+        try:
+            theirs = find(cfg.train.init_from).config().model
+        except CharlmError as e:
+            raise CharlmError(f"--init-from: {e}") from None
+        for key in SHAPE_KEYS:
+            if getattr(cfg.model, key) is None:
+                setattr(cfg.model, key, getattr(theirs, key))
+    if kvstore == "dist_async":  # its servers update with a constant rate and no decay
+        t = cfg.train
+        t.lr_schedule, t.warmup, t.weight_decay = t.lr_schedule or "exp", t.warmup or 0, t.weight_decay or 0.0
+    return recipe.fill(cfg, devices)
 
 
 def _extend(cfg, epochs, time_limit):
@@ -87,7 +107,7 @@ def _guarded(workers, work, *args):
         raise
 
 
-def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
+def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop, chosen=None):
     """Read the corpus, build the model, create the run directory (rank 0 only) and train."""
     from . import checkpoint, training
     from .run import BEST, Run, init_source
@@ -107,7 +127,7 @@ def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop):
         shutil.rmtree(run.path, ignore_errors=True)  # brand new and ours: leave no half-made run behind
         raise
     with run.lock() if run else contextlib.nullcontext():
-        _fit(s, run, None, None, callbacks, stop)
+        _fit(s, run, None, None, callbacks, stop, chosen)
     return run
 
 
@@ -138,7 +158,7 @@ def _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop):
     return run
 
 
-def _fit(s, run, trainer, progress, callbacks, stop):
+def _fit(s, run, trainer, progress, callbacks, stop, chosen=None):
     """Announce the run to the callbacks (rank 0's only), train, then mark it finished and score the test text."""
     from . import training
 
@@ -154,7 +174,7 @@ def _fit(s, run, trainer, progress, callbacks, stop):
             "vocab_size": len(s.vocab), "lowercase": s.cfg.data.lowercase, "train_tokens": len(s.train_ids),
             "val_tokens": len(s.val_ids),
             "workers": (w.num_workers, len(w.ctxs), w.kvstore) if w.spread else None, "split_lines": s.split_lines,
-            "resumed": (progress.epoch, progress.step) if progress else None}
+            "resumed": (progress.epoch, progress.step) if progress else None, "recipe": chosen}
     training.Callbacks(callbacks)("on_start", info)
     try:
         training.fit(s, run, trainer, progress, callbacks, stop)

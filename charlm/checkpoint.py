@@ -24,6 +24,16 @@ def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0, best=None, em
         run.point_latest()  # from its first checkpoint on, a run has a model to generate from
 
 
+def save_at_limit(run, record, is_best, best):
+    """A time limit's record mid-epoch: a metrics line, and `best`'s parameters (model or average) when is_best."""
+    if is_best:
+        atomic_write(run.path / BEST, best.save_parameters)
+        run.write_state({**run.read_state(), "best_epoch": record["epoch"]})
+    run.append_metrics(record)
+    if record["epoch"] == 1:
+        run.point_latest()
+
+
 def save_position(run, model, trainer, epoch, step, partial, hidden=None, lr_scale=1.0, ema=None):
     """Mid-epoch: save the last checkpoint after `step` batches of epoch + 1, its running sums, hidden state and
     averaged weights."""
@@ -128,6 +138,6 @@ def load_model(run, ctx):
     model = models.build(run.config().model, len(run.vocab()), ctx)
     params = run.path / BEST
     if not params.exists():
-        raise CharlmError(f"{run.path} has no {BEST}: it has not finished an epoch yet")
+        raise CharlmError(f"{run.path} has no {BEST}: no epoch of it has been scored yet")
     load_params(model, params, ctx)
     return model

@@ -60,7 +60,8 @@ def _user_errors(command):
 
 def _config_options(command):
     """Add one flag per config key (`--hidden-size` for model.hidden_size), showing its default."""
-    types = {int: int, float: float, str: str, typing.Optional[str]: click.Path(dir_okay=True)}
+    types = {int: int, float: float, str: str, typing.Optional[int]: int, typing.Optional[float]: float,
+             typing.Optional[str]: click.Path(dir_okay=True)}
     for section, f in reversed(configs.keys()):
         flag = configs.flag_name(f)
         if not flag:
@@ -218,6 +219,8 @@ class _EpochLines:
         unit = "word" if info["level"] == "word" else "character"
         spread = info["workers"] and " | {} worker(s) x {} device(s), kvstore {}".format(*info["workers"])
         resumed = info["resumed"] or (0, 0)
+        if info.get("recipe"):
+            click.echo(info["recipe"])
         click.echo(f"run {info['run']} | {info['cell']} | {info['parameters']:,} parameters | "
                    f"{info['vocab_size']:,}-{unit} vocabulary, {'lowercased' if info['lowercase'] else 'case kept'} | "
                    f"{info['train_tokens']:,} train / "
@@ -231,7 +234,8 @@ class _EpochLines:
         self.bar.close()
         ema = " (average)" if r.get("val_loss_ema", math.inf) < r.get("val_loss_raw", math.inf) else ""
         val = f" | val ppl {_ppl(r['val_ppl'])}{ema}" if "val_ppl" in r else ""
-        click.echo(f"epoch {r['epoch']} | train ppl {_ppl(r['train_ppl'])}{val} | "
+        at = f" to batch {r['step']} (time limit)" if "step" in r else ""
+        click.echo(f"epoch {r['epoch']}{at} | train ppl {_ppl(r['train_ppl'])}{val} | "
                    f"{r['tokens_per_s'] / 1e3:.1f}k tok/s | {r['elapsed_s']:.1f} s")
         for text in samples:
             click.echo(f"  > {text!r}")
@@ -284,11 +288,17 @@ def config_group():
 
 @config_group.command("show")
 @CONFIG
+@_config_options
 @SET
 @_user_errors
-def config_show(config_files, sets):
-    """Print the resolved config (defaults < files < --set) as YAML."""
-    click.echo(configs.to_yaml(configs.resolve(config_files, sets=sets)), nl=False)
+def config_show(config_files, sets, **kwargs):
+    """Print the config a run of these settings would train with (defaults < files < flags < --set, the rest
+    chosen by the recipe) as YAML."""
+    from .api import choose
+
+    cfg = configs.resolve(config_files, _typed_flags(kwargs), sets)
+    chosen = choose(cfg)
+    click.echo((f"# {chosen}\n" if chosen else "") + configs.to_yaml(cfg), nl=False)
 
 
 @main.command()

@@ -16,6 +16,12 @@ CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
 SCRATCH_CELLS = CELLS[:3]  # no embedding, no stacking, no dropout
 # smaller rates change no float32 weight; this one keeps Adam's bias-corrected rate above MXNet's floor (1.2e-38)
 MIN_LR = 1e-30
+AUTO = " (null: chosen by the recipe)"
+
+
+def _auto(help, **meta):
+    """A setting left to the recipe unless given: null by default."""
+    return _opt(None, help + AUTO, auto=True, **meta)
 
 
 def _opt(default, help, **meta):
@@ -51,42 +57,47 @@ class DataConfig:
     val_frac: float = _opt(0.1, "fraction of the corpus held out as the validation tail")
     iterator: str = _opt("sequential", "stream mode batching: random windows or sequential streams",
                          choices=("random", "sequential"))
-    seq_len: int = _opt(32, "time steps per batch (T)")
-    batch_size: int = _opt(16, "sequences per batch (N)")
+    seq_len: typing.Optional[int] = _auto("time steps per batch (T)")
+    batch_size: typing.Optional[int] = _auto("sequences per batch (N)")
 
 
 @dataclass
 class ModelConfig:
-    cell: str = _opt("lstm", "recurrent cell", choices=CELLS)
-    embed_size: int = _opt(64, "embedding size for Gluon cells (0 = one-hot input)")
-    hidden_size: int = _opt(256, "hidden units per layer")
-    num_layers: int = _opt(2, "stacked layers (Gluon cells)")
-    dropout: float = _opt(0.5, "dropout on embeddings, between layers and on outputs (Gluon cells)")
-    tie_weights: bool = _opt(False, "share the embedding matrix with the output layer (needs embed_size = "
-                                    "hidden_size)")
+    cell: typing.Optional[str] = _auto("recurrent cell", choices=CELLS)
+    embed_size: typing.Optional[int] = _auto("embedding size for Gluon cells (0 = one-hot input)")
+    hidden_size: typing.Optional[int] = _auto("hidden units per layer")
+    num_layers: typing.Optional[int] = _auto("stacked layers (Gluon cells)")
+    dropout: typing.Optional[float] = _auto("dropout on embeddings, between layers and on outputs (Gluon cells)")
+    variational_dropout: typing.Optional[bool] = _auto("one dropout mask for every time step of a batch on the "
+                                                       "embeddings and outputs (variational dropout)")
+    tie_weights: typing.Optional[bool] = _auto("share the embedding matrix with the output layer (needs "
+                                               "embed_size = hidden_size)")
 
 
 @dataclass
 class TrainConfig:
     optimizer: str = _opt("adam", "optimizer", choices=("sgd", "adam"))
-    lr: float = _opt(3e-3, "learning rate")
+    lr: typing.Optional[float] = _auto("learning rate")
     lr_decay: float = _opt(0.93, "multiply the learning rate by this after each epoch (1 = constant)")
     plateau_factor: float = _opt(1.0, "multiply the learning rate by this after an epoch that did not improve "
                                       "the validation loss (1 = off)")
     grad_clip: float = _opt(1.0, "rescale gradients whose global L2 norm exceeds this (0 = off)")
     loss_reduction: str = _opt("mean", "loss the gradient is taken of: mean or sum over the batch's tokens",
                                choices=("mean", "sum"))
-    epochs: int = _opt(20, "passes over the training text")
+    epochs: typing.Optional[int] = _auto("passes over the training text at most")
     time_limit: typing.Optional[str] = _opt(None, "stop once training has taken this long, earlier sessions "
-                                                  "included: 90s, 30m, 2h or seconds (null = no limit)",
+                                                  "included: 90s, 30m, 2h or seconds (null: the recipe's budget "
+                                                  "for the text, or no limit when epochs is set)",
                                                   metavar="DURATION")
-    lr_schedule: str = _opt("exp", "exp: lr_decay after each epoch; cosine: from lr to 0 per update over the "
-                                   "time limit, or over the epochs without one", choices=("exp", "cosine"))
-    warmup: int = _opt(0, "raise the learning rate linearly from 0 over the first N updates (0 = off)")
-    patience: int = _opt(0, "stop after N epochs without a better validation loss (0 = off)")
-    weight_decay: float = _opt(0.0, "weight decay: decoupled (AdamW) for adam, L2 for sgd (0 = off)")
-    ema: float = _opt(0.0, "keep a moving average of the weights with this decay, e.g. 0.999, and save it as "
-                           "the best model when its validation loss is lower (0 = off)")
+    lr_schedule: typing.Optional[str] = _auto("exp: lr_decay after each epoch; cosine: from lr to 0 per update "
+                                              "over the time limit, or over the epochs without one",
+                                              choices=("exp", "cosine"))
+    warmup: typing.Optional[int] = _auto("raise the learning rate linearly from 0 over the first N updates "
+                                         "(0 = off)")
+    patience: typing.Optional[int] = _auto("stop after N epochs without a better validation loss (0 = off)")
+    weight_decay: typing.Optional[float] = _auto("weight decay: decoupled (AdamW) for adam, L2 for sgd (0 = off)")
+    ema: typing.Optional[float] = _auto("keep a moving average of the weights with this decay, e.g. 0.999, and "
+                                        "save it as the best model when its validation loss is lower (0 = off)")
     tensorboard: typing.Optional[str] = _opt(None, "write epoch metrics and samples as TensorBoard events "
                                                    "into DIR/<run name> (needs tensorboardX; null = off)",
                                                    metavar="DIR")
@@ -99,8 +110,9 @@ class TrainConfig:
                                       "with half the learning rate (at most 3 times)", choices=("stop", "rollback"))
     sample_every: int = _opt(5, "print greedy samples every N epochs (0 = never)")
     sample_length: int = _opt(100, "characters per sample")
-    sample_prefixes: typing.List[str] = _opt(["the time ma", "the medical man rose, came to the lamp,"],
-                                             "prefixes to sample from", flag=None)
+    sample_prefixes: typing.List[str] = _opt([], "prefixes to sample from ([]: the first 16 characters, or 4 "
+                                                 "words, of the validation text; a new line in lines mode)",
+                                             flag=None)
 
 
 @dataclass
@@ -127,7 +139,7 @@ def flag_name(f):
 def _check_type(key, f, value):
     """Return value converted to the field's type, or raise a CharlmError naming the key."""
     kind = f.type
-    if kind is float and isinstance(value, str):
+    if kind in (float, typing.Optional[float]) and isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
     ok = {
@@ -137,16 +149,21 @@ def _check_type(key, f, value):
         str: isinstance(value, str),
         typing.Optional[str]: value is None or isinstance(value, str),
         typing.Optional[bool]: value is None or isinstance(value, bool),
+        typing.Optional[int]: value is None or isinstance(value, int) and not isinstance(value, bool),
+        typing.Optional[float]: value is None or isinstance(value, (int, float)) and not isinstance(value, bool),
         typing.List[str]: isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
         typing.List[int]: isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
                                                                    for v in value),
     }[kind]
     if not ok:
-        name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+        plain = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind  # Optional[int]: int
+        name = plain.__name__ if isinstance(plain, type) else str(kind).replace("typing.", "")
         raise CharlmError(f"{key}: expected {name}, got {value!r}")
-    if "choices" in f.metadata and value not in f.metadata["choices"]:
+    if "choices" in f.metadata and value is not None and value not in f.metadata["choices"]:
         raise CharlmError(f"{key}: {value!r} is not one of {', '.join(f.metadata['choices'])}")
-    return float(value) if kind is float else list(value) if kind in (typing.List[str], typing.List[int]) else value
+    if kind in (float, typing.Optional[float]) and value is not None:
+        return float(value)
+    return list(value) if kind in (typing.List[str], typing.List[int]) else value
 
 
 def _set(cfg, section, name, value, where):
@@ -233,13 +250,13 @@ def validate(cfg):
         for key in keys.split():
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
-            if not value >= least:  # not < least: NaN is neither
+            if value is not None and not value >= least:  # not < least: NaN is neither
                 raise CharlmError(f"{key} must {'be at least 1' if least else 'not be negative'}, got {value}")
     if not 0 <= cfg.data.val_frac < 1:
         raise CharlmError(f"data.val_frac must be in [0, 1), got {cfg.data.val_frac}")
-    if not 0 <= cfg.model.dropout < 1:
+    if cfg.model.dropout is not None and not 0 <= cfg.model.dropout < 1:
         raise CharlmError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
-    if not MIN_LR <= cfg.train.lr < math.inf:
+    if cfg.train.lr is not None and not MIN_LR <= cfg.train.lr < math.inf:
         raise CharlmError(f"train.lr must be a number of at least {MIN_LR:g} (smaller ones change no float32 "
                           f"weight), got {cfg.train.lr}")
     for name in ("lr_decay", "plateau_factor"):
@@ -253,7 +270,8 @@ def validate(cfg):
         raise CharlmError(f"data.max_vocab must be 0 (no cap) or at least 3 (<unk>, <eos> and a word), "
                           f"got {cfg.data.max_vocab}")
     m = cfg.model
-    if m.tie_weights and (m.cell in SCRATCH_CELLS or m.embed_size != m.hidden_size):
+    if m.tie_weights and None not in (m.cell, m.embed_size, m.hidden_size) and (
+            m.cell in SCRATCH_CELLS or m.embed_size != m.hidden_size):
         raise CharlmError(f"model.tie_weights needs a Gluon cell (rnn, lstm, gru) with embed_size = hidden_size, "
                           f"got {m.cell} with embed_size {m.embed_size} and hidden_size {m.hidden_size}")
 
@@ -263,12 +281,12 @@ def _validate_controls(cfg):
     t = cfg.train
     if t.time_limit is not None:
         duration(t.time_limit)
-    if not 0 <= t.ema < 1:
+    if t.ema is not None and not 0 <= t.ema < 1:
         raise CharlmError(f"train.ema must be in [0, 1) (0 = off), got {t.ema}")
     if t.ema and not (cfg.data.val_frac or cfg.data.valid_path):
         raise CharlmError("train.ema picks the average or the weights by validation loss: give --val-frac or "
                           "--valid-data")
-    if not t.weight_decay < math.inf:
+    if t.weight_decay is not None and not t.weight_decay < math.inf:
         raise CharlmError(f"train.weight_decay must be finite, got {t.weight_decay}")
 
 
@@ -279,6 +297,12 @@ def duration(text):
         raise CharlmError(f"train.time_limit must be a positive duration such as 90s, 30m, 2h or 600 (seconds), "
                           f"got {text!r}")
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def unset(cfg):
+    """The keys left to the recipe, as "section.name"."""
+    return [f"{section}.{f.name}" for section, f in keys() if getattr(getattr(cfg, section), f.name) is None
+            and f.metadata.get("auto")]
 
 
 def to_yaml(cfg):

@@ -71,12 +71,14 @@ class FusedLayer(gluon.HybridBlock):
 class RNNLM(Generation, gluon.HybridBlock):
     """Embedding (or one-hot) -> MXNet's fused RNN/LSTM/GRU layers -> Dense, with dropout."""
 
-    def __init__(self, cell, vocab_size, embed_size, hidden_size, num_layers, dropout, tie_weights=False, **kwargs):
+    def __init__(self, cell, vocab_size, embed_size, hidden_size, num_layers, dropout, tie_weights=False,
+                 variational=False, **kwargs):
         super().__init__(**kwargs)
         self.cell, self.vocab_size = cell, vocab_size
         with self.name_scope():
             self.embedding = gluon.nn.Embedding(vocab_size, embed_size) if embed_size else None
-            self.drop = gluon.nn.Dropout(dropout)
+            # variational: one mask per sequence, broadcast over the time axis (TNC)
+            self.drop = gluon.nn.Dropout(dropout, axes=(0,) if variational else ())
             self.rnn = FusedLayer(cell, hidden_size, num_layers, dropout, embed_size or vocab_size)
             # Tied: the output layer takes its weight from the embedding, found by the embedding's name.
             tied = {"prefix": self.embedding.prefix, "params": self.embedding.params} if tie_weights else {}
@@ -195,7 +197,8 @@ def build(model_cfg, vocab_size, ctx):
         model = ScratchLM(model_cfg.cell, vocab_size, model_cfg.hidden_size)
     else:
         model = RNNLM(model_cfg.cell, vocab_size, model_cfg.embed_size, model_cfg.hidden_size,
-                      model_cfg.num_layers, model_cfg.dropout, model_cfg.tie_weights)
+                      model_cfg.num_layers, model_cfg.dropout, model_cfg.tie_weights,
+                      model_cfg.variational_dropout)
     for param in model.collect_params().values():
         size = int(np.prod(param.shape))
         if size > MAX_ARRAY:

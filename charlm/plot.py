@@ -3,7 +3,7 @@ import dataclasses
 from pathlib import Path
 
 from .errors import CharlmError
-from .run import CONFIG, Run, atomic_write, find
+from .run import CONFIG, Run, atomic_write, epoch_records, find
 
 
 def runs_in(paths):
@@ -43,7 +43,7 @@ def plot(paths, output):
         raise CharlmError("charlm plot needs matplotlib: pip install 'charlm[plot]' "
                           "(or pip install matplotlib)") from None
     runs = runs_in(paths)
-    metrics = [run.metrics() for run in runs]
+    metrics = [epoch_records(run.metrics()) for run in runs]
     if not any(metrics):
         raise CharlmError(f"no epoch has finished in {', '.join(map(str, paths))} yet: nothing to plot")
     fig, ax = plt.subplots(figsize=(9, 5.5))

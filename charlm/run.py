@@ -191,7 +191,10 @@ class Run:
 
     def config(self):
         """The run's resolved config."""
-        return configs.resolve([self.path / CONFIG])
+        cfg = configs.resolve([self.path / CONFIG])
+        if cfg.model.variational_dropout is None:  # a run made before the setting: per-step dropout
+            cfg.model.variational_dropout = False
+        return cfg
 
     def vocab(self):
         """The run's vocabulary."""
@@ -204,6 +207,11 @@ class Run:
 
 # the settings that shape a Gluon cell's parameters (a scratch cell's: the first two); dropout may differ
 SHAPE_KEYS = ("cell", "hidden_size", "embed_size", "num_layers", "tie_weights")
+
+
+def epoch_records(records):
+    """Each epoch's last record: a time limit's record (mid-epoch) is dropped once a resumed run ends its epoch."""
+    return [r for r, later in zip(records, records[1:] + [None]) if not later or later["epoch"] != r["epoch"]]
 
 
 def init_source(cfg):
@@ -227,7 +235,7 @@ def init_source(cfg):
         raise CharlmError(f"{where}: its vocabulary has no line-start token (a stream-mode run); lines mode needs "
                           f"one")
     if not (source.path / BEST).exists():
-        raise CharlmError(f"{where}: it has no {BEST}: it has not finished an epoch yet")
+        raise CharlmError(f"{where}: it has no {BEST}: no epoch of it has been scored yet")
     return source, vocab
 
 

@@ -18,7 +18,7 @@ import yaml
 from . import configs
 from .errors import CharlmError
 from .launch import CPUS
-from .run import CONFIG, Run, read_json, write_text
+from .run import CONFIG, Run, epoch_records, read_json, write_text
 
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
@@ -233,10 +233,10 @@ def summary(sweep, sweep_dir):
         records = [r for r in Run(run_dir).metrics() if sweep.metric in r]
         if records:
             pick = min if sweep.goal == "minimize" else max
-            best = pick(records, key=lambda r: r[sweep.metric])
+            best, ends = pick(records, key=lambda r: r[sweep.metric]), epoch_records(records)
             row.update({f"best_{sweep.metric}": best[sweep.metric], "best_epoch": best["epoch"],
                         "train_ppl": best["train_ppl"],
-                        "tokens_per_s": sum(r["tokens_per_s"] for r in records) / len(records),
+                        "tokens_per_s": sum(r["tokens_per_s"] for r in ends) / len(ends),
                         "wall_s": records[-1]["elapsed_s"]})
         rows.append(row)
     sign = 1 if sweep.goal == "minimize" else -1

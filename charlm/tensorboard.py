@@ -25,7 +25,7 @@ class TensorBoard:
     def on_epoch(self, record, samples):
         epoch = record["epoch"]
         for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)):
+            if key not in ("epoch", "step") and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, epoch)
         for k, text in enumerate(samples):
             self.writer.add_text(f"sample {k + 1}", text, epoch)

@@ -14,6 +14,7 @@ from .run import METRICS, STATE
 
 log = logging.getLogger(__name__)
 MAX_ROLLBACKS = 3
+SAMPLE_PREFIX = {"char": 16, "word": 4}  # tokens of the validation text that epoch samples continue
 SYNC_EVERY = 50  # batches between dist_sync workers' readings of rank 0's clock, under a time limit
 
 
@@ -164,10 +165,20 @@ def test(s, run):
     return result
 
 
+def sample_prefixes(s):
+    """The configured prefixes, or else the validation text's first few tokens (a new line in lines mode)."""
+    if s.cfg.train.sample_prefixes:
+        return s.cfg.train.sample_prefixes
+    if s.cfg.data.mode == "lines":
+        return [""]
+    ids = s.val_ids if len(s.val_ids) else s.train_ids
+    return [s.vocab.decode(ids[:SAMPLE_PREFIX[s.cfg.data.level]])]
+
+
 def _samples(s):
-    """Greedy continuations of the configured prefixes that the vocabulary can encode."""
+    """Greedy continuations of the sample prefixes that the vocabulary can encode."""
     texts = []
-    for prefix in s.cfg.train.sample_prefixes:
+    for prefix in sample_prefixes(s):
         try:
             ids = generate.encode_prefix(prefix, s.vocab, s.cfg.data)
         except CharlmError:
@@ -199,15 +210,17 @@ def restore(s, run, trainer):
     """Load the run's last checkpoint into s.model and trainer; return where it stands."""
     state = run.read_state()
     done, step, partial = state.get("epoch", 0), state.get("step", 0), state.get("partial")
-    records = [r for r in run.metrics() if r["epoch"] <= done]
-    if done and (not records or records[-1]["epoch"] != done):
+    # and the records of the time limit within the epoch the checkpoint is in, up to its step
+    records = [r for r in run.metrics() if r["epoch"] <= done or r["epoch"] == done + 1 and r.get("step", 1e18) <= step]
+    ends = [r for r in records if "step" not in r]
+    if done and (not ends or ends[-1]["epoch"] != done):
         raise CharlmError(f"{run.path / METRICS} is damaged: it has no line for epoch {done}, the last "
                           f"checkpoint's; its best loss is unknown")
     progress = Progress(lr_scale=state.get("lr_scale", 1.0))
     if done or step:
         hidden = checkpoint.load_last(run, s.model, trainer, s.workers.ctxs, s.ema)
         try:
-            elapsed = partial["elapsed_s"] if partial else records[-1]["elapsed_s"]
+            elapsed = partial["elapsed_s"] if partial else ends[-1]["elapsed_s"]
             best = min(map(checkpoint_metric, records), default=math.inf)
             best_epoch = next((r["epoch"] for r in records if checkpoint_metric(r) == best), 0)
         except (KeyError, TypeError):
@@ -323,6 +336,8 @@ class Epoch:
     sums: Sums
     state: list = None
     lr: float = 0.0  # before a per-update schedule's factors
+    first: int = 0  # the batch it starts from: 0, or a checkpoint's step
+    stopped_at: int = None  # batches done when the time limit ended it early
 
 
 def train_step(loop, grads, batch, states):
@@ -383,11 +398,12 @@ class _Diverged(Exception):
 
 
 def train_epoch(loop, p):
-    """Train the rest of the next epoch, a checkpointed stretch at a time; the epoch, or None at the time limit."""
+    """Train the rest of the next epoch, a checkpointed stretch at a time; the epoch (stopped_at: the time limit)."""
     s, t, number = loop.s, loop.s.cfg.train, p.epoch + 1
     rng = np.random.default_rng([t.seed, number])  # batch order and dropout from (seed, epoch) alone: replayable
     epoch_seed = int(rng.integers(2**31))
-    epoch = Epoch(number, batches_of(s.cfg, s.vocab, s.train_ids, rng), Sums(p.partial), p.hidden, base_lr(t, p))
+    epoch = Epoch(number, batches_of(s.cfg, s.vocab, s.train_ids, rng), Sums(p.partial), p.hidden, base_lr(t, p),
+                  p.step)
     every, step = t.checkpoint_every or len(epoch.batches), p.step
     while step < len(epoch.batches):
         s.workers.seed(_stretch_seed(t.seed, number, step) if step else epoch_seed)
@@ -404,7 +420,8 @@ def train_epoch(loop, p):
                                          epoch.state if epoch.batches.carries_state else None, p.lr_scale, s.ema)
         if done < end:
             if loop.timed_out:
-                return None
+                epoch.stopped_at = done
+                return epoch
             raise Interrupted()
         step = done
     return epoch
@@ -426,13 +443,13 @@ def validation(s):
     return {**scores("val_", min(loss, averaged), level), "val_loss_raw": loss, "val_loss_ema": averaged}, chosen
 
 
-def end_epoch(loop, p, epoch):
-    """The epoch's record (training sums over the workers, validation scores); checkpoint it, move p on."""
+def _record(loop, epoch, batches):
+    """(record, model to save as best): the training sums over `batches` of the epoch and validation scores."""
     s, level = loop.s, loop.s.cfg.data.level
     stats = epoch.sums.read()
     nll, tokens = s.workers.allsum(stats["nll"], stats["tokens"])
     record = {"epoch": epoch.number, **scores("train_", nll / tokens, level), "lr": loop.trainer.learning_rate,
-              "grad_norm": stats["grad_norm"] / len(epoch.batches), "tokens_per_s": tokens / stats["train_s"]}
+              "grad_norm": stats["grad_norm"] / batches, "tokens_per_s": tokens / stats["train_s"]}
     chosen = s.model
     if len(s.val_ids):
         val, chosen = validation(s)
@@ -441,6 +458,25 @@ def end_epoch(loop, p, epoch):
     if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
         raise CharlmError(f"training diverged in epoch {epoch.number} (validation loss {record.get('val_loss')}); "
                           f"the best and last good checkpoints are kept: lower --lr or set --grad-clip")
+    return record, chosen
+
+
+def end_at_limit(loop, p, epoch):
+    """Score the weights a time limit stopped at mid-epoch (the cosine's end): a record with "step"; best if best."""
+    record, chosen = _record(loop, epoch, epoch.stopped_at)
+    record["step"] = epoch.stopped_at
+    metric = checkpoint_metric(record)
+    if loop.run:
+        checkpoint.save_at_limit(loop.run, record, metric < p.best, chosen)
+    if metric < p.best:
+        p.best, p.best_epoch = metric, epoch.number
+    return record
+
+
+def end_epoch(loop, p, epoch):
+    """The epoch's record (training sums over the workers, validation scores); checkpoint it, move p on."""
+    s = loop.s
+    record, chosen = _record(loop, epoch, len(epoch.batches))
     metric = checkpoint_metric(record)
     if metric >= p.best:
         p.lr_scale *= s.cfg.train.plateau_factor  # no better than the best so far: anneal (off at 1)
@@ -507,9 +543,12 @@ def fit(s, run, trainer=None, progress=None, callbacks=(), stop=None):
         except _Diverged as e:
             p = _recover(loop, p, p.epoch + 1, e.args[0])
             continue
-        if epoch is None:
+        if epoch.stopped_at is not None:
             log.info("time limit %s reached in epoch %d; its checkpoint resumes with --resume and a longer "
                      "--time-limit", t.time_limit, p.epoch + 1)
+            # not when no batch trained since the last record, nor under dist_async, whose workers stop apart
+            if epoch.stopped_at > epoch.first and not s.workers.is_async:
+                loop.calls("on_epoch", end_at_limit(loop, p, epoch), [])
             break
         record = end_epoch(loop, p, epoch)
         loop.calls("on_epoch", record, _samples(s) if t.sample_every and epoch.number % t.sample_every == 0 else [])

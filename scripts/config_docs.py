@@ -25,15 +25,21 @@ HEAD = """\
 Settings live in three YAML sections, `data`, `model` and `train`. They are layered, each layer
 overriding the one before:
 
-1. the dataclass defaults (the table below; `configs/default.yaml` spells them all out);
+1. the dataclass defaults (the table below);
 2. `-c FILE`, repeatable, later files winning; a file holds only the keys it changes;
 3. the flags you type (`--hidden-size 512`); a flag you do not type leaves the files' value alone;
-4. `--set section.key=value`, repeatable, the value read as YAML (`--set "train.sample_prefixes=[a, b]"`).
+4. `--set section.key=value`, repeatable, the value read as YAML (`--set "train.sample_prefixes=[a, b]"`);
+5. the recipe, for the keys whose default is `null` and that no layer set: model, batches, learning rate,
+   schedule and budget, chosen from the text's length and the time limit
+   ([recipes.md](recipes.md#the-automatic-recipe)). Word-level and lines-mode runs get the fixed values of
+   `configs/fixed.yaml` for them instead. `configs/default.yaml` spells out what `charlm train` with no
+   arguments resolves to.
 
 The flag of a key is its name with dashes, except the three paths (`--data`, `--valid-data`,
 `--test-data`); lists have no flag, only `--set` and files. Unknown keys and wrong types are errors that
-name the key, the file and line, and the valid keys. `charlm config show [-c FILE ...] [--set ...]`
-prints the resolved config, and every run writes it to its `config.yaml`, so `charlm train -c
+name the key, the file and line, and the valid keys. `charlm config show` takes the same files, flags and
+`--set`s as `charlm train` and prints the config a run would use, the recipe's choice and its reason on
+the first line, and every run writes it to its `config.yaml`, so `charlm train -c
 runs/NAME/config.yaml` repeats a run. A sweep (`charlm sweep FILE`) runs each point as its `base`
 files plus one `--set` per swept key. In Python, `charlm.config(*files, data=..., model=...,
 train=...)` layers the same way, its dict sections last (see [api.md](api.md)).

@@ -56,7 +56,8 @@ def main():
     parser.add_argument("--max-chars", type=int, default=200_000, help="characters of the corpus to read")
     parser.add_argument("train_args", nargs="*", help="more `charlm train` arguments (after --)")
     opts = parser.parse_args()
-    train_args = ["--epochs", opts.epochs, "--max-chars", opts.max_chars, "--sample-every", 0, *opts.train_args]
+    train_args = ["-c", "configs/fixed.yaml",
+                  "--epochs", opts.epochs, "--max-chars", opts.max_chars, "--sample-every", 0, *opts.train_args]
     stamp, cores = time.strftime("%Y%m%d-%H%M%S"), len(os.sched_getaffinity(0))
     rows = [(workers, *measure(f"{stamp}-{workers}w", workers, train_args)) for workers in (1, 2)]
     run = RUNS / f"{stamp}-1w"

@@ -1,5 +1,5 @@
-"""Generation speed of the default model (2 x 256 LSTM; speed does not depend on the weights), all in one
-process so that a busy machine slows every figure alike:
+"""Generation speed of the fixed model (configs/fixed.yaml's 2 x 256 LSTM; speed does not depend on the weights),
+all in one process so that a busy machine slows every figure alike:
 
     python scripts/gen_bench.py [--length 1000] [--repeats 5]
 
@@ -10,7 +10,7 @@ import os
 import statistics
 import time
 
-from charlm import configs, data, generate, model as models
+from charlm import configs, data, generate, model as models, recipe
 from charlm.engine import mx
 
 
@@ -41,8 +41,9 @@ def main():
     parser.add_argument("--length", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     a = parser.parse_args()
-    vocab, _ = data.corpus_of(configs.DataConfig())
-    model = models.build(configs.ModelConfig(), len(vocab), mx.cpu())
+    cfg = recipe.fixed(configs.Config())
+    vocab, _ = data.corpus_of(cfg.data)
+    model = models.build(cfg.model, len(vocab), mx.cpu())
     prefix, ctx, n = vocab.encode("the time ma"), mx.cpu(), a.length
 
     def run(**options):

@@ -15,14 +15,14 @@ import time
 
 import numpy as np
 
-from charlm import configs as config, engine, training as train
+from charlm import configs as config, engine, recipe, training as train
 from charlm.engine import mx
 
 WARMUP = 20
 
 
 def measure(cell, busy_ms, profile=False):
-    cfg = config.Config()
+    cfg = recipe.fixed(config.Config())
     d, m, t = cfg.data, cfg.model, cfg.train
     d.val_frac, d.iterator, d.seq_len, d.batch_size = 0.0, "sequential", 35, 32
     m.cell, m.hidden_size, m.num_layers, m.dropout, m.embed_size = cell, 256, 1, 0.0, 43

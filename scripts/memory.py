@@ -1,7 +1,7 @@
-"""Measure charlm's memory: resident set size after each epoch of a default run (it must stay flat),
+"""Measure charlm's memory: resident set size after each epoch of a run of configs/fixed.yaml (it must stay flat),
 and peak RSS training on a large corpus against the same training on the bundled book.
 
-    python scripts/memory.py epochs [--epochs 20]          # the default config, RSS after each epoch
+    python scripts/memory.py epochs [--epochs 20]          # configs/fixed.yaml, RSS after each epoch
     python scripts/memory.py corpus [--mb 200 --batches 300]
 
 Prints Markdown tables for docs/performance.md.
@@ -16,8 +16,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-BOOK = Path(__file__).resolve().parent.parent / "data" / "timemachine.txt"
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "data" / "timemachine.txt"
 
 
 def rss_mb():
@@ -29,11 +31,11 @@ def rss_mb():
 
 
 def epochs(args):
-    """Train the default config in this process and record RSS after every epoch."""
+    """Train the fixed config in this process and record RSS after every epoch."""
     from charlm import configs as config, engine, training as train
     from charlm.run import Run
 
-    cfg = config.resolve()
+    cfg = config.resolve([ROOT / "configs" / "fixed.yaml"])
     cfg.train.epochs, cfg.train.sample_every = args.epochs, 5
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,8 +43,9 @@ def epochs(args):
         run = Run.create(tmp, "mem")
         run.start(cfg, s.vocab)
         rows.append(("after setup", rss_mb()))
-        train.fit(s, run, on_epoch=lambda record, samples: rows.append((record["epoch"], rss_mb())))
-    print(f"RSS of `charlm train` (default config, {args.epochs} epochs, samples every 5), in one process:\n")
+        seen = SimpleNamespace(on_epoch=lambda record, samples: rows.append((record["epoch"], rss_mb())))
+        train.fit(s, run, callbacks=[seen])
+    print(f"RSS of `charlm train -c configs/fixed.yaml` ({args.epochs} epochs, samples every 5), in one process:\n")
     print("| epoch | RSS (MB) |\n|---|---|")
     for epoch, mb in rows:
         print(f"| {epoch} | {mb:.1f} |")
@@ -56,7 +59,8 @@ def epochs(args):
 def peak_of_training(path, batches, runs_dir):
     """Peak RSS (MB) and wall seconds of `charlm train --data path`, stopped by SIGINT after `batches` batches."""
     every = max(1, batches // 3)
-    cmd = [sys.executable, "-m", "charlm", "train", "--data", str(path), "--runs-dir", str(runs_dir),
+    cmd = [sys.executable, "-m", "charlm", "train", "-c", str(ROOT / "configs" / "fixed.yaml"), "--data", str(path),
+           "--runs-dir", str(runs_dir),
            "--name", path.stem, "--epochs", "1", "--checkpoint-every", str(every), "--sample-every", "0"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -91,7 +95,7 @@ def corpus(args):
         # ru_maxrss of children is the largest child's peak so far: measure the small run first.
         base, base_s = peak_of_training(small, args.batches, tmp / "runs")
         peak, peak_s = peak_of_training(big, args.batches, tmp / "runs")
-    print(f"Peak RSS of `charlm train` (default model), stopped after {args.batches} batches:\n")
+    print(f"Peak RSS of `charlm train -c configs/fixed.yaml`, stopped after {args.batches} batches:\n")
     print("| corpus | size (MB) | peak RSS (MB) | wall (s) |\n|---|---|---|---|")
     print(f"| the Time Machine | {len(book) / 1e6:.2f} | {base:.0f} | {base_s:.1f} |")
     print(f"| the book repeated | {size:.0f} | {peak:.0f} | {peak_s:.1f} |")
@@ -102,7 +106,7 @@ def corpus(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    e = sub.add_parser("epochs", help="RSS after each epoch of the default config")
+    e = sub.add_parser("epochs", help="RSS after each epoch of configs/fixed.yaml")
     e.add_argument("--epochs", type=int, default=20)
     c = sub.add_parser("corpus", help="peak RSS on a large corpus")
     c.add_argument("--mb", type=int, default=200)

@@ -13,8 +13,10 @@ from click.testing import CliRunner
 
 from charlm.cli import main
 from charlm.launch import DMLC_ENV
+from conftest import FIXED_FLAGS
 
-TINY = ["--hidden-size", "8", "--embed-size", "4", "--num-layers", "1", "--seq-len", "4", "--batch-size", "2",
+TINY = [*FIXED_FLAGS,
+        "--hidden-size", "8", "--embed-size", "4", "--num-layers", "1", "--seq-len", "4", "--batch-size", "2",
         "--epochs", "1", "--sample-every", "0"]
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 20
 
@@ -196,6 +198,14 @@ CASES = [
      lambda ws: _train(ws, "--kvstore", "dist_async", "--lr-decay", "1", "--lr-schedule", "cosine"),
      "cannot schedule the learning rate or decay weights"),
     ("`--seed -1`", lambda ws: _train(ws, "--seed", "-1"), "train.seed must not be negative, got -1"),
+    ("`config show` of a missing file", lambda ws: ["config", "show", "--data", str(ws.tmp / "nope.txt")],
+     "data file not found"),
+    ("`config show` of invalid UTF-8",
+     lambda ws: ["config", "show", "--data", str(ws.file("latin1.txt", "caf\xe9 ".encode("latin-1") * 9))],
+     "is not valid utf-8"),
+    ("empty file, settings left to the recipe",
+     lambda ws: ["train", "--data", str(ws.file("empty.txt", b"")), "--runs-dir", str(ws.tmp / "new-runs")],
+     "holds no text"),
     ("`--grad-clip nan`", lambda ws: _train(ws, "--grad-clip", "nan"), "train.grad_clip must not be negative, got nan"),
     ("`--lr` too small to change a weight", lambda ws: _train(ws, "--lr", "1e-39"),
      "train.lr must be a number of at least 1e-30"),
@@ -318,7 +328,7 @@ CASES = [
      "--digits 1000000000000 in base 10 is too large (at most 18)"),
     ("`export` of a run that has not finished an epoch",
      lambda ws: ["export", "--run", str(ws.damaged_run("unfinished", _unfinished)), "-o", str(ws.tmp / "e"),
-                 "--format", "mxnet"], "has no params-best.params: it has not finished an epoch yet"),
+                 "--format", "mxnet"], "has no params-best.params: no epoch of it has been scored yet"),
     ("`export` onto an existing output without `--force`",
      lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.file("taken", b"")), "--format", "mxnet"],
      "already exists: pass --force to replace it"),

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from charlm import configs as config
+from charlm.api import choose
 from charlm.errors import CharlmError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,8 +99,10 @@ def test_addition_tune_layers_on_addition():
     assert cfg.train.lr < first.train.lr and cfg.train.epochs < first.train.epochs
 
 
-def test_shipped_default_config_spells_out_the_defaults():
-    assert config.resolve([ROOT / "configs" / "default.yaml"]) == config.Config()
+def test_shipped_default_config_spells_out_what_charlm_train_does():
+    chosen = config.resolve()
+    choose(chosen)
+    assert config.resolve([ROOT / "configs" / "default.yaml"]) == chosen
     written = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     assert {(s, k) for s, keys in written.items() for k in keys} == {(s, f.name) for s, f in config.keys()}
 

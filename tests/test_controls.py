@@ -14,8 +14,10 @@ from charlm.cli import main
 from charlm.configs import DataConfig
 from charlm.engine import mx, nd
 from test_training import train_in
+from conftest import FIXED_FLAGS
 
-TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
+TINY = [*FIXED_FLAGS,
+        "--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
         "--sample-every", "0", "--dropout", "0"]
 
 
@@ -177,16 +179,25 @@ def test_a_time_limited_run_ends_normally_with_a_checkpoint_that_resumes_exactly
     longer = invoke("train", "--resume", runs / "cut", "--time-limit", "1h")
     assert longer.exit_code == 0, longer.output
     assert f"and {state['step']} batches of epoch {state['epoch'] + 1}" in longer.stdout
-    for a, b in zip(records(runs / "whole"), records(runs / "cut"), strict=True):
+    at_limit = [r for r in records(runs / "cut") if "step" in r]
+    assert [(r["epoch"], r["step"]) for r in at_limit] == [(state["epoch"] + 1, state["step"])]
+    ends = [r for r in records(runs / "cut") if "step" not in r]
+    for a, b in zip(records(runs / "whole"), ends, strict=True):
         for key in ("train_loss", "val_loss", "grad_norm"):
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
     assert "time_limit: 1h" in (runs / "cut" / "config.yaml").read_text()
 
 
-def test_a_time_limit_spent_before_the_first_epoch_ends_says_so(corpus, tmp_path, clock):
-    result = invoke("train", "--data", corpus, "--runs-dir", tmp_path, *TINY, "--time-limit", "3s")
+def test_a_time_limit_within_the_first_epoch_scores_and_keeps_the_weights_it_stopped_at(corpus, tmp_path, clock):
+    result = invoke("train", "--data", corpus, "--runs-dir", tmp_path, "--name", "r", *TINY, "--time-limit", "3s")
     assert result.exit_code == 0, result.output
-    assert "the time limit ended before the first epoch did" in result.stdout.splitlines()[-1]
+    [record] = records(tmp_path / "r")
+    assert record["epoch"] == 1 and 0 < record["step"]
+    assert f"epoch 1 to batch {record['step']} (time limit)" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith(f"done | best val ppl {record['val_ppl']:.3f}")
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["best_epoch"] == 1 and state["step"] == record["step"]
+    assert (tmp_path / "r" / "params-best.params").exists()
 
 
 @pytest.mark.parametrize("given, seconds", [("90s", 90), ("30m", 1800), ("2h", 7200), ("45", 45), ("1.5h", 5400)])

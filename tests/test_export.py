@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from charlm import export
-from charlm import model as models
+from charlm import model as models, recipe
 from charlm.cli import main
 from charlm.configs import Config, ModelConfig
 from charlm.engine import mx, nd
@@ -26,10 +26,10 @@ TOL = 1e-5
 
 def _model(cell, layers, embed):
     """A built model with random weights, and its config; embed "tied": the decoder's weight the embedding's."""
-    cfg = Config()
+    cfg = recipe.fixed(Config())
     tied = embed == "tied"
     cfg.model = ModelConfig(cell=cell, hidden_size=H, embed_size=H if tied else embed, num_layers=layers,
-                            tie_weights=tied)
+                            dropout=0.5, variational_dropout=False, tie_weights=tied)
     model = models.build(cfg.model, V, mx.cpu())
     randomize(model)
     return model, cfg

@@ -10,8 +10,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from charlm.cli import main
+from conftest import FIXED_FLAGS
 
-TINY = ["--hidden-size", "8", "--embed-size", "4", "--num-layers", "1", "--seq-len", "4", "--batch-size", "2",
+TINY = [*FIXED_FLAGS,
+        "--hidden-size", "8", "--embed-size", "4", "--num-layers", "1", "--seq-len", "4", "--batch-size", "2",
         "--epochs", "1", "--sample-every", "0"]
 SETTINGS = settings(max_examples=int(os.environ.get("CHARLM_HYPOTHESIS_EXAMPLES", 25)), deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

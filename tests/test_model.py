@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from tiny_models import H, N, T, V, build, ids, randomize
+from tiny_models import H, N, T, V, build, ids, model_cfg, randomize
 
 from charlm import model as models, scratch
-from charlm.configs import CELLS, ModelConfig
+from charlm.configs import CELLS
 from charlm.engine import gluon, mx, nd
 
 
@@ -40,7 +40,7 @@ def test_token_nll_is_minus_log_softmax_of_the_target():
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_step_one_token_at_a_time_equals_the_whole_sequence(cell, num_layers):
-    model = models.build(ModelConfig(cell=cell, hidden_size=H, embed_size=4, num_layers=num_layers), V, mx.cpu())
+    model = models.build(model_cfg(cell=cell, hidden_size=H, embed_size=4, num_layers=num_layers), V, mx.cpu())
     randomize(model)
     X, state = ids(), model.begin_state(N, mx.cpu())
     whole, whole_state = model(X, state)
@@ -94,7 +94,7 @@ def test_flat_fused_layer_equals_gluons_layer(cell):
 
 
 def test_flat_fused_layer_starts_like_gluons_xavier_matrices_and_zero_biases():
-    model = models.build(ModelConfig(cell="lstm", hidden_size=64, embed_size=16, num_layers=2), V, mx.cpu())
+    model = models.build(model_cfg(cell="lstm", hidden_size=64, embed_size=16, num_layers=2), V, mx.cpu())
     pieces = model.rnn.unpack(nd, model.rnn.parameters.data())
     for name, value in pieces.items():
         value = value.asnumpy()

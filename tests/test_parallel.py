@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charlm import configs as config, optim, parallel, training as train
+from charlm import configs as config, optim, parallel, recipe, training as train
 from charlm.cli import main
 from charlm.engine import gluon, mx, nd
 from charlm.errors import CharlmError, Interrupted
 from charlm.launch import DMLC_ENV
 from charlm.run import Run
+from conftest import FIXED_FLAGS
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
@@ -89,7 +90,7 @@ CLUSTER = {"DMLC_ROLE": "worker", "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT
     ({}, mx.cpu(), "nccl", None, "unknown kvstore 'nccl'"),
 ])
 def test_connect_refuses_what_it_cannot_train(env, ctx, kvstore, change, message):
-    cfg = config.Config()
+    cfg = recipe.fixed(config.Config())
     if change:
         setattr(getattr(cfg, change[0]), change[1], change[2])
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
@@ -99,7 +100,7 @@ def test_connect_refuses_what_it_cannot_train(env, ctx, kvstore, change, message
 
 def test_a_two_device_run_resumes_exactly_and_generates(corpus, tmp_path):
     runs = tmp_path / "runs"
-    args = ["--data", str(corpus), "--runs-dir", str(runs), "--hidden-size", "16", "--embed-size", "8",
+    args = [*FIXED_FLAGS, "--data", str(corpus), "--runs-dir", str(runs), "--hidden-size", "16", "--embed-size", "8",
             "--num-layers", "1", "--seq-len", "8", "--batch-size", "4", "--sample-every", "0", "--dropout", "0.3",
             "--ctx", "cpu:0,cpu:1"]
     for name, epochs in [("whole", "3"), ("cut", "2")]:

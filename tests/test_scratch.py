@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-from tiny_models import H, N, V, build, ids, randomize
+from tiny_models import H, N, V, build, ids, model_cfg, randomize
 
 from charlm import model as models, scratch
-from charlm.configs import ModelConfig
 from charlm.engine import gluon, mx, nd
 
 SCRATCH_CELLS = ["scratch-rnn", "scratch-lstm", "scratch-gru"]
@@ -26,7 +25,7 @@ def test_scratch_rnn_equals_numpy_loop():
 
 
 def test_scratch_init_is_the_tutorials_normal_001():
-    model = models.build(ModelConfig(cell="scratch-rnn", hidden_size=256), 40, mx.cpu())
+    model = models.build(model_cfg(cell="scratch-rnn", hidden_size=256), 40, mx.cpu())
     w = model.W_hh.data().asnumpy()
     assert abs(w.std() - 0.01) < 0.001 and abs(w.mean()) < 0.001
     assert not model.b_h.data().asnumpy().any()
@@ -63,7 +62,7 @@ def test_scratch_gated_cells_equal_the_fused_layer(cell, layer_cls):
 def test_scratch_gradients_equal_central_differences(cell):
     """torch-rnn's numerical gradient check, in float64: autograd's gradient of the training loss (the NLL
     sum) with respect to every parameter element against (loss(p + eps) - loss(p - eps)) / 2 eps."""
-    model = models.build(ModelConfig(cell=cell, hidden_size=4), 5, mx.cpu())  # N, T, V, H = 2, 3, 5, 4
+    model = models.build(model_cfg(cell=cell, hidden_size=4), 5, mx.cpu())  # N, T, V, H = 2, 3, 5, 4
     model.cast("float64")
     randomize(model)
     rng = np.random.default_rng(8)

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,8 @@ from click.testing import CliRunner
 from charlm import configs as config, sweep as sweeps
 from charlm.cli import main
 from charlm.errors import CharlmError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sweep_file(tmp_path, doc, name="s"):
@@ -118,7 +121,7 @@ def tiny_sweep(tmp_path, corpus):
         "data": {"path": str(corpus), "seq_len": 8, "batch_size": 4},
         "model": {"embed_size": 8, "num_layers": 1},
         "train": {"epochs": 2, "sample_every": 0}}))
-    doc = {"base": str(base), "method": "grid", "metric": {"name": "val_ppl", "goal": "minimize"},
+    doc = {"base": [str(ROOT / "configs" / "fixed.yaml"), str(base)], "method": "grid", "metric": {"name": "val_ppl", "goal": "minimize"},
            "parameters": {"model.hidden_size": {"values": [4, 16, "big"]}}}
     return sweep_file(tmp_path, doc, "tiny"), tmp_path / "runs"
 

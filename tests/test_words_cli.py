@@ -3,8 +3,10 @@ import json
 from click.testing import CliRunner
 
 from charlm.cli import main
+from conftest import FIXED_FLAGS
 
-TINY = ["--hidden-size", "16", "--embed-size", "16", "--num-layers", "1", "--seq-len", "5", "--batch-size", "4",
+TINY = [*FIXED_FLAGS,
+        "--hidden-size", "16", "--embed-size", "16", "--num-layers", "1", "--seq-len", "5", "--batch-size", "4",
         "--sample-every", "0"]
 TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
 
@@ -17,9 +19,9 @@ def test_word_level_trains_with_separate_valid_and_test_files_and_generates_word
     for name, text in [("train", TEXT * 20), ("valid", TEXT * 2), ("test", "the bird sat on the mat\n" * 4)]:
         (tmp_path / f"{name}.txt").write_text(text)
     runs = tmp_path / "runs"
-    result = invoke("train", "--data", tmp_path / "train.txt", "--valid-data", tmp_path / "valid.txt",
+    result = invoke("train", *TINY, "--data", tmp_path / "train.txt", "--valid-data", tmp_path / "valid.txt",
                     "--test-data", tmp_path / "test.txt", "--level", "word", "--tie-weights", "--epochs", 3,
-                    "--plateau-factor", 0.25, "--runs-dir", runs, "--name", "w", *TINY)
+                    "--plateau-factor", 0.25, "--runs-dir", runs, "--name", "w")
     assert result.exit_code == 0, result.output
     assert "11-word vocabulary" in result.output  # 9 distinct words, <unk> and <eos>
     assert "| test ppl" in result.output
@@ -41,9 +43,8 @@ def test_word_level_trains_with_separate_valid_and_test_files_and_generates_word
 def test_plateau_factor_anneals_the_learning_rate_when_validation_stops_improving(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT * 20)
     runs = tmp_path / "runs"
-    result = invoke("train", "--data", tmp_path / "t.txt", "--level", "word", "--epochs", 6, "--lr", 5,
-                    "--optimizer", "sgd", "--lr-decay", 1, "--plateau-factor", 0.5, "--runs-dir", runs, "--name", "p",
-                    *TINY)
+    result = invoke("train", *TINY, "--data", tmp_path / "t.txt", "--level", "word", "--epochs", 6, "--lr", 5,
+                    "--optimizer", "sgd", "--lr-decay", 1, "--plateau-factor", 0.5, "--runs-dir", runs, "--name", "p")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (runs / "p" / "metrics.jsonl").read_text().splitlines()]
     best, expected = float("inf"), 5.0

@@ -1,11 +1,17 @@
 """Tiny models and inputs shared by test_model.py and test_scratch.py."""
 import numpy as np
 
-from charlm import model as models
+from charlm import model as models, recipe
 from charlm.configs import ModelConfig
 from charlm.engine import mx, nd
 
 T, N, V, H = 3, 2, 6, 5  # torch-rnn's habit: tiny, all different, so a transposed shape cannot pass
+
+
+def model_cfg(**settings):
+    """A ModelConfig of the fixed settings but these."""
+    fixed = {k.split(".")[1]: v for k, v in recipe.FIXED.items() if k.startswith("model.")}
+    return ModelConfig(**{**fixed, **settings})
 
 
 def ids(seed=0):
@@ -13,7 +19,7 @@ def ids(seed=0):
 
 
 def build(cell, **kw):
-    return models.build(ModelConfig(cell=cell, hidden_size=H, embed_size=4, num_layers=2, **kw), V, mx.cpu())
+    return models.build(model_cfg(cell=cell, hidden_size=H, embed_size=4, num_layers=2, **kw), V, mx.cpu())
 
 
 def randomize(model, seed=1):

@@ -1,0 +1,134 @@
+"""The automatic recipe: the model and training settings left unset (null), chosen from the text's size and the
+time budget by rules measured on two cores (docs/recipes.md); the settings a user gives are kept."""
+import math
+
+from . import configs
+from .text import check_file, corpus_path, normalised_chunks
+
+# What a run gets for the settings it leaves unset where the recipe does not choose: word level, lines mode.
+FIXED = {"data.seq_len": 32, "data.batch_size": 16, "model.cell": "lstm", "model.embed_size": 64,
+         "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.5, "model.variational_dropout": False,
+         "model.tie_weights": False, "train.lr": 3e-3, "train.epochs": 20, "train.lr_schedule": "exp",
+         "train.warmup": 0, "train.patience": 0, "train.weight_decay": 0.0, "train.ema": 0.0}
+BUDGET_CHARS, BUDGET = 180_000, 300.0  # a text this long gets this default budget; the budget grows as its root
+MIN_BUDGET, MAX_BUDGET = 60.0, 4 * 3600.0
+# Tokens per second of a 2-layer LSTM (embedding 64, batches of 32 x 64, 80-character vocabulary), by hidden size,
+# training on two cores (`python scripts/recipes.py speed`).
+SPEED = {128: 80e3, 256: 34e3, 384: 17.4e3, 512: 10.1e3, 768: 5e3, 1024: 3e3}
+# The largest model that trains on at least TOKENS_PER_PARAM characters per weight in the budget and has at
+# most MAX_PARAMS weights per character of the text.
+TOKENS_PER_PARAM = 2.5
+MAX_PARAMS = 8.0
+BATCHES = 8  # a short text gets batches small enough for this many per pass
+
+
+def _set(cfg, key, value):
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, value)
+
+
+def fixed(cfg):
+    """Fill cfg's unset settings with FIXED, the values that need no text; return cfg."""
+    for key in configs.unset(cfg):
+        _set(cfg, key, FIXED[key])
+    return cfg
+
+
+def text_size(d):
+    """(characters, training characters, distinct characters) of the text a DataConfig describes, read once."""
+    chars, seen = 0, set()
+    for chunk in normalised_chunks(check_file(corpus_path(d.path)), d, d.max_chars):
+        chars += len(chunk)
+        seen.update(chunk)
+    return chars, chars if d.valid_path else int(chars * (1 - d.val_frac)), len(seen)
+
+
+def default_budget(chars):
+    """The time budget of a text of `chars` characters when none is given: 5 minutes for the Time Machine,
+    growing as the square root of the length, in whole half-minutes."""
+    seconds = BUDGET * math.sqrt(chars / BUDGET_CHARS)
+    return min(max(round(seconds / 30) * 30, MIN_BUDGET), MAX_BUDGET)
+
+
+def parameters(hidden, layers, vocab, embed=64):
+    """Weights of an LSTM language model: embedding, layers (two bias vectors each, as MXNet's) and output."""
+    lstm = 4 * hidden * (embed + hidden + 2) + (layers - 1) * 4 * hidden * (2 * hidden + 2)
+    return vocab * embed + lstm + (hidden + 1) * vocab
+
+
+def speed(hidden, vocab, layers=2, embed=64):
+    """Training tokens per second of an LSTM: SPEED's nearest size, scaled by the weights (work) per token."""
+    near = min(SPEED, key=lambda h: abs(h - hidden))
+    return SPEED[near] * parameters(near, 2, 80) / parameters(hidden, layers, vocab, embed)
+
+
+def _batches(tokens, devices):
+    """(seq_len, batch_size): 64 x 32, smaller for a short text; the batch a multiple of the devices."""
+    seq_len, batch = 64, 32
+    while batch > 1 and BATCHES * batch * seq_len > tokens:
+        batch //= 2
+    while seq_len > 8 and BATCHES * batch * seq_len > tokens:
+        seq_len //= 2
+    return seq_len, max(devices, batch - batch % devices)
+
+
+def choose(tokens, vocab, seconds, given=None, validated=True, devices=1):
+    """({key: value}, why) of the recipe for a text, a budget in seconds and the settings already given."""
+    given = given or {}
+    layers, embed = given.get("model.num_layers", 2), given.get("model.embed_size", 64)
+    fits = [h for h in SPEED if speed(h, vocab) * seconds >= TOKENS_PER_PARAM * parameters(h, 2, vocab)
+            and parameters(h, 2, vocab) <= MAX_PARAMS * tokens]
+    hidden = given.get("model.hidden_size", max(fits, default=min(SPEED)))
+    passes = speed(hidden, vocab, layers, embed) * seconds / tokens
+    passes = min(passes, given.get("train.epochs", passes))
+    seq_len, batch = _batches(tokens, devices)
+    updates = passes * tokens / (given.get("data.batch_size", batch) * given.get("data.seq_len", seq_len))
+    settings = {
+        "data.seq_len": seq_len, "data.batch_size": batch, "model.cell": "lstm", "model.embed_size": 64,
+        "model.hidden_size": hidden, "model.num_layers": 2,
+        # 0.2 at 8 passes over the text, 0.1 more for each doubling, up to 0.5 at 64
+        "model.dropout": round(min(0.5, max(0.1, 0.2 + 0.1 * math.log2(max(passes, 1e-9) / 8))), 2),
+        "model.variational_dropout": True, "model.tie_weights": False,
+        "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "cosine",
+        "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
+        "train.weight_decay": 0.0,
+        # an average over at most the last fifth of the updates; none without validation text to choose by
+        "train.ema": round(min(0.999, 1 - 5 / updates), 4) if validated and updates >= 500 else 0.0}
+    why = (f"{tokens / 1e3:,.0f}k training characters, about {passes:,.0f} passes in the budget "
+           f"({parameters(hidden, layers, vocab, embed) / tokens:.1f} weights per character)")
+    return settings, why
+
+
+def fill(cfg, devices=1):
+    """Fill cfg's unset settings (the recipe's, or FIXED's for other than character streams); what and why."""
+    unset = configs.unset(cfg)
+    if not unset:
+        return None
+    t = cfg.train
+    if cfg.data.level != "char" or cfg.data.mode != "stream":
+        fixed(cfg)
+        configs.validate(cfg)
+        return f"fixed settings for {cfg.data.level} {cfg.data.mode} data (the recipe is for character streams)"
+    chars, tokens, vocab = text_size(cfg.data)
+    tokens = max(tokens, 1)  # an empty text: the reader's error comes later, when training starts
+    if t.time_limit is None and t.epochs is None:
+        t.time_limit = _duration_text(default_budget(chars))
+        budget = f"{t.time_limit}, the default budget for {chars / 1e3:,.0f}k characters"
+    else:
+        budget = t.time_limit or f"{t.epochs} epochs"
+    # given epochs and no limit: sized for the default budget
+    seconds = configs.duration(t.time_limit) if t.time_limit else default_budget(chars)
+    given = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in FIXED if key not in unset}
+    settings, why = choose(tokens, vocab, seconds, given, bool(cfg.data.val_frac or cfg.data.valid_path), devices)
+    for key in unset:
+        _set(cfg, key, settings[key])
+    configs.validate(cfg)
+    m = cfg.model
+    return (f"recipe: {m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}, {cfg.data.batch_size} x "
+            f"{cfg.data.seq_len} batches, lr {t.lr:g} {t.lr_schedule} over {budget} | {why}"
+            + (f" | set by you: {', '.join(sorted(given))}" if given else ""))
+
+
+def _duration_text(seconds):
+    """90 -> "90s", 300 -> "5m", 5400 -> "90m"."""
+    return f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"

@@ -1,0 +1,217 @@
+"""Measure the automatic recipe (docs/recipes.md): hand-picked configurations, today's fixed defaults and
+`charlm train --data X --time-limit B` with nothing else, each given the same text and time budget.
+
+    python scripts/recipes.py run --data ../shared/data/pride_and_prejudice.txt --budget 5m       # every point
+    python scripts/recipes.py run --data FILE --budget 10m --points auto fixed h2 h3
+    python scripts/recipes.py run --budget 5m --custom no-ema '{"train.ema": 0}'  # the recipe but one setting
+    python scripts/recipes.py cut --data FILE --chars 100000 -o cut.txt   # the first N characters of a text
+    python scripts/recipes.py table                                       # the results so far, as Markdown
+    python scripts/recipes.py levers                                      # the lever table, from those results
+
+Each run is a `charlm train` process; its result (best validation loss in nats per character, epochs, tokens/s,
+peak RSS) is appended to runs/recipes/results.jsonl, and `table` prints them grouped by text and budget.
+Run nothing else heavy at the same time: the budget is wall time, and a second busy process halves the
+work done in it."""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "recipes"
+RESULTS = RUNS / "results.jsonl"
+# every setting the recipe would choose, given (the levers off unless a point turns them on)
+OFF = {"model.cell": "lstm", "model.embed_size": 64, "model.variational_dropout": False, "model.tie_weights": False,
+       "train.lr": 3e-3, "train.patience": 0, "train.weight_decay": 0.0, "train.ema": 0.0}
+HAND = {**OFF, "train.lr_schedule": "cosine", "train.warmup": 100, "train.epochs": 10_000}
+# Hand-picked configurations: each a plausible pick for a mid-sized text and a few minutes of two cores.
+POINTS = {
+    # the fixed defaults charlm had before the automatic recipe, spelled out (so nothing is chosen)
+    "fixed": {**OFF, "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.5, "data.seq_len": 32,
+              "data.batch_size": 16, "train.lr_decay": 0.93, "train.lr_schedule": "exp", "train.warmup": 0,
+              "train.epochs": 20},
+    "auto": None,  # only --data and --time-limit: the automatic recipe
+    "h1": {**HAND, "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.2,
+           "data.seq_len": 64, "data.batch_size": 32},
+    "h2": {**HAND, "model.hidden_size": 384, "model.num_layers": 2, "model.dropout": 0.2,
+           "data.seq_len": 64, "data.batch_size": 32},
+    "h3": {**HAND, "model.hidden_size": 512, "model.num_layers": 2, "model.dropout": 0.25,
+           "data.seq_len": 64, "data.batch_size": 32, "train.lr": 2e-3},
+    "h4": {**HAND, "model.hidden_size": 512, "model.num_layers": 1, "model.dropout": 0.1,
+           "data.seq_len": 64, "data.batch_size": 32},
+    "h5": {**HAND, "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.1,
+           "data.seq_len": 128, "data.batch_size": 32},
+    "h6": {**HAND, "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.2,
+           "data.seq_len": 64, "data.batch_size": 64, "train.lr": 4e-3},
+    "h7": {**HAND, "model.cell": "gru", "model.hidden_size": 384, "model.num_layers": 2, "model.dropout": 0.2,
+           "data.seq_len": 64, "data.batch_size": 32},
+    "h8": {**HAND, "model.hidden_size": 256, "model.num_layers": 3, "model.dropout": 0.2,
+           "data.seq_len": 64, "data.batch_size": 32},
+    "h9": {**HAND, "model.hidden_size": 384, "model.num_layers": 2, "model.dropout": 0.2,
+           "data.seq_len": 64, "data.batch_size": 32, "train.ema": 0.999, "train.weight_decay": 0.01},
+}
+
+
+def run(data, budget, point, sets):
+    """Train one point; return its result record."""
+    text = Path(data).name if data else "the bundled Time Machine (lowercased)"
+    name = f"{Path(data).stem if data else 'book'}-{budget}-{point}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = ["train", *(["--data", data] if data else []), "--time-limit", budget, "--runs-dir", RUNS, "--name", name,
+            "--sample-every", 0]
+    if sets is not None:
+        args += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "charlm", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if status:
+        raise SystemExit(f"{point}: charlm train failed ({status})")
+    records = [json.loads(line) for line in (RUNS / name / "metrics.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["val_loss"])
+    return {"text": text, "budget": budget, "point": point, "sets": sets, "run": name,
+            "first_line": out.splitlines()[0], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
+            "epochs": records[-1]["epoch"], "tokens_per_s": sum(r["tokens_per_s"] for r in records) / len(records),
+            "wall_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {len(_cpus())} cores"}
+
+
+def _cpus():
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
+
+
+def speed_worker(hidden, seconds):
+    """Training tokens/s of the recipe's 2-layer LSTM at this hidden size on the bundled book, in this process."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from charlm import configs, recipe, training
+    from charlm.engine import mx
+
+    cfg = configs.resolve(sets=[f"model.hidden_size={hidden}", "train.time_limit=1h"])
+    recipe.fill(cfg)
+    cfg.data.val_frac = 0.0
+    s = training.setup(cfg, mx.cpu())
+    loop = training.Loop.of(s)
+    batches = training.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
+    epoch = training.Epoch(1, batches, training.Sums())
+    training.train_stretch(loop, epoch, 0, 5)  # warm-up: graphs built, memory allocated
+    sums, step = [], 5
+    while sum(x.seconds for x in sums) < seconds:
+        epoch.sums = training.Sums()
+        sums.append(epoch.sums)
+        end = min(step + 20, len(batches))
+        training.train_stretch(loop, epoch, step, end)
+        step = 0 if end == len(batches) else end
+    print(json.dumps({"hidden": hidden, "tokens_per_s": sum(x.tokens for x in sums) / sum(x.seconds for x in sums),
+                      "vocab": len(s.vocab)}))
+
+
+def speed(seconds):
+    """The SPEED table of charlm/recipe.py: tokens/s by hidden size, each in a fresh process."""
+    print("| hidden | tokens/s |\n|---|---|")
+    for hidden in (128, 256, 384, 512, 768, 1024):
+        out = subprocess.run([sys.executable, __file__, "speed-worker", "--hidden", str(hidden), "--seconds",
+                              str(seconds)], check=True, stdout=subprocess.PIPE, text=True).stdout
+        print(f"| {hidden} | {json.loads(out)['tokens_per_s'] / 1e3:.1f}k |", flush=True)
+
+
+def table():
+    """The results, a table per (text, budget), best first."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["text"], r["budget"]), []).append(r)
+    for (text, budget), group in groups.items():
+        print(f"\n{text}, --time-limit {budget} ({group[0]['date']}, {group[0]['machine']}):\n")
+        print("| point | val loss (nats/char) | best epoch / epochs | tokens/s | settings |")
+        print("|---|---|---|---|---|")
+        for r in sorted(group, key=lambda r: r["val_loss"]):
+            if r["sets"] is None:
+                sets = "the recipe"
+            elif "train.epochs" not in r["sets"]:  # a custom point: the recipe with these settings given
+                sets = "the recipe with " + ", ".join(f"{k}={v}" for k, v in r["sets"].items())
+            else:
+                sets = ", ".join(f"{k}={v}" for k, v in r["sets"].items() if HAND.get(k, "-") != v)
+            print(f"| {r['point']} | {r['val_loss']:.4f} | {r['best_epoch']} / {r['epochs']} "
+                  f"| {r['tokens_per_s'] / 1e3:.1f}k | {sets} |")
+
+
+# the lever table's rows: the custom point that changes one setting of the recipe, what it changes, and whether
+# the recipe has the lever on (then the point turns it off)
+LEVERS = [("exp-schedule", "cosine schedule over the budget (against exp, x0.93 per epoch)", True),
+          ("no-ema", "averaged weights, EMA 0.999", True),
+          ("no-variational", "variational dropout (one mask per sequence)", True),
+          ("bptt-32", "BPTT length 64 (against 32)", True),
+          ("bptt-128", "BPTT length 64 (against 128)", True),
+          ("weight-decay", "weight decay 0.1 (AdamW)", False),
+          ("tied", "tied embedding and output weights (embedding 256)", False)]
+
+
+def levers(text):
+    """The lever table for one text: the recipe's validation loss against the recipe with one lever changed."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    rows = [r for r in rows if r["text"] == text]
+    [auto] = [r for r in rows if r["point"] == "auto"][-1:]
+    print(f"{text}, --time-limit {auto['budget']} ({auto['date']}, {auto['machine']}):\n")
+    print("| lever | val loss with | val loss without | gain |\n|---|---|---|---|")
+    for name, lever, on in LEVERS:
+        other = [r for r in rows if r["point"] == name][-1:]
+        if other:
+            with_, without = (auto, other[0]) if on else (other[0], auto)
+            gain = (without["val_loss"] - with_["val_loss"]) / without["val_loss"]
+            print(f"| {lever}{' (in the recipe)' if on else ''} | {with_['val_loss']:.4f} | "
+                  f"{without['val_loss']:.4f} | {gain:+.1%} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--data", help="a text file (default: the bundled Time Machine)")
+    p.add_argument("--budget", required=True)
+    p.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
+    p.add_argument("--custom", nargs=2, metavar=("NAME", "JSON"),
+                   help='instead of --points, the recipe with these settings given: {"model.dropout": 0.3}')
+    c = sub.add_parser("cut")
+    c.add_argument("--data", required=True, nargs="+", help="texts, concatenated")
+    c.add_argument("--chars", type=int, default=0, help="keep the first N characters (0: all)")
+    c.add_argument("-o", "--output", required=True)
+    sub.add_parser("table")
+    lv = sub.add_parser("levers")
+    lv.add_argument("--text", default="the bundled Time Machine (lowercased)")
+    sp = sub.add_parser("speed")
+    sp.add_argument("--seconds", type=float, default=8.0)
+    w = sub.add_parser("speed-worker")
+    w.add_argument("--hidden", type=int, required=True)
+    w.add_argument("--seconds", type=float, required=True)
+    a = parser.parse_args()
+    if a.command == "table":
+        return table()
+    if a.command == "levers":
+        return levers(a.text)
+    if a.command == "speed":
+        return speed(a.seconds)
+    if a.command == "speed-worker":
+        return speed_worker(a.hidden, a.seconds)
+    if a.command == "cut":
+        text = "".join(Path(d).read_text(encoding="utf-8") for d in a.data)
+        Path(a.output).write_text(text[:a.chars] if a.chars else text, encoding="utf-8")
+        return
+    RUNS.mkdir(parents=True, exist_ok=True)
+    points = {a.custom[0]: json.loads(a.custom[1])} if a.custom else {p: POINTS[p] for p in a.points}
+    for point, sets in points.items():
+        result = run(a.data, a.budget, point, sets)
+        with open(RESULTS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+        print(f"{point}: val loss {result['val_loss']:.4f} (epoch {result['best_epoch']} of {result['epochs']})",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The automatic recipe: what it chooses for a text and a budget, that given settings win, that a run records
+its choice and repeats it, and variational dropout."""
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from charlm import configs, model as models, recipe
+from charlm.cli import main
+from charlm.engine import autograd, mx, nd
+from charlm.run import Run, epoch_records
+
+RECIPE_KEYS = set(recipe.FIXED)
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def resolved(**flags):
+    cfg = configs.resolve(flags={tuple(k.split(".")): v for k, v in flags.items()})
+    return cfg, recipe.fill(cfg)
+
+
+def test_every_setting_left_unset_is_chosen_and_those_given_are_kept(corpus):
+    cfg, why = resolved(**{"data.path": str(corpus), "model.hidden_size": 48, "train.ema": 0.0})
+    assert configs.unset(cfg) == []
+    assert cfg.model.hidden_size == 48 and cfg.train.ema == 0.0
+    assert why.startswith("recipe: lstm 2 x 48,") and "set by you: model.hidden_size, train.ema" in why
+
+
+def test_the_recipe_keys_are_the_settings_left_to_it():
+    assert set(configs.unset(configs.Config())) == RECIPE_KEYS
+
+
+def test_the_bundled_book_gets_a_budget_of_at_most_five_minutes_and_a_longer_text_a_longer_one():
+    book, _, _ = recipe.text_size(configs.Config().data)
+    assert recipe.default_budget(book) <= 300
+    budgets = [recipe.default_budget(chars) for chars in (10_000, book, 700_000, 10**7, 10**9)]
+    assert budgets == sorted(budgets) and budgets[2] > budgets[1]
+    assert budgets[-1] == recipe.MAX_BUDGET and budgets[0] == recipe.MIN_BUDGET
+
+
+def test_more_text_or_more_time_never_gets_a_smaller_model_and_less_text_gets_no_less_dropout():
+    sizes = [(tokens, seconds) for tokens in (40_000, 160_000, 630_000, 2_000_000) for seconds in (300, 600, 1800)]
+    chosen = {(t, s): recipe.choose(t, 80, s)[0] for t, s in sizes}
+    for (t, s), settings in chosen.items():
+        for (t2, s2), other in chosen.items():
+            if t2 >= t and s2 >= s:
+                assert other["model.hidden_size"] >= settings["model.hidden_size"], ((t, s), (t2, s2))
+            if t2 >= t and s2 == s and other["model.hidden_size"] == settings["model.hidden_size"]:
+                assert other["model.dropout"] <= settings["model.dropout"]
+
+
+def test_a_tiny_text_gets_batches_it_can_fill(corpus):
+    cfg, _ = resolved(**{"data.path": str(corpus)})
+    tokens = recipe.text_size(cfg.data)[1]
+    assert cfg.data.batch_size * cfg.data.seq_len * 8 <= tokens
+
+
+def test_word_level_and_lines_mode_get_the_fixed_settings(corpus):
+    for flags in ({"data.level": "word"}, {"data.mode": "lines"}):
+        cfg, why = resolved(**{"data.path": str(corpus), **flags})
+        assert {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in RECIPE_KEYS} == recipe.FIXED
+        assert "the recipe is for character streams" in why
+
+
+def test_the_fixed_config_file_spells_out_the_fixed_settings():
+    cfg = configs.resolve([CONFIGS / "fixed.yaml"])
+    assert {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in RECIPE_KEYS} == recipe.FIXED
+
+
+def test_config_show_prints_the_choice_and_a_config_that_repeats_it(corpus, tmp_path):
+    result = invoke("config", "show", "--data", corpus, "--time-limit", "30m")
+    assert result.exit_code == 0, result.output
+    first, rest = result.stdout.split("\n", 1)
+    assert first.startswith("# recipe: lstm") and "over 30m" in first
+    again = tmp_path / "again.yaml"
+    again.write_text(rest)
+    cfg = configs.resolve([again])
+    assert configs.unset(cfg) == [] and recipe.fill(cfg) is None
+    assert yaml.safe_load(rest)["train"]["time_limit"] == "30m"
+
+
+def test_a_run_says_what_was_chosen_first_and_records_it(corpus, tmp_path):
+    result = invoke("train", "--data", corpus, "--runs-dir", tmp_path, "--name", "r", "--epochs", 1,
+                    "--hidden-size", 16, "--sample-every", 0)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("recipe: lstm 2 x 16, ")
+    cfg = configs.resolve([tmp_path / "r" / "config.yaml"])
+    assert configs.unset(cfg) == [] and cfg.train.epochs == 1 and cfg.train.time_limit is None
+    repeat = invoke("train", "-c", tmp_path / "r" / "config.yaml", "--runs-dir", tmp_path, "--name", "again")
+    assert repeat.exit_code == 0 and repeat.stdout.startswith("run ")
+    assert (tmp_path / "again" / "config.yaml").read_text() == (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_variational_dropout_drops_the_same_units_at_every_time_step():
+    shared = models.RNNLM("lstm", 5, 8, 8, 1, 0.5, variational=True).drop
+    fresh = models.RNNLM("lstm", 5, 8, 8, 1, 0.5).drop
+    x = nd.ones((6, 3, 40))  # (T, N, E)
+    mx.random.seed(0)
+    with autograd.train_mode():
+        kept, each = shared(x).asnumpy() > 0, fresh(x).asnumpy() > 0
+    assert (kept == kept[:1]).all() and 0.3 < kept.mean() < 0.7
+    assert not (each == each[:1]).all()
+    assert (shared(x).asnumpy() == 1).all()  # at prediction, no dropout
+
+
+def test_without_validation_text_there_is_no_average_to_choose_by(corpus):
+    cfg, _ = resolved(**{"data.path": str(corpus), "data.val_frac": 0.0, "train.time_limit": "30m"})
+    assert cfg.train.ema == 0.0
+
+
+def test_the_choice_follows_the_settings_given():
+    settings, why = recipe.choose(160_000, 60, 300, {"model.hidden_size": 1024, "train.epochs": 3})
+    assert settings["model.hidden_size"] == 1024 and "about 3 passes" in why
+    assert settings["model.dropout"] == 0.1  # three passes overfit nothing
+    assert recipe.choose(160_000, 60, 300, devices=3)[0]["data.batch_size"] % 3 == 0
+
+
+def test_a_run_made_before_variational_dropout_reads_as_without_it(tmp_path):
+    cfg = recipe.fixed(configs.Config())
+    text = configs.to_yaml(cfg).replace("  variational_dropout: false\n", "")
+    assert "variational_dropout" not in text
+    (tmp_path / "config.yaml").write_text(text)
+    assert Run(tmp_path).config().model.variational_dropout is False
+
+
+def test_each_epoch_is_plotted_and_averaged_once_after_a_time_limit_was_resumed():
+    records = [{"epoch": 1}, {"epoch": 2, "step": 5}, {"epoch": 2}, {"epoch": 3, "step": 7}]
+    assert epoch_records(records) == [{"epoch": 1}, {"epoch": 2}, {"epoch": 3, "step": 7}]
