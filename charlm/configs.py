@@ -90,7 +90,7 @@ class TrainConfig:
                                                   "for the text, or no limit when epochs is set)",
                                                   metavar="DURATION")
     lr_schedule: typing.Optional[str] = _auto("exp: lr_decay after each epoch; cosine: from lr to 0 per update "
-                                              "over the time limit, or over the epochs without one",
+                                              "over the time limit or the epochs, whichever ends the run first",
                                               choices=("exp", "cosine"))
     warmup: typing.Optional[int] = _auto("raise the learning rate linearly from 0 over the first N updates "
                                          "(0 = off)")

@@ -14,12 +14,12 @@ BUDGET_CHARS, BUDGET = 180_000, 300.0  # a text this long gets this default budg
 MIN_BUDGET, MAX_BUDGET = 60.0, 4 * 3600.0
 # Tokens per second of a 2-layer LSTM (embedding 64, batches of 32 x 64, 80-character vocabulary), by hidden size,
 # training on two cores (`python scripts/recipes.py speed`).
-SPEED = {128: 80e3, 256: 34e3, 384: 17.4e3, 512: 10.1e3, 768: 5e3, 1024: 3e3}
+SPEED = {128: 96.3e3, 256: 34.5e3, 384: 17.0e3, 512: 10.2e3, 768: 4.9e3, 1024: 2.7e3}
 # The largest model that trains on at least TOKENS_PER_PARAM characters per weight in the budget and has at
 # most MAX_PARAMS weights per character of the text.
 TOKENS_PER_PARAM = 2.5
 MAX_PARAMS = 8.0
-BATCHES = 8  # a short text gets batches small enough for this many per pass
+BATCHES = 300  # a short text gets batches small enough for this many per pass: more, noisier updates
 
 
 def _set(cfg, key, value):
@@ -63,32 +63,35 @@ def speed(hidden, vocab, layers=2, embed=64):
 
 
 def _batches(tokens, devices):
-    """(seq_len, batch_size): 64 x 32, smaller for a short text; the batch a multiple of the devices."""
+    """(seq_len, batch_size): 64 x 32, halved in turn (to 16 x 8 at least) until a pass is BATCHES batches; the
+    batch a multiple of the devices."""
     seq_len, batch = 64, 32
-    while batch > 1 and BATCHES * batch * seq_len > tokens:
-        batch //= 2
-    while seq_len > 8 and BATCHES * batch * seq_len > tokens:
-        seq_len //= 2
+    while BATCHES * batch * seq_len > tokens and (batch > 8 or seq_len > 16):
+        if batch > 8 and (2 * batch >= seq_len or seq_len == 16):
+            batch //= 2
+        else:
+            seq_len //= 2
     return seq_len, max(devices, batch - batch % devices)
 
 
 def choose(tokens, vocab, seconds, given=None, validated=True, devices=1):
     """({key: value}, why) of the recipe for a text, a budget in seconds and the settings already given."""
     given = given or {}
-    layers, embed = given.get("model.num_layers", 2), given.get("model.embed_size", 64)
+    layers = given.get("model.num_layers", 2)
     fits = [h for h in SPEED if speed(h, vocab) * seconds >= TOKENS_PER_PARAM * parameters(h, 2, vocab)
             and parameters(h, 2, vocab) <= MAX_PARAMS * tokens]
     hidden = given.get("model.hidden_size", max(fits, default=min(SPEED)))
+    embed = given.get("model.embed_size", hidden)  # tied to the output layer, so as wide as the hidden one
     passes = speed(hidden, vocab, layers, embed) * seconds / tokens
     passes = min(passes, given.get("train.epochs", passes))
     seq_len, batch = _batches(tokens, devices)
     updates = passes * tokens / (given.get("data.batch_size", batch) * given.get("data.seq_len", seq_len))
     settings = {
-        "data.seq_len": seq_len, "data.batch_size": batch, "model.cell": "lstm", "model.embed_size": 64,
+        "data.seq_len": seq_len, "data.batch_size": batch, "model.cell": "lstm", "model.embed_size": embed,
         "model.hidden_size": hidden, "model.num_layers": 2,
         # 0.2 at 8 passes over the text, 0.1 more for each doubling, up to 0.5 at 64
         "model.dropout": round(min(0.5, max(0.1, 0.2 + 0.1 * math.log2(max(passes, 1e-9) / 8))), 2),
-        "model.variational_dropout": True, "model.tie_weights": False,
+        "model.variational_dropout": True, "model.tie_weights": embed == hidden,
         "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
         "train.weight_decay": 0.0,

@@ -359,7 +359,9 @@ def update_lr(loop, epoch, i):
     update = (epoch.number - 1) * len(epoch.batches) + i + 1  # of the run, from 1
     lr = epoch.lr
     if t.lr_schedule == "cosine":
-        done = loop.seconds / loop.limit if loop.limit else (update - 1) / (t.epochs * len(epoch.batches))
+        # over the time limit or the epochs, whichever the run reaches first
+        done = (update - 1) / (t.epochs * len(epoch.batches))
+        done = max(done, loop.seconds / loop.limit) if loop.limit else done
         lr *= optim.cosine(done)
     return max(lr * optim.ramp(update, t.warmup), configs.MIN_LR)
 

@@ -53,10 +53,12 @@ def test_more_text_or_more_time_never_gets_a_smaller_model_and_less_text_gets_no
                 assert other["model.dropout"] <= settings["model.dropout"]
 
 
-def test_a_tiny_text_gets_batches_it_can_fill(corpus):
+def test_a_shorter_text_gets_smaller_batches_down_to_ones_a_tiny_text_can_fill(corpus):
+    sizes = [recipe.choose(tokens, 80, 300)[0] for tokens in (10**7, 634_000, 161_000, 41_000)]
+    area = [s["data.batch_size"] * s["data.seq_len"] for s in sizes]
+    assert area == sorted(area, reverse=True) and area[0] == 32 * 64 and area[-1] == 8 * 16
     cfg, _ = resolved(**{"data.path": str(corpus)})
-    tokens = recipe.text_size(cfg.data)[1]
-    assert cfg.data.batch_size * cfg.data.seq_len * 8 <= tokens
+    assert cfg.data.batch_size * cfg.data.seq_len * 8 <= recipe.text_size(cfg.data)[1]
 
 
 def test_word_level_and_lines_mode_get_the_fixed_settings(corpus):
