@@ -210,7 +210,7 @@ def restore(s, run, trainer):
     """Load the run's last checkpoint into s.model and trainer; return where it stands."""
     state = run.read_state()
     done, step, partial = state.get("epoch", 0), state.get("step", 0), state.get("partial")
-    # and the records of the time limit within the epoch the checkpoint is in, up to its step
+    # the records up to the checkpoint: of the epochs it finished, and a time limit's within the next, to its step
     records = [r for r in run.metrics() if r["epoch"] <= done or r["epoch"] == done + 1 and r.get("step", 1e18) <= step]
     ends = [r for r in records if "step" not in r]
     if done and (not ends or ends[-1]["epoch"] != done):
