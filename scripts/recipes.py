@@ -1,4 +1,4 @@
-"""Measure the automatic recipe (docs/recipes.md): hand-picked configurations, today's fixed defaults and
+"""Measure the automatic recipe (docs/recipes.md): hand-picked configurations, the fixed settings (configs/fixed.yaml) and
 `charlm train --data X --time-limit B` with nothing else, each given the same text and time budget.
 
     python scripts/recipes.py run --data ../shared/data/pride_and_prejudice.txt --budget 5m       # every point
@@ -22,37 +22,35 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from charlm import recipe  # noqa: E402 (no MXNet)
+
 RUNS = ROOT / "runs" / "recipes"
 RESULTS = RUNS / "results.jsonl"
 # every setting the recipe would choose, given (the levers off unless a point turns them on)
 OFF = {"model.cell": "lstm", "model.embed_size": 64, "model.variational_dropout": False, "model.tie_weights": False,
        "train.lr": 3e-3, "train.patience": 0, "train.weight_decay": 0.0, "train.ema": 0.0}
 HAND = {**OFF, "train.lr_schedule": "cosine", "train.warmup": 100, "train.epochs": 10_000}
+def _hand(hidden, dropout, layers=2, seq_len=64, batch=32, **more):
+    """A hand-picked point: HAND with this model and these batches ({"model.cell": "gru"} and the like in more)."""
+    return {**HAND, "model.hidden_size": hidden, "model.num_layers": layers, "model.dropout": dropout,
+            "data.seq_len": seq_len, "data.batch_size": batch, **{k.replace("__", "."): v for k, v in more.items()}}
+
+
 # Hand-picked configurations: each a plausible pick for a mid-sized text and a few minutes of two cores.
 POINTS = {
-    # the fixed defaults charlm had before the automatic recipe, spelled out (so nothing is chosen)
-    "fixed": {**OFF, "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.5, "data.seq_len": 32,
-              "data.batch_size": 16, "train.lr_decay": 0.93, "train.lr_schedule": "exp", "train.warmup": 0,
-              "train.epochs": 20},
+    "fixed": dict(recipe.FIXED),  # configs/fixed.yaml's settings, all given, so nothing is chosen
     "auto": None,  # only --data and --time-limit: the automatic recipe
-    "h1": {**HAND, "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.2,
-           "data.seq_len": 64, "data.batch_size": 32},
-    "h2": {**HAND, "model.hidden_size": 384, "model.num_layers": 2, "model.dropout": 0.2,
-           "data.seq_len": 64, "data.batch_size": 32},
-    "h3": {**HAND, "model.hidden_size": 512, "model.num_layers": 2, "model.dropout": 0.25,
-           "data.seq_len": 64, "data.batch_size": 32, "train.lr": 2e-3},
-    "h4": {**HAND, "model.hidden_size": 512, "model.num_layers": 1, "model.dropout": 0.1,
-           "data.seq_len": 64, "data.batch_size": 32},
-    "h5": {**HAND, "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.1,
-           "data.seq_len": 128, "data.batch_size": 32},
-    "h6": {**HAND, "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.2,
-           "data.seq_len": 64, "data.batch_size": 64, "train.lr": 4e-3},
-    "h7": {**HAND, "model.cell": "gru", "model.hidden_size": 384, "model.num_layers": 2, "model.dropout": 0.2,
-           "data.seq_len": 64, "data.batch_size": 32},
-    "h8": {**HAND, "model.hidden_size": 256, "model.num_layers": 3, "model.dropout": 0.2,
-           "data.seq_len": 64, "data.batch_size": 32},
-    "h9": {**HAND, "model.hidden_size": 384, "model.num_layers": 2, "model.dropout": 0.2,
-           "data.seq_len": 64, "data.batch_size": 32, "train.ema": 0.999, "train.weight_decay": 0.01},
+    "h1": _hand(256, 0.2),
+    "h2": _hand(384, 0.2),
+    "h3": _hand(512, 0.25, train__lr=2e-3),
+    "h4": _hand(512, 0.1, layers=1),
+    "h5": _hand(256, 0.1, seq_len=128),
+    "h6": _hand(256, 0.2, batch=64, train__lr=4e-3),
+    "h7": _hand(384, 0.2, model__cell="gru"),
+    "h8": _hand(256, 0.2, layers=3),
+    "h9": _hand(384, 0.2, train__ema=0.999, train__weight_decay=0.01),
 }
 
 
@@ -89,8 +87,7 @@ def speed_worker(hidden, seconds):
     """Training tokens/s of the recipe's 2-layer LSTM at this hidden size on the bundled book, in this process."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
-    from charlm import configs, recipe, training
+    from charlm import configs, training
     from charlm.engine import mx
 
     cfg = configs.resolve(sets=[f"model.hidden_size={hidden}", "train.time_limit=1h"])
