@@ -1,5 +1,6 @@
-"""Measure the automatic recipe (docs/recipes.md): hand-picked configurations, the fixed settings (configs/fixed.yaml) and
-`charlm train --data X --time-limit B` with nothing else, each given the same text and time budget.
+"""Measure the automatic recipe (docs/recipes.md): hand-picked configurations, the fixed settings
+(configs/fixed.yaml) and `charlm train --data X --time-limit B` with nothing else, each given the same text
+and time budget.
 
     python scripts/recipes.py run --data ../shared/data/pride_and_prejudice.txt --budget 5m       # every point
     python scripts/recipes.py run --data FILE --budget 10m --points auto fixed h2 h3
