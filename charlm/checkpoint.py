@@ -12,7 +12,7 @@ def _last_files(tag):
 
 
 def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0, best=None, ema=None):
-    """At the end of an epoch: save the last checkpoint (with ema, the model of the averaged weights), the best
+    """At the end of an epoch: save the last checkpoint (with ema, the Average of the weights), the best
     parameters when is_best (those of `best`, the model or its average; default model), a metrics line."""
     if is_best:
         atomic_write(run.path / BEST, (best or model).save_parameters)
@@ -111,11 +111,11 @@ def load_last(run, model, trainer, ctx, ema=None):
                           f"parameters in a new run with charlm train --init-from {run.path}")
     load_params(model, params, ctx)
     _load_optimizer(trainer, optim, state.get("optimizer"))
-    device = ctx[0] if isinstance(ctx, list) else ctx  # a carried state and the average are saved from one device
     if ema is not None:
         if not avg.exists():
             raise CharlmError(f"{run.path} has no {avg.name}: the averaged weights of its last checkpoint")
-        load_params(ema, avg, device)
+        load_params(ema, avg, ctx)
+    device = ctx[0] if isinstance(ctx, list) else ctx  # a carried state is saved from one device
     if not hidden.exists():
         return None
     try:

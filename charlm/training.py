@@ -3,6 +3,7 @@
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,7 @@ class Setup:
     workers: parallel.Workers
     split_lines: int = 0
     test_ids: np.ndarray = None
-    ema: object = None  # with train.ema, a second model on the first device that holds the averaged weights
+    ema: object = None  # with train.ema, the Average of the model's weights
 
     @property
     def device(self):
@@ -78,7 +79,7 @@ def setup(cfg, ctx, workers=None, vocab=None):
     test_ids = data.corpus_of(d, d.test_path, vocab)[1] if d.test_path else None  # read now: fail early
     mx.random.seed(cfg.train.seed)
     model = models.build(cfg.model, len(vocab), ctx)
-    ema = models.build(cfg.model, len(vocab), workers.ctxs[0]) if cfg.train.ema else None
+    ema = Average(model, workers.ctxs[0], cfg.train.ema) if cfg.train.ema else None
     return Setup(cfg, vocab, train_ids, val_ids, model, workers, split_lines, test_ids, ema)
 
 
@@ -265,16 +266,17 @@ def _ignore(*args):
 
 
 class Average:
-    """The moving average of the weights (train.ema) in s.ema, a second model on the first device."""
+    """The moving average of the model's weights (train.ema), kept on the first device and swapped into the model
+    to be scored or saved: no second model, whose evaluation would hold its own buffers."""
 
-    def __init__(self, s):
-        self.s, self.decay, self.pairs = s, s.cfg.train.ema, []
+    def __init__(self, model, ctx, decay):
+        self.model, self.ctx, self.decay = model, ctx, decay
+        self.values = [w.data(ctx).copy() for w in model.collect_params().values()]
+        self.pairs = []
 
     def bind(self):
         """Pair each average with its weight on the first device (a rollback may have made new arrays)."""
-        ctx = self.s.device
-        self.pairs = [(a.data(ctx), w.data(ctx)) for a, w in zip(self.s.ema.collect_params().values(),
-                                                                  self.s.model.collect_params().values())]
+        self.pairs = list(zip(self.values, (w.data(self.ctx) for w in self.model.collect_params().values())))
 
     def reset(self):
         """Start the average at the model's weights."""
@@ -288,10 +290,40 @@ class Average:
             a *= self.decay
             a += w * (1 - self.decay)
 
+    @contextmanager
+    def swapped(self):
+        """The model with the averaged weights on every device, its own put back after."""
+        params = list(self.model.collect_params().values())
+        kept = [w.data(self.ctx).copy() for w in params]  # every device holds the same weights
+        try:
+            _copy_into(params, self.values)
+            yield self.model
+        finally:
+            _copy_into(params, kept)
+
+    def save_parameters(self, path):
+        """Save the averaged weights as the model's parameter file."""
+        with self.swapped() as model:
+            model.save_parameters(path)
+
+    def load_parameters(self, path, ctx):
+        """Load a parameter file (save_parameters') as the averaged weights."""
+        with self.swapped() as model:
+            model.load_parameters(path, ctx=ctx)
+            for a, w in zip(self.values, model.collect_params().values()):
+                w.data(self.ctx).copyto(a)
+
+
+def _copy_into(params, values):
+    """Copy values into each parameter on every device (not set_data, which resets a kvstore that updates)."""
+    for w, value in zip(params, values):
+        for array in w.list_data():
+            value.copyto(array)
+
 
 @dataclass
 class Loop:
-    """What fit trains with: setup, run (None: save nothing), trainer, objective, callbacks, clock, limit, average."""
+    """What fit trains with: setup, run (None: save nothing), trainer, objective, callbacks, clock, limit."""
     s: Setup
     run: object
     trainer: object
@@ -301,15 +333,13 @@ class Loop:
     limit: float = None
     seconds: float = None
     timed_out: bool = False
-    average: Average = None
 
     @classmethod
     def of(cls, s, run=None, trainer=None, callbacks=(), stop=None, elapsed=0.0):
         """The loop for a setup: a new trainer unless given, the clock started `elapsed` seconds ago."""
         t = s.cfg.train
         return cls(s, run, trainer or make_trainer(s), objective_of(s), Callbacks(callbacks, stop),
-                   time.perf_counter() - elapsed, configs.duration(t.time_limit) if t.time_limit else None,
-                   average=Average(s) if t.ema else None)
+                   time.perf_counter() - elapsed, configs.duration(t.time_limit) if t.time_limit else None)
 
     def elapsed(self):
         """Training seconds of the run so far, earlier sessions included."""
@@ -348,8 +378,8 @@ def train_step(loop, grads, batch, states):
     autograd.backward([loss for _, loss, _ in outs])
     w = loop.s.workers
     norm = w.update(loop.trainer, grads, loop.s.cfg.train.grad_clip)
-    if loop.average:
-        loop.average.update()
+    if loop.s.ema:
+        loop.s.ema.update()
     return w.gather([total for total, _, _ in outs]), norm, [state for _, _, state in outs]
 
 
@@ -373,8 +403,8 @@ def train_stretch(loop, epoch, first, end):
     grads = [[p.grad(ctx).reshape((-1,)) for p in params] for ctx in w.ctxs]  # flat views, made once
     states = w.split_state(model, epoch.state) if batches.carries_state and epoch.state else None
     per_update = loop.s.cfg.train.lr_schedule == "cosine" or loop.s.cfg.train.warmup
-    if loop.average:
-        loop.average.bind()
+    if loop.s.ema:
+        loop.s.ema.bind()
     i, start = first, time.perf_counter()
     for x, y, X, Y in engine.on_device(batches, first, end, w.ctxs[0]):
         if loop.out_of_time(i) or loop.calls.stop():
@@ -440,7 +470,8 @@ def validation(s):
     loss, level = _val_loss(s, s.model), s.cfg.data.level
     if s.ema is None:
         return scores("val_", loss, level), s.model
-    averaged = _val_loss(s, s.ema)
+    with s.ema.swapped() as model:
+        averaged = _val_loss(s, model)
     chosen = s.ema if averaged < loss else s.model
     return {**scores("val_", min(loss, averaged), level), "val_loss_raw": loss, "val_loss_ema": averaged}, chosen
 
@@ -507,8 +538,8 @@ def _recover(loop, p, epoch, step):
         mx.random.seed(s.cfg.train.seed)  # no checkpoint yet: start over from the same initial weights
         s.model.initialize(mx.init.Xavier(), ctx=s.workers.ctxs, force_reinit=True)
         loop.trainer, p = make_trainer(s), Progress()
-        if loop.average:
-            loop.average.reset()
+        if loop.s.ema:
+            loop.s.ema.reset()
     p.rollbacks, p.lr_scale = rollbacks, lr_scale
     if run:
         run.write_state({**run.read_state(), "lr_scale": lr_scale})  # a resume keeps it, checkpoint or not
@@ -535,8 +566,8 @@ def fit(s, run, trainer=None, progress=None, callbacks=(), stop=None):
     true, saves a checkpoint and raises Interrupted."""
     t, p = s.cfg.train, progress or Progress()
     loop = Loop.of(s, run, trainer, callbacks, stop, p.elapsed)
-    if loop.average and not (p.epoch or p.step):
-        loop.average.reset()
+    if loop.s.ema and not (p.epoch or p.step):
+        loop.s.ema.reset()
     while p.epoch < t.epochs and not _patience_spent(t, p):
         # Decay stops at the smallest learning rate charlm takes: MXNet's updates refuse much smaller ones.
         loop.trainer.set_learning_rate(max(base_lr(t, p), configs.MIN_LR))

@@ -12,7 +12,7 @@ from charlm.engine import gluon, mx, nd
 from charlm.errors import CharlmError, Interrupted
 from charlm.launch import DMLC_ENV
 from charlm.run import Run
-from conftest import FIXED_FLAGS
+from conftest import FIXED_FLAGS, without
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
@@ -98,9 +98,10 @@ def test_connect_refuses_what_it_cannot_train(env, ctx, kvstore, change, message
         parallel.connect(cfg, ctx, kvstore)
 
 
-def test_a_two_device_run_resumes_exactly_and_generates(corpus, tmp_path):
+@pytest.mark.parametrize("ema", ["0.0", "0.8"])
+def test_a_two_device_run_resumes_exactly_and_generates(corpus, tmp_path, ema):
     runs = tmp_path / "runs"
-    args = [*FIXED_FLAGS, "--data", str(corpus), "--runs-dir", str(runs), "--hidden-size", "16", "--embed-size", "8",
+    args = [*without(FIXED_FLAGS, "--ema"), "--ema", ema, "--data", str(corpus), "--runs-dir", str(runs), "--hidden-size", "16", "--embed-size", "8",
             "--num-layers", "1", "--seq-len", "8", "--batch-size", "4", "--sample-every", "0", "--dropout", "0.3",
             "--ctx", "cpu:0,cpu:1"]
     for name, epochs in [("whole", "3"), ("cut", "2")]:
@@ -113,6 +114,8 @@ def test_a_two_device_run_resumes_exactly_and_generates(corpus, tmp_path):
     assert [r["epoch"] for r in cut] == [1, 2, 3]
     for a, b in zip(whole, cut):
         assert (a["train_loss"], a["val_loss"]) == pytest.approx((b["train_loss"], b["val_loss"]), abs=1e-6)
+        assert a.get("val_loss_ema", 0.0) == pytest.approx(b.get("val_loss_ema", 0.0), abs=1e-6)
+    assert ("val_loss_ema" in cut[-1]) == (ema != "0.0")
     generated = CliRunner().invoke(main, ["generate", "the", "--length", "5", "--run", str(runs / "cut")])
     assert generated.exit_code == 0 and generated.stdout.startswith("the") and len(generated.stdout) == 3 + 5 + 1
 
