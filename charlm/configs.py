@@ -72,6 +72,8 @@ class ModelConfig:
                                                        "embeddings and outputs (variational dropout)")
     tie_weights: typing.Optional[bool] = _auto("share the embedding matrix with the output layer (needs "
                                                "embed_size = hidden_size)")
+    weight_drop: typing.Optional[float] = _auto("dropout on the hidden-to-hidden weights, one mask per batch "
+                                                "(DropConnect, Gluon cells)")
 
 
 @dataclass
@@ -254,8 +256,10 @@ def validate(cfg):
                 raise CharlmError(f"{key} must {'be at least 1' if least else 'not be negative'}, got {value}")
     if not 0 <= cfg.data.val_frac < 1:
         raise CharlmError(f"data.val_frac must be in [0, 1), got {cfg.data.val_frac}")
-    if cfg.model.dropout is not None and not 0 <= cfg.model.dropout < 1:
-        raise CharlmError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    for name in ("dropout", "weight_drop"):
+        value = getattr(cfg.model, name)
+        if value is not None and not 0 <= value < 1:
+            raise CharlmError(f"model.{name} must be in [0, 1), got {value}")
     if cfg.train.lr is not None and not MIN_LR <= cfg.train.lr < math.inf:
         raise CharlmError(f"train.lr must be a number of at least {MIN_LR:g} (smaller ones change no float32 "
                           f"weight), got {cfg.train.lr}")

@@ -36,9 +36,10 @@ class _Xavier(mx.init.Initializer):
 class FusedLayer(gluon.HybridBlock):
     """MXNet's fused RNN/LSTM/GRU operator on one flat weight vector (Gluon's layers concatenate theirs per call)."""
 
-    def __init__(self, cell, hidden_size, num_layers, dropout, input_size, **kwargs):
+    def __init__(self, cell, hidden_size, num_layers, dropout, input_size, weight_drop=0.0, **kwargs):
         super().__init__(**kwargs)
         self.cell, self.hidden_size, self.num_layers, self.dropout = cell, hidden_size, num_layers, dropout
+        self.weight_drop = weight_drop
         width = GATES["scratch-" + cell] * hidden_size
         # The operator's layout: every layer's i2h and h2h matrices, then every layer's i2h and h2h biases.
         self.pieces = [(f"l{layer}_{kind}_weight", (width, input_size if layer == 0 and kind == "i2h" else hidden_size))
@@ -53,16 +54,26 @@ class FusedLayer(gluon.HybridBlock):
         kinds = 2 if self.cell == "lstm" else 1
         return [mx.nd.zeros((self.num_layers, batch_size, self.hidden_size), ctx=ctx) for _ in range(kinds)]
 
-    def unpack(self, F, parameters):
-        """The flat vector as {piece name: matrix or bias}, in Gluon's names and shapes."""
-        out, offset = {}, 0
+    def _slices(self, F, parameters):
+        """(name, shape, flat slice) of each piece of the flat vector, in order."""
+        offset = 0
         for name, shape in self.pieces:
             size = int(np.prod(shape))
-            out[name] = F.slice_axis(parameters, axis=0, begin=offset, end=offset + size).reshape(shape)
+            yield name, shape, F.slice_axis(parameters, axis=0, begin=offset, end=offset + size)
             offset += size
-        return out
+
+    def unpack(self, F, parameters):
+        """The flat vector as {piece name: matrix or bias}, in Gluon's names and shapes."""
+        return {name: piece.reshape(shape) for name, shape, piece in self._slices(F, parameters)}
+
+    def drop_weights(self, F, parameters):
+        """The flat vector with dropout on its hidden-to-hidden matrices (active only in training)."""
+        return F.concat(*[F.Dropout(piece, p=self.weight_drop) if name.endswith("h2h_weight") else piece
+                          for name, _, piece in self._slices(F, parameters)], dim=0)
 
     def hybrid_forward(self, F, x, state, parameters):
+        if self.weight_drop:
+            parameters = self.drop_weights(F, parameters)
         out = F.RNN(x, parameters, *state, state_size=self.hidden_size, num_layers=self.num_layers,
                     mode=MODES[self.cell], p=self.dropout, state_outputs=True)
         return out[0], list(out[1:])
@@ -72,14 +83,14 @@ class RNNLM(Generation, gluon.HybridBlock):
     """Embedding (or one-hot) -> MXNet's fused RNN/LSTM/GRU layers -> Dense, with dropout."""
 
     def __init__(self, cell, vocab_size, embed_size, hidden_size, num_layers, dropout, tie_weights=False,
-                 variational=False, **kwargs):
+                 variational=False, weight_drop=0.0, **kwargs):
         super().__init__(**kwargs)
         self.cell, self.vocab_size = cell, vocab_size
         with self.name_scope():
             self.embedding = gluon.nn.Embedding(vocab_size, embed_size) if embed_size else None
             # variational: one mask per sequence, broadcast over the time axis (TNC)
             self.drop = gluon.nn.Dropout(dropout, axes=(0,) if variational else ())
-            self.rnn = FusedLayer(cell, hidden_size, num_layers, dropout, embed_size or vocab_size)
+            self.rnn = FusedLayer(cell, hidden_size, num_layers, dropout, embed_size or vocab_size, weight_drop)
             # Tied: the output layer takes its weight from the embedding, found by the embedding's name.
             tied = {"prefix": self.embedding.prefix, "params": self.embedding.params} if tie_weights else {}
             self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size, **tied)
@@ -198,7 +209,7 @@ def build(model_cfg, vocab_size, ctx):
     else:
         model = RNNLM(model_cfg.cell, vocab_size, model_cfg.embed_size, model_cfg.hidden_size,
                       model_cfg.num_layers, model_cfg.dropout, model_cfg.tie_weights,
-                      model_cfg.variational_dropout)
+                      model_cfg.variational_dropout, model_cfg.weight_drop)
     for param in model.collect_params().values():
         size = int(np.prod(param.shape))
         if size > MAX_ARRAY:

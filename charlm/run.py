@@ -194,6 +194,8 @@ class Run:
         cfg = configs.resolve([self.path / CONFIG])
         if cfg.model.variational_dropout is None:  # a run made before the setting: per-step dropout
             cfg.model.variational_dropout = False
+        if cfg.model.weight_drop is None:  # nor DropConnect
+            cfg.model.weight_drop = 0.0
         return cfg
 
     def vocab(self):

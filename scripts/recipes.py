@@ -31,7 +31,7 @@ RUNS = ROOT / "runs" / "recipes"
 RESULTS = RUNS / "results.jsonl"
 # every setting the recipe would choose, given (the levers off unless a point turns them on)
 OFF = {"model.cell": "lstm", "model.embed_size": 64, "model.variational_dropout": False, "model.tie_weights": False,
-       "train.lr": 3e-3, "train.patience": 0, "train.weight_decay": 0.0, "train.ema": 0.0}
+       "model.weight_drop": 0.0, "train.lr": 3e-3, "train.patience": 0, "train.weight_decay": 0.0, "train.ema": 0.0}
 HAND = {**OFF, "train.lr_schedule": "cosine", "train.warmup": 100, "train.epochs": 10_000}
 def _hand(hidden, dropout, layers=2, seq_len=64, batch=32, **more):
     """A hand-picked point: HAND with this model and these batches ({"model.cell": "gru"} and the like in more)."""
@@ -147,7 +147,9 @@ LEVERS = [("untied", "tied embedding and output weights (against a 64-wide embed
           ("no-ema", "averaged weights, EMA 0.999", True, "untied"),
           ("tm-16x32-novar", "variational dropout (one mask per sequence)", True, "untied"),
           ("tm-16x64", "BPTT length 32 (against 64)", True, "untied"),
-          ("weight-decay", "weight decay 0.1 (AdamW)", False, "untied")]
+          ("weight-decay", "weight decay 0.1 (AdamW)", False, "untied"),
+          ("wd0.3", "weight drop 0.3 (DropConnect on the recurrent weights)", False, "auto"),
+          ("wd0.5", "weight drop 0.5", False, "auto")]
 
 
 def levers(text):

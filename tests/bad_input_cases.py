@@ -190,6 +190,8 @@ CASES = [
     ("`--ema` without validation text", lambda ws: _train(ws, "--ema", "0.99", "--val-frac", "0"),
      "train.ema picks the average or the weights by validation loss"),
     ("`--weight-decay -1`", lambda ws: _train(ws, "--weight-decay", "-1"), "train.weight_decay must not be negative"),
+    *[(f"`--{flag} 1`", lambda ws, flag=flag: _train(ws, f"--{flag}", "1"), f"model.{key} must be in [0, 1)")
+      for flag, key in (("dropout", "dropout"), ("weight-drop", "weight_drop"))],
     ("`--warmup -1`", lambda ws: _train(ws, "--warmup", "-1"), "train.warmup must not be negative"),
     ("unknown `--lr-schedule`", lambda ws: _train(ws, "--lr-schedule", "linear"), "Invalid value for '--lr-schedule'"),
     ("`--tensorboard` without tensorboardX", lambda ws: _train(ws, "--tensorboard", str(ws.tmp / "tb")),

@@ -29,6 +29,36 @@ def test_hybridized_equals_imperative(cell):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_weight_drop_trains_on_dropped_scaled_hidden_to_hidden_weights_and_predicts_on_all(cell):
+    p = 0.4
+    model = build(cell, dropout=0.0, weight_drop=p)
+    randomize(model)
+    X, state = ids(), model.begin_state(N, mx.cpu())
+    plain, _ = model(X, state)
+    with mx.autograd.record():
+        dropped, _ = model(X, state)
+        dropped.sum().backward()
+    layer = model.rnn
+    weights, grads = (layer.unpack(nd, a) for a in (layer.parameters.data(), layer.parameters.grad()))
+    # the kept weights are the ones with a gradient: rebuild the training step's weights from them
+    scaled = {}
+    for name, w in weights.items():
+        kept = (grads[name] != 0).asnumpy()
+        if name.endswith("h2h_weight"):
+            assert 0 < kept.mean() < 1
+            w = w.asnumpy() * kept / (1 - p)
+        else:
+            assert kept.mean() > 0.9  # nothing else is dropped
+            w = w.asnumpy()
+        scaled[name] = w.reshape(-1)
+    reference = build(cell, dropout=0.0)  # no weight drop, the same weights
+    randomize(reference)
+    np.testing.assert_allclose(reference(X, state)[0].asnumpy(), plain.asnumpy(), rtol=1e-6)  # predicts on all
+    reference.rnn.parameters.set_data(nd.array(np.concatenate([scaled[name] for name, _ in layer.pieces])))
+    np.testing.assert_allclose(reference(X, state)[0].asnumpy(), dropped.asnumpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_token_nll_is_minus_log_softmax_of_the_target():
     rng = np.random.default_rng(4)
     logits, Y = rng.normal(size=(T, N, V)), rng.integers(0, V, size=(T, N))

@@ -2,6 +2,7 @@
 its choice and repeats it, and variational dropout."""
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -121,12 +122,14 @@ def test_the_choice_follows_the_settings_given():
     assert recipe.choose(160_000, 60, 300, devices=3)[0]["data.batch_size"] % 3 == 0
 
 
-def test_a_run_made_before_variational_dropout_reads_as_without_it(tmp_path):
+@pytest.mark.parametrize("key", ["variational_dropout", "weight_drop"])
+def test_a_run_made_before_a_dropout_setting_reads_as_without_it(tmp_path, key):
     cfg = recipe.fixed(configs.Config())
-    text = configs.to_yaml(cfg).replace("  variational_dropout: false\n", "")
-    assert "variational_dropout" not in text
+    text = "".join(line for line in configs.to_yaml(cfg).splitlines(keepends=True) if f" {key}:" not in line)
+    assert key not in text
     (tmp_path / "config.yaml").write_text(text)
-    assert Run(tmp_path).config().model.variational_dropout is False
+    assert not getattr(Run(tmp_path).config().model, key)
+    assert getattr(Run(tmp_path).config().model, key) is not None
 
 
 def test_each_epoch_is_plotted_and_averaged_once_after_a_time_limit_was_resumed():
