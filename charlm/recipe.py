@@ -9,7 +9,8 @@ from .text import check_file, corpus_path, normalised_chunks
 FIXED = {"data.seq_len": 32, "data.batch_size": 16, "model.cell": "lstm", "model.embed_size": 64,
          "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.5, "model.variational_dropout": False,
          "model.tie_weights": False, "model.weight_drop": 0.0, "train.lr": 3e-3, "train.epochs": 20,
-         "train.lr_schedule": "exp", "train.warmup": 0, "train.patience": 0, "train.weight_decay": 0.0, "train.ema": 0.0}
+         "train.lr_schedule": "exp", "train.warmup": 0, "train.patience": 0, "train.weight_decay": 0.0,
+         "train.ema": 0.0}
 BUDGET_CHARS, BUDGET = 180_000, 300.0  # a text this long gets this default budget; the budget grows as its root
 MIN_BUDGET, MAX_BUDGET = 60.0, 4 * 3600.0
 # Tokens per second of a 2-layer LSTM (embedding 64, batches of 32 x 64, 80-character vocabulary), by hidden size,
