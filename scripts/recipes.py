@@ -84,14 +84,14 @@ def _cpus():
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
 
 
-def speed_worker(hidden, seconds):
+def speed_worker(hidden, seconds, sets):
     """Training tokens/s of the recipe's 2-layer LSTM at this hidden size on the bundled book, in this process."""
     import numpy as np
 
     from charlm import configs, training
     from charlm.engine import mx
 
-    cfg = configs.resolve(sets=[f"model.hidden_size={hidden}", "train.time_limit=1h"])
+    cfg = configs.resolve(sets=[f"model.hidden_size={hidden}", "train.time_limit=1h", *sets])
     recipe.fill(cfg)
     cfg.data.val_frac = 0.0
     s = training.setup(cfg, mx.cpu())
@@ -110,12 +110,13 @@ def speed_worker(hidden, seconds):
                       "vocab": len(s.vocab)}))
 
 
-def speed(seconds):
+def speed(seconds, hiddens, sets):
     """The SPEED table of charlm/recipe.py: tokens/s by hidden size, each in a fresh process."""
     print("| hidden | tokens/s |\n|---|---|")
-    for hidden in (128, 256, 384, 512, 768, 1024):
+    for hidden in hiddens:
         out = subprocess.run([sys.executable, __file__, "speed-worker", "--hidden", str(hidden), "--seconds",
-                              str(seconds)], check=True, stdout=subprocess.PIPE, text=True).stdout
+                              str(seconds), *[arg for s in sets for arg in ("--set", s)]],
+                             check=True, stdout=subprocess.PIPE, text=True).stdout
         print(f"| {hidden} | {json.loads(out)['tokens_per_s'] / 1e3:.1f}k |", flush=True)
 
 
@@ -185,18 +186,22 @@ def main():
     lv.add_argument("--text", default="the bundled Time Machine (lowercased)")
     sp = sub.add_parser("speed")
     sp.add_argument("--seconds", type=float, default=8.0)
+    sp.add_argument("--hidden", type=int, nargs="+", default=[128, 256, 384, 512, 768, 1024])
     w = sub.add_parser("speed-worker")
     w.add_argument("--hidden", type=int, required=True)
     w.add_argument("--seconds", type=float, required=True)
+    for parser_ in (sp, w):
+        parser_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                             help="a setting beside the recipe's, as charlm's --set")
     a = parser.parse_args()
     if a.command == "table":
         return table()
     if a.command == "levers":
         return levers(a.text)
     if a.command == "speed":
-        return speed(a.seconds)
+        return speed(a.seconds, a.hidden, a.set)
     if a.command == "speed-worker":
-        return speed_worker(a.hidden, a.seconds)
+        return speed_worker(a.hidden, a.seconds, a.set)
     if a.command == "cut":
         text = "".join(Path(d).read_text(encoding="utf-8") for d in a.data)
         Path(a.output).write_text(text[:a.chars] if a.chars else text, encoding="utf-8")
