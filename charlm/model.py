@@ -68,8 +68,8 @@ class FusedLayer(gluon.HybridBlock):
 
     def drop_weights(self, F, parameters):
         """The flat vector with dropout on its hidden-to-hidden matrices (active only in training)."""
-        # One dropout over the whole vector, kept where a mask marks the h2h matrices: slicing and concatenating
-        # the pieces costs three times as much (docs/performance.md).
+        # One dropout over the whole vector, kept where a mask marks the h2h matrices: cheaper than slicing the
+        # pieces out and concatenating them again.
         mask, offset = F.zeros_like(parameters), 0
         for name, shape in self.pieces:
             size = int(np.prod(shape))

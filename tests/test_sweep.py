@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -215,13 +216,21 @@ def test_interrupted_sweep_stops_its_runs_and_resumes_on_rerun(tiny_sweep):
     doc = yaml.safe_load(path.read_text())
     doc["parameters"] = {"model.hidden_size": {"values": [4, 16]}, "train.epochs": {"value": 100000}}
     path.write_text(yaml.safe_dump(doc))
+    # a session of its own, so a test that times out still kills the sweep's training runs with it
     proc = subprocess.Popen([sys.executable, "-m", "charlm", "sweep", str(path), "--runs-dir", str(runs)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics, deadline = runs / "tiny" / "000-hidden_size=4" / "metrics.jsonl", time.monotonic() + 60
-    while not metrics.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        metrics, deadline = runs / "tiny" / "000-hidden_size=4" / "metrics.jsonl", time.monotonic() + 60
+        while not metrics.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     assert proc.returncode == 130 and f"Resume with: charlm sweep {path}" in err
     state = json.loads((runs / "tiny" / "000-hidden_size=4" / "state.json").read_text())
     assert state["status"] == "running" and state["epoch"] >= 1  # stopped, resumable, not failed
