@@ -54,13 +54,18 @@ class FusedLayer(gluon.HybridBlock):
         kinds = 2 if self.cell == "lstm" else 1
         return [mx.nd.zeros((self.num_layers, batch_size, self.hidden_size), ctx=ctx) for _ in range(kinds)]
 
-    def _slices(self, F, parameters):
-        """(name, shape, flat slice) of each piece of the flat vector, in order."""
+    def _spans(self):
+        """(name, shape, begin, end) of each piece of the flat vector, in order."""
         offset = 0
         for name, shape in self.pieces:
             size = int(np.prod(shape))
-            yield name, shape, F.slice_axis(parameters, axis=0, begin=offset, end=offset + size)
+            yield name, shape, offset, offset + size
             offset += size
+
+    def _slices(self, F, parameters):
+        """(name, shape, flat slice) of each piece of the flat vector, in order."""
+        for name, shape, begin, end in self._spans():
+            yield name, shape, F.slice_axis(parameters, axis=0, begin=begin, end=end)
 
     def unpack(self, F, parameters):
         """The flat vector as {piece name: matrix or bias}, in Gluon's names and shapes."""
@@ -70,12 +75,10 @@ class FusedLayer(gluon.HybridBlock):
         """The flat vector with dropout on its hidden-to-hidden matrices (active only in training)."""
         # One dropout over the whole vector, kept where a mask marks the h2h matrices: cheaper than slicing the
         # pieces out and concatenating them again.
-        mask, offset = F.zeros_like(parameters), 0
-        for name, shape in self.pieces:
-            size = int(np.prod(shape))
+        mask = F.zeros_like(parameters)
+        for name, _, begin, end in self._spans():
             if name.endswith("h2h_weight"):  # the operator behind NDArray's slice assignment, which Symbol lacks
-                mask = F._internal._slice_assign_scalar(mask, scalar=1, begin=(offset,), end=(offset + size,))
-            offset += size
+                mask = F._internal._slice_assign_scalar(mask, scalar=1, begin=(begin,), end=(end,))
         return F.where(F.stop_gradient(mask), F.Dropout(parameters, p=self.weight_drop), parameters)
 
     def hybrid_forward(self, F, x, state, parameters):

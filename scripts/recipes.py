@@ -186,7 +186,7 @@ def main():
     lv.add_argument("--text", default="the bundled Time Machine (lowercased)")
     sp = sub.add_parser("speed")
     sp.add_argument("--seconds", type=float, default=8.0)
-    sp.add_argument("--hidden", type=int, nargs="+", default=[128, 256, 384, 512, 768, 1024])
+    sp.add_argument("--hidden", type=int, nargs="+", default=sorted(recipe.SPEED))
     w = sub.add_parser("speed-worker")
     w.add_argument("--hidden", type=int, required=True)
     w.add_argument("--seconds", type=float, required=True)
