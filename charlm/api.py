@@ -2,6 +2,7 @@
 parameters. MXNet is imported on first use, not by `import charlm`."""
 import contextlib
 import copy
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -46,7 +47,7 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
         cfg = copy.deepcopy(cfg) if cfg is not None else configs.resolve()
         _extend(cfg, epochs, time_limit)
         _absolute(cfg)
-        chosen = choose(cfg, kvstore, len(devices) if isinstance(devices, list) else 1)
+        chosen = choose(cfg, kvstore, devices)
         workers = parallel.connect(cfg, devices, kvstore)
         return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop, chosen)
     if cfg is not None or name is not None:
@@ -58,8 +59,9 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
         return _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop)
 
 
-def choose(cfg, kvstore="local", devices=1):
-    """Fill cfg's unset settings: the model of --init-from's run, the rest the recipe's; what and why, or None."""
+def choose(cfg, kvstore="local", devices=None):
+    """Fill cfg's unset settings: the model of --init-from's run, the rest the recipe's, for this machine's speed
+    on the first of the devices (a Context or a list; None: the CPU); what and why, or None."""
     from . import recipe
     from .run import SHAPE_KEYS, find
 
@@ -74,7 +76,17 @@ def choose(cfg, kvstore="local", devices=1):
     if kvstore == "dist_async":  # its servers update with a constant rate and no decay
         t = cfg.train
         t.lr_schedule, t.warmup, t.weight_decay = t.lr_schedule or "exp", t.warmup or 0, t.weight_decay or 0.0
-    return recipe.fill(cfg, devices)
+    devices = devices if isinstance(devices, list) else [devices]
+    # a cluster's workers must choose alike: they take the speed table's machine rather than each its own
+    measure = None if kvstore.startswith("dist") else functools.partial(_tokens_per_second, ctx=devices[0])
+    return recipe.fill(cfg, len(devices), measure)
+
+
+def _tokens_per_second(cfg, vocab_size, ctx=None):
+    """This machine's training tokens/s of a whole config on ctx (None: the CPU)."""
+    from . import engine, speed
+
+    return speed.tokens_per_second(cfg, vocab_size, ctx or engine.mx.cpu())
 
 
 def _extend(cfg, epochs, time_limit):

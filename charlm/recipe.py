@@ -1,5 +1,6 @@
 """The automatic recipe: the model and training settings left unset (null), chosen from the text's size and the
 time budget by rules measured on two cores (docs/recipes.md); the settings a user gives are kept."""
+import copy
 import math
 
 from . import configs
@@ -21,6 +22,8 @@ SPEED = {128: 96.3e3, 256: 34.5e3, 384: 17.0e3, 512: 10.2e3, 768: 4.9e3, 1024: 2
 TOKENS_PER_PARAM = 2.5
 MAX_PARAMS = 8.0
 BATCHES = 300  # a short text gets batches small enough for this many per pass: more, noisier updates
+REFERENCE = 256  # the hidden size whose speed on this machine is measured, unless one is given
+TIMED = {"model.hidden_size", "model.dropout", "train.warmup", "train.ema"}  # chosen by the speed
 
 
 def _set(cfg, key, value):
@@ -57,10 +60,11 @@ def parameters(hidden, layers, vocab, embed=64):
     return vocab * embed + lstm + (hidden + 1) * vocab
 
 
-def speed(hidden, vocab, layers=2, embed=64):
-    """Training tokens per second of an LSTM: SPEED's nearest size, scaled by the weights (work) per token."""
+def speed(hidden, vocab, layers=2, embed=64, scale=1.0):
+    """Training tokens per second of an LSTM: SPEED's nearest size, scaled by the weights (work) per token and
+    by this machine's speed relative to SPEED's (scale)."""
     near = min(SPEED, key=lambda h: abs(h - hidden))
-    return SPEED[near] * parameters(near, 2, 80) / parameters(hidden, layers, vocab, embed)
+    return scale * SPEED[near] * parameters(near, 2, 80) / parameters(hidden, layers, vocab, embed)
 
 
 def _batches(tokens, devices):
@@ -75,15 +79,17 @@ def _batches(tokens, devices):
     return seq_len, max(devices, batch - batch % devices)
 
 
-def choose(tokens, vocab, seconds, given=None, validated=True, devices=1):
-    """({key: value}, why) of the recipe for a text, a budget in seconds and the settings already given."""
+def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=None):
+    """({key: value}, why) of the recipe for a text, a budget in seconds, the settings already given and this
+    machine's measured speed relative to SPEED's (scale; None: SPEED's)."""
+    measured, scale = scale is not None, scale or 1.0
     given = given or {}
     layers = given.get("model.num_layers", 2)
-    fits = [h for h in SPEED if speed(h, vocab) * seconds >= TOKENS_PER_PARAM * parameters(h, 2, vocab)
+    fits = [h for h in SPEED if speed(h, vocab, scale=scale) * seconds >= TOKENS_PER_PARAM * parameters(h, 2, vocab)
             and parameters(h, 2, vocab) <= MAX_PARAMS * tokens]
     hidden = given.get("model.hidden_size", max(fits, default=min(SPEED)))
     embed = given.get("model.embed_size", hidden)  # tied to the output layer, so as wide as the hidden one
-    passes = speed(hidden, vocab, layers, embed) * seconds / tokens
+    passes = speed(hidden, vocab, layers, embed, scale) * seconds / tokens
     passes = min(passes, given.get("train.epochs", passes))
     seq_len, batch = _batches(tokens, devices)
     updates = passes * tokens / (given.get("data.batch_size", batch) * given.get("data.seq_len", seq_len))
@@ -99,13 +105,17 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1):
         "train.weight_decay": 0.0,
         # an average over at most the last fifth of the updates; none without validation text to choose by
         "train.ema": round(min(0.999, 1 - 5 / updates), 4) if validated and updates >= 500 else 0.0}
-    why = (f"{tokens / 1e3:,.0f}k training characters, about {passes:,.0f} passes in the budget "
-           f"({parameters(hidden, layers, vocab, embed) / tokens:.1f} weights per character)")
+    why = (f"{tokens / 1e3:,.0f}k training characters, about {passes:,.0f} passes in the budget at "
+           f"{speed(hidden, vocab, layers, embed, scale) / 1e3:.1f}k tokens/s "
+           f"({'measured here' if measured else 'by the speed table'}; "
+           f"{parameters(hidden, layers, vocab, embed) / tokens:.1f} weights per character)")
     return settings, why
 
 
-def fill(cfg, devices=1):
-    """Fill cfg's unset settings (the recipe's, or FIXED's for other than character streams); what and why."""
+def fill(cfg, devices=1, measure=None):
+    """Fill cfg's unset settings (the recipe's, or FIXED's for other than character streams); what and why.
+    measure(cfg, vocab_size) gives the tokens/s of a whole config on this machine; without it, the machine is
+    taken to be as fast as SPEED's."""
     unset = configs.unset(cfg)
     if not unset:
         return None
@@ -124,7 +134,11 @@ def fill(cfg, devices=1):
     # given epochs and no limit: sized for the default budget
     seconds = configs.duration(t.time_limit) if t.time_limit else default_budget(chars)
     given = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in FIXED if key not in unset}
-    settings, why = choose(tokens, vocab, seconds, given, bool(cfg.data.val_frac or cfg.data.valid_path), devices)
+    validated, scale = bool(cfg.data.val_frac or cfg.data.valid_path), None
+    if measure and TIMED & set(unset) and vocab:  # an empty text: nothing to measure with
+        chosen = choose(tokens, vocab, seconds, {"model.hidden_size": REFERENCE, **given}, validated, devices)[0]
+        scale = _scale(cfg, {key: chosen[key] for key in unset}, vocab, measure)
+    settings, why = choose(tokens, vocab, seconds, given, validated, devices, scale)
     for key in unset:
         _set(cfg, key, settings[key])
     configs.validate(cfg)
@@ -132,6 +146,15 @@ def fill(cfg, devices=1):
     return (f"recipe: {m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}, {cfg.data.batch_size} x "
             f"{cfg.data.seq_len} batches, lr {t.lr:g} {t.lr_schedule} over {budget} | {why}"
             + (f" | set by you: {', '.join(sorted(given))}" if given else ""))
+
+
+def _scale(cfg, settings, vocab, measure):
+    """This machine's speed relative to SPEED's: measured on cfg with these settings filled in."""
+    probe = copy.deepcopy(cfg)
+    for key, value in settings.items():
+        _set(probe, key, value)
+    m = probe.model
+    return measure(probe, vocab) / speed(m.hidden_size, vocab, m.num_layers, m.embed_size)
 
 
 def _duration_text(seconds):

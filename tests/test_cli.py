@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from charlm import configs
+from charlm import api, configs
 from charlm.api import choose
 from charlm.cli import main
 from charlm.configs import MIN_LR
@@ -128,7 +128,8 @@ def test_any_unicode_text_trains_and_generates(tmp_path):
     assert result.exit_code == 0 and result.stdout.startswith("孟子") and len(result.stdout) == 2 + 5 + 1
 
 
-def test_config_show_prints_the_resolved_config(tmp_path):
+def test_config_show_prints_the_resolved_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "_tokens_per_second", lambda cfg, vocab_size, ctx=None: 5000.0)  # a fixed machine
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {cell: gru, hidden_size: 64}\n")
     result = invoke("config", "show", "-c", cfg, "--set", "model.hidden_size=128")

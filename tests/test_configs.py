@@ -4,8 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from charlm import configs as config
-from charlm.api import choose
+from charlm import configs as config, recipe
 from charlm.errors import CharlmError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +100,7 @@ def test_addition_tune_layers_on_addition():
 
 def test_shipped_default_config_spells_out_what_charlm_train_does():
     chosen = config.resolve()
-    choose(chosen)
+    recipe.fill(chosen)  # at the speed table's
     assert config.resolve([ROOT / "configs" / "default.yaml"]) == chosen
     written = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     assert {(s, k) for s, keys in written.items() for k in keys} == {(s, f.name) for s, f in config.keys()}

@@ -19,8 +19,12 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def given(**flags):
+    return configs.resolve(flags={tuple(k.split(".")): v for k, v in flags.items()})
+
+
 def resolved(**flags):
-    cfg = configs.resolve(flags={tuple(k.split(".")): v for k, v in flags.items()})
+    cfg = given(**flags)
     return cfg, recipe.fill(cfg)
 
 
@@ -135,3 +139,46 @@ def test_a_run_made_before_a_dropout_setting_reads_as_without_it(tmp_path, key):
 def test_each_epoch_is_plotted_and_averaged_once_after_a_time_limit_was_resumed():
     records = [{"epoch": 1}, {"epoch": 2, "step": 5}, {"epoch": 2}, {"epoch": 3, "step": 7}]
     assert epoch_records(records) == [{"epoch": 1}, {"epoch": 2}, {"epoch": 3, "step": 7}]
+
+
+def test_a_slower_machine_gets_no_larger_model_and_no_more_dropout():
+    chosen = {}
+    for scale in (0.1, 0.4, 1.0, 4.0):
+        cfg = configs.resolve()
+        recipe.fill(cfg, measure=lambda probe, vocab: scale * recipe.speed(
+            probe.model.hidden_size, vocab, probe.model.num_layers, probe.model.embed_size))
+        chosen[scale] = (cfg.model.hidden_size, cfg.model.dropout)
+    sizes, dropouts = zip(*chosen.values())
+    assert list(sizes) == sorted(sizes) and list(dropouts) == sorted(dropouts)
+    assert dropouts[0] < dropouts[-1]
+
+
+def test_the_machine_is_measured_on_the_recipe_at_the_reference_size_or_the_size_given(corpus):
+    probes = []
+
+    def measure(probe, vocab):
+        probes.append((probe, vocab))
+        return recipe.speed(probe.model.hidden_size, vocab, probe.model.num_layers, probe.model.embed_size)
+
+    for hidden in ({}, {"model.hidden_size": 48}):
+        cfg = given(**{"data.path": str(corpus), **hidden})
+        why = recipe.fill(cfg, measure=measure)
+        probe, vocab = probes[-1]
+        assert configs.unset(probe) == [] and vocab == recipe.text_size(cfg.data)[2]
+        assert probe.model.hidden_size == hidden.get("model.hidden_size", recipe.REFERENCE)
+        assert (probe.data.batch_size, probe.data.seq_len) == (cfg.data.batch_size, cfg.data.seq_len)
+        assert "measured here" in why
+
+
+def test_the_machine_is_not_measured_when_its_speed_would_choose_nothing(corpus):
+    timed = {"model.hidden_size": 32, "model.dropout": 0.2, "train.warmup": 0, "train.ema": 0.0}
+    cfg = given(**{"data.path": str(corpus), **timed})
+    why = recipe.fill(cfg, measure=lambda probe, vocab: pytest.fail("measured"))
+    assert "by the speed table" in why
+
+
+def test_a_clusters_workers_choose_by_the_speed_table_so_they_choose_alike(corpus):
+    from charlm.api import choose
+
+    assert "by the speed table" in choose(given(**{"data.path": str(corpus)}), "dist_sync")
+    assert "measured here" in choose(given(**{"data.path": str(corpus), "model.hidden_size": 16}))

@@ -1,0 +1,31 @@
+"""This machine's training speed: tokens per second of a config's model and batches, timed on random text, for
+the recipe to scale its speed table by."""
+import copy
+
+import numpy as np
+
+from . import model as models, parallel, training
+
+WARMUP = 3  # batches before the clock starts: the graph is built and memory allocated in the first
+STRETCH = 4  # batches between readings of the clock (each a host sync)
+
+
+def tokens_per_second(cfg, vocab_size, ctx, seconds=1.0):
+    """Training tokens/s of cfg's model on ctx with cfg's batches (stream mode), timed over about `seconds`."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train.time_limit = None  # the clock of the run to come, not of this
+    d = cfg.data
+    ids = np.random.default_rng(0).integers(vocab_size, size=(WARMUP + 16 * STRETCH) * d.batch_size * d.seq_len + 1)
+    s = training.Setup(cfg, None, ids, ids[:0], models.build(cfg.model, vocab_size, ctx), parallel.Workers([ctx]))
+    if cfg.train.ema:
+        s.ema = training.Average(s.model, ctx, cfg.train.ema)
+    loop = training.Loop.of(s)
+    batches = training.batches_of(cfg, None, ids, np.random.default_rng(0))
+    epoch = training.Epoch(1, batches, training.Sums())
+    done, _ = training.train_stretch(loop, epoch, 0, WARMUP)
+    epoch.sums = training.Sums()
+    while epoch.sums.seconds < seconds:
+        if done + STRETCH > len(batches):
+            done = 0
+        done, _ = training.train_stretch(loop, epoch, done, done + STRETCH)
+    return epoch.sums.tokens / epoch.sums.seconds
