@@ -6,6 +6,8 @@ and time budget.
     python scripts/recipes.py run --data FILE --budget 10m --points auto fixed h2 h3
     python scripts/recipes.py run --budget 5m --custom no-ema '{"train.ema": 0}'  # the recipe but one setting
     python scripts/recipes.py cut --data FILE --chars 100000 -o cut.txt   # the first N characters of a text
+    python scripts/recipes.py study --data FILE --budget 5m               # the recipe, then its neighbours
+    python scripts/recipes.py study-table                                 # the recipe against its neighbours
     python scripts/recipes.py table                                       # the results so far, as Markdown
     python scripts/recipes.py levers                                      # the lever table, from those results
 
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -168,6 +172,50 @@ def levers(text):
                   f"| {with_['val_loss']:.4f} | {without['val_loss']:.4f} | {gain:+.1%} |")
 
 
+def neighbours(model):
+    """The recipe's neighbours for the model of a run: one size smaller and one larger (the rest chosen for that
+    size), and dropout 0.15 lower and higher at the same size."""
+    sizes, hidden, dropout = sorted(recipe.SPEED), model["hidden_size"], model["dropout"]
+    out = {}
+    if hidden in sizes and hidden > sizes[0]:
+        out["smaller"] = {"model.hidden_size": sizes[sizes.index(hidden) - 1]}
+    if hidden in sizes and hidden < sizes[-1]:
+        out["larger"] = {"model.hidden_size": sizes[sizes.index(hidden) + 1]}
+    for name, step in (("less-dropout", -0.15), ("more-dropout", 0.15)):
+        out[name] = {"model.hidden_size": hidden, "model.dropout": round(min(0.7, max(0.0, dropout + step)), 2)}
+    return out
+
+
+def study(data, budget):
+    """Train the recipe for a text and a budget, then each of its neighbours; their records, as each ends."""
+    auto = run(data, budget, "auto", None)
+    yield auto
+    model = yaml.safe_load((RUNS / auto["run"] / "config.yaml").read_text())["model"]
+    for name, sets in neighbours(model).items():
+        yield run(data, budget, name, sets)
+
+
+def study_table():
+    """The recipe against its neighbours, a row per text and budget: how near the best of them it is."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["text"], r["budget"]), {})[r["point"]] = r  # the latest of each point
+    names = ["smaller", "larger", "less-dropout", "more-dropout"]
+    print("| text | budget | the recipe's choice | the recipe | " + " | ".join(names) + " | against the best |")
+    print("|---" * (len(names) + 5) + "|")
+    for (text, budget), points in groups.items():
+        if "auto" not in points or not any(n in points for n in names):
+            continue
+        auto = points["auto"]
+        model = yaml.safe_load((RUNS / auto["run"] / "config.yaml").read_text())["model"]
+        others = [points[n]["val_loss"] for n in names if n in points]
+        cells = [f"{points[n]['val_loss']:.4f}" if n in points else "-" for n in names]
+        gap = (auto["val_loss"] - min(others + [auto["val_loss"]])) / min(others + [auto["val_loss"]])
+        print(f"| {text} | {budget} | {model['num_layers']} x {model['hidden_size']}, dropout {model['dropout']:g} "
+              f"| {auto['val_loss']:.4f} | " + " | ".join(cells) + f" | {gap:+.1%} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +229,10 @@ def main():
     c.add_argument("--data", required=True, nargs="+", help="texts, concatenated")
     c.add_argument("--chars", type=int, default=0, help="keep the first N characters (0: all)")
     c.add_argument("-o", "--output", required=True)
+    st = sub.add_parser("study")
+    st.add_argument("--data", help="a text file (default: the bundled Time Machine)")
+    st.add_argument("--budget", required=True)
+    sub.add_parser("study-table")
     sub.add_parser("table")
     lv = sub.add_parser("levers")
     lv.add_argument("--text", default="the bundled Time Machine (lowercased)")
@@ -196,6 +248,8 @@ def main():
     a = parser.parse_args()
     if a.command == "table":
         return table()
+    if a.command == "study-table":
+        return study_table()
     if a.command == "levers":
         return levers(a.text)
     if a.command == "speed":
@@ -207,13 +261,16 @@ def main():
         Path(a.output).write_text(text[:a.chars] if a.chars else text, encoding="utf-8")
         return
     RUNS.mkdir(parents=True, exist_ok=True)
-    points = {a.custom[0]: json.loads(a.custom[1])} if a.custom else {p: POINTS[p] for p in a.points}
-    for point, sets in points.items():
-        result = run(a.data, a.budget, point, sets)
+    if a.command == "study":
+        results = study(a.data, a.budget)
+    else:
+        points = {a.custom[0]: json.loads(a.custom[1])} if a.custom else {p: POINTS[p] for p in a.points}
+        results = (run(a.data, a.budget, point, sets) for point, sets in points.items())
+    for result in results:
         with open(RESULTS, "a", encoding="utf-8") as f:
             f.write(json.dumps(result) + "\n")
-        print(f"{point}: val loss {result['val_loss']:.4f} (epoch {result['best_epoch']} of {result['epochs']})",
-              flush=True)
+        print(f"{result['point']}: val loss {result['val_loss']:.4f} (epoch {result['best_epoch']} of "
+              f"{result['epochs']})", flush=True)
 
 
 if __name__ == "__main__":
