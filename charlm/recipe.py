@@ -23,7 +23,8 @@ TOKENS_PER_PARAM = 2.5
 MAX_PARAMS = 8.0
 BATCHES = 300  # a short text gets batches small enough for this many per pass: more, noisier updates
 REFERENCE = 256  # the hidden size whose speed on this machine is measured, unless one is given
-TIMED = {"model.hidden_size", "model.dropout", "train.warmup", "train.ema"}  # chosen by the speed
+TIMED = {"model.hidden_size", "model.dropout", "model.weight_drop", "train.warmup", "train.ema"}  # by the speed
+WEIGHT_DROP_PASSES = 20
 
 
 def _set(cfg, key, value):
@@ -99,12 +100,14 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
         # 0.2 at 8 passes over the text, 0.1 more for each doubling, up to 0.5 at 64
         "model.dropout": round(min(0.5, max(0.1, 0.2 + 0.1 * math.log2(max(passes, 1e-9) / 8))), 2),
         "model.variational_dropout": True, "model.tie_weights": embed == hidden,
-        "model.weight_drop": 0.0,
+        # on the recurrent weights too once the text is read often enough to be learnt by heart
+        "model.weight_drop": 0.2 if passes >= WEIGHT_DROP_PASSES else 0.0,
         "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
         "train.weight_decay": 0.0,
-        # an average over at most the last fifth of the updates; none without validation text to choose by
-        "train.ema": round(min(0.999, 1 - 5 / updates), 4) if validated and updates >= 500 else 0.0}
+        # an average over about the last quarter of the updates, at most 2,000 (the starting weights it holds
+        # fade by then); none without validation text to choose by
+        "train.ema": round(min(0.9995, 1 - 4 / updates), 4) if validated and updates >= 500 else 0.0}
     why = (f"{tokens / 1e3:,.0f}k training characters, about {passes:,.0f} passes in the budget at "
            f"{speed(hidden, vocab, layers, embed, scale) / 1e3:.1f}k tokens/s "
            f"({'measured here' if measured else 'by the speed table'}; "

@@ -119,6 +119,14 @@ def test_without_validation_text_there_is_no_average_to_choose_by(corpus):
     assert cfg.train.ema == 0.0
 
 
+def test_weight_drop_comes_with_a_text_read_often_and_the_average_spans_a_quarter_of_the_updates():
+    for passes in (10, 19, 21):
+        settings, _ = recipe.choose(160_000, 60, 300, {"model.hidden_size": 256, "train.epochs": passes})
+        assert settings["model.weight_drop"] == (0.2 if passes >= recipe.WEIGHT_DROP_PASSES else 0.0)
+        updates = passes * 160_000 / (settings["data.batch_size"] * settings["data.seq_len"])
+        assert 1 / (1 - settings["train.ema"]) == pytest.approx(updates / 4, rel=0.1)  # the window: updates averaged
+
+
 def test_the_choice_follows_the_settings_given():
     settings, why = recipe.choose(160_000, 60, 300, {"model.hidden_size": 1024, "train.epochs": 3})
     assert settings["model.hidden_size"] == 1024 and "about 3 passes" in why
@@ -171,7 +179,7 @@ def test_the_machine_is_measured_on_the_recipe_at_the_reference_size_or_the_size
 
 
 def test_the_machine_is_not_measured_when_its_speed_would_choose_nothing(corpus):
-    timed = {"model.hidden_size": 32, "model.dropout": 0.2, "train.warmup": 0, "train.ema": 0.0}
+    timed = {key: {"model.hidden_size": 32}.get(key, recipe.FIXED[key]) for key in recipe.TIMED}
     cfg = given(**{"data.path": str(corpus), **timed})
     why = recipe.fill(cfg, measure=lambda probe, vocab: pytest.fail("measured"))
     assert "by the speed table" in why
