@@ -153,8 +153,8 @@ LEVERS = [("untied", "tied embedding and output weights (against a 64-wide embed
           ("tm-16x32-novar", "variational dropout (one mask per sequence)", True, "untied"),
           ("tm-16x64", "BPTT length 32 (against 64)", True, "untied"),
           ("weight-decay", "weight decay 0.1 (AdamW)", False, "untied"),
-          ("wd0.3", "weight drop 0.3 (DropConnect on the recurrent weights)", False, "auto"),
-          ("wd0.5", "weight drop 0.5", False, "auto")]
+          ("no-weight-drop", "weight drop 0.2 on the recurrent weights, from 20 passes", True, "auto"),
+          ("ema-0.999", "an average over the last quarter of the updates (against EMA 0.999)", True, "auto")]
 
 
 def levers(text):
