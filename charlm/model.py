@@ -73,13 +73,14 @@ class FusedLayer(gluon.HybridBlock):
 
     def drop_weights(self, F, parameters):
         """The flat vector with dropout on its hidden-to-hidden matrices (active only in training)."""
-        # One dropout over the whole vector, kept where a mask marks the h2h matrices: cheaper than slicing the
-        # pieces out and concatenating them again.
-        mask = F.zeros_like(parameters)
+        # One dropout mask over the whole vector, made 1 outside the h2h matrices, multiplies it: cheaper than
+        # slicing the pieces out and concatenating them again, and the backward pass keeps only the product.
+        h2h = F.zeros_like(parameters)
         for name, _, begin, end in self._spans():
             if name.endswith("h2h_weight"):  # the operator behind NDArray's slice assignment, which Symbol lacks
-                mask = F._internal._slice_assign_scalar(mask, scalar=1, begin=(begin,), end=(end,))
-        return F.where(F.stop_gradient(mask), F.Dropout(parameters, p=self.weight_drop), parameters)
+                h2h = F._internal._slice_assign_scalar(h2h, scalar=1, begin=(begin,), end=(end,))
+        keep = F.Dropout(F.ones_like(parameters), p=self.weight_drop)  # 0 or 1 / (1 - p)
+        return parameters * F.stop_gradient(1 + h2h * (keep - 1))
 
     def hybrid_forward(self, F, x, state, parameters):
         if self.weight_drop:
