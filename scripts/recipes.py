@@ -199,8 +199,9 @@ def study_table():
         others = [points[n]["val_loss"] for n in names if n in points]
         cells = [f"{points[n]['val_loss']:.4f}" if n in points else "-" for n in names]
         gap = (auto["val_loss"] - min(others + [auto["val_loss"]])) / min(others + [auto["val_loss"]])
-        print(f"| {text} | {budget} | {model['num_layers']} x {model['hidden_size']}, dropout {model['dropout']:g} "
-              f"| {auto['val_loss']:.4f} | " + " | ".join(cells) + f" | {gap:+.1%} |")
+        choice = f"{model['num_layers']} x {model['hidden_size']}, dropout {model['dropout']:g}" + (
+            f", weight drop {model['weight_drop']:g}" if model["weight_drop"] else "")
+        print(f"| {text} | {budget} | {choice} | {auto['val_loss']:.4f} | " + " | ".join(cells) + f" | {gap:+.1%} |")
 
 
 def main():
