@@ -98,7 +98,11 @@ class RNNLM(Generation, gluon.HybridBlock):
         super().__init__(**kwargs)
         self.cell, self.vocab_size = cell, vocab_size
         with self.name_scope():
-            self.embedding = gluon.nn.Embedding(vocab_size, embed_size) if embed_size else None
+            # tied, the embedding is also the output layer, and Xavier's fan would count the whole vocabulary:
+            # a large one (Chinese, words) starts it so small that training stalls at the tokens' frequencies
+            fan = min(vocab_size, embed_size) + embed_size
+            tied_init = {"weight_initializer": mx.init.Uniform((6 / fan) ** 0.5)} if tie_weights else {}
+            self.embedding = gluon.nn.Embedding(vocab_size, embed_size, **tied_init) if embed_size else None
             # variational: one mask per sequence, broadcast over the time axis (TNC)
             self.drop = gluon.nn.Dropout(dropout, axes=(0,) if variational else ())
             self.rnn = FusedLayer(cell, hidden_size, num_layers, dropout, embed_size or vocab_size, weight_drop)

@@ -96,7 +96,7 @@ def word():
     best = min(records, key=lambda r: r["val_loss"])
     print("| command | wall time | vocabulary | best val ppl per word (epoch) | train ppl then |")
     print("|---|---|---|---|---|")
-    vocab = out.splitlines()[0].split(" | ")[3]
+    vocab = next(line for line in out.splitlines() if line.startswith("run ")).split(" | ")[3]
     print(f"| `charlm train {' '.join(map(str, args))}` | {seconds / 60:.1f} min | {vocab} "
           f"| {best['val_ppl']:.2f} ({best['epoch']}/{len(records)}) | {best['train_ppl']:.2f} |")
 

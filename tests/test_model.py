@@ -136,6 +136,18 @@ def test_flat_fused_layer_starts_like_gluons_xavier_matrices_and_zero_biases():
             assert abs(value.std() - bound / np.sqrt(3)) < 0.1 * bound, name
 
 
+@pytest.mark.parametrize("vocab_size, tie_weights", [(12, True), (12, False), (500, True), (500, False)])
+def test_embedding_starts_xavier_but_tied_counts_a_vocabulary_wider_than_itself_as_its_width(vocab_size, tie_weights):
+    width = 32
+    model = models.build(model_cfg(cell="lstm", hidden_size=width, embed_size=width, num_layers=1,
+                                   tie_weights=tie_weights), vocab_size, mx.cpu())
+    weight = model.embedding.weight.data().asnumpy()
+    fan = min(vocab_size, width) if tie_weights else vocab_size
+    bound = np.sqrt(6 / (fan + width))
+    assert np.abs(weight).max() <= bound and np.abs(weight).max() > 0.99 * bound
+    assert abs(weight.std() - bound / np.sqrt(3)) < 0.05 * bound
+
+
 @pytest.mark.parametrize("cell, max_unroll", [("lstm", 64), ("scratch-gru", 64), ("scratch-gru", T - 1)])
 @pytest.mark.parametrize("masked, mean", [(False, True), (True, True), (True, False)])
 def test_objective_is_the_models_nll_sum_and_its_mean_over_real_targets_gradients_too(cell, max_unroll, masked, mean,
