@@ -71,23 +71,45 @@ class FusedLayer(gluon.HybridBlock):
         """The flat vector as {piece name: matrix or bias}, in Gluon's names and shapes."""
         return {name: piece.reshape(shape) for name, shape, piece in self._slices(F, parameters)}
 
-    def drop_weights(self, F, parameters):
-        """The flat vector with dropout on its hidden-to-hidden matrices (active only in training)."""
-        # One dropout mask over the whole vector, made 1 outside the h2h matrices, multiplies it: cheaper than
-        # slicing the pieces out and concatenating them again, and the backward pass keeps only the product.
-        h2h = F.zeros_like(parameters)
-        for name, _, begin, end in self._spans():
-            if name.endswith("h2h_weight"):  # the operator behind NDArray's slice assignment, which Symbol lacks
-                h2h = F._internal._slice_assign_scalar(h2h, scalar=1, begin=(begin,), end=(end,))
-        keep = F.Dropout(F.ones_like(parameters), p=self.weight_drop)  # 0 or 1 / (1 - p)
-        return parameters * F.stop_gradient(1 + h2h * (keep - 1))
-
     def hybrid_forward(self, F, x, state, parameters):
-        if self.weight_drop:
-            parameters = self.drop_weights(F, parameters)
         out = F.RNN(x, parameters, *state, state_size=self.hidden_size, num_layers=self.num_layers,
                     mode=MODES[self.cell], p=self.dropout, state_outputs=True)
         return out[0], list(out[1:])
+
+
+class WeightDrop:
+    """Weight drop for a training step: each device's hidden-to-hidden matrices scaled in place by a fresh dropout
+    mask before the forward pass, put back before the update; the model's graph stays the plain one, so
+    evaluation, generation and export hold nothing for it."""
+
+    def __init__(self, layer, ctxs):
+        self.p = layer.weight_drop
+        spans = [(begin, end) for name, _, begin, end in layer._spans() if name.endswith("h2h_weight")]
+        self.parts = []  # (weights, gradients, kept weights, mask) of each h2h matrix on each device
+        for ctx in ctxs:
+            weights, grads = layer.parameters.data(ctx), layer.parameters.grad(ctx)
+            for begin, end in spans:
+                kept, mask = mx.nd.empty(end - begin, ctx), mx.nd.empty(end - begin, ctx)
+                self.parts.append((weights[begin:end], grads[begin:end], kept, mask))
+
+    @classmethod
+    def of(cls, model, ctxs):
+        """The model's weight drop on the current arrays of ctxs, or None without one."""
+        return cls(model.rnn, ctxs) if isinstance(model, RNNLM) and model.rnn.weight_drop else None
+
+    def drop(self):
+        """Keep the weights, then scale them by the mask: 0 with probability p, else 1 / (1 - p)."""
+        for weights, _, kept, mask in self.parts:
+            weights.copyto(kept)
+            mask[:] = mx.nd.random.uniform(shape=mask.shape, ctx=mask.context) >= self.p
+            mask *= 1 / (1 - self.p)
+            weights *= mask
+
+    def restore(self):
+        """Scale the gradients by the mask (the chain rule through the scaling), and put the weights back."""
+        for weights, grads, kept, mask in self.parts:
+            grads *= mask
+            kept.copyto(weights)
 
 
 class RNNLM(Generation, gluon.HybridBlock):

@@ -370,12 +370,17 @@ class Epoch:
     stopped_at: int = None  # batches done when the time limit ended it early
 
 
-def train_step(loop, grads, batch, states):
-    """One update on every device: record, backward, sum, clip, step; (NLL sum, norm before clipping, states)."""
+def train_step(loop, grads, batch, states, drop=None):
+    """One update on every device: (weight drop,) record, backward, sum, clip, step; (NLL sum, norm before clipping,
+    states)."""
+    if drop:
+        drop.drop()
     with autograd.record():
         outs = [loop.objective(X, Y, state) for (X, Y), state in zip(batch, states)]
     # No isfinite check: it would force a host sync every step; divergence is caught per stretch.
     autograd.backward([loss for _, loss, _ in outs])
+    if drop:
+        drop.restore()
     w = loop.s.workers
     norm = w.update(loop.trainer, grads, loop.s.cfg.train.grad_clip)
     if loop.s.ema:
@@ -401,6 +406,7 @@ def train_stretch(loop, epoch, first, end):
     w, model, batches, sums = loop.s.workers, loop.s.model, epoch.batches, epoch.sums
     params = [p for p in model.collect_params().values() if p.grad_req != "null"]
     grads = [[p.grad(ctx).reshape((-1,)) for p in params] for ctx in w.ctxs]  # flat views, made once
+    drop = models.WeightDrop.of(model, w.ctxs)
     states = w.split_state(model, epoch.state) if batches.carries_state and epoch.state else None
     per_update = loop.s.cfg.train.lr_schedule == "cosine" or loop.s.cfg.train.warmup
     if loop.s.ema:
@@ -416,7 +422,7 @@ def train_stretch(loop, epoch, first, end):
             states = [model.begin_state(part.shape[1], part.context) for part, _ in batch]
         else:
             states = [[h.detach() for h in state] for state in states]  # truncated BPTT: keep values, cut graph
-        total, norm, states = train_step(loop, grads, batch, states)
+        total, norm, states = train_step(loop, grads, batch, states, drop)
         sums.add(total, norm, real_targets(y, batches))
         i += 1
         loop.calls("on_batch", i, len(batches), sums.tokens, sums.mean_loss)

@@ -30,33 +30,44 @@ def test_hybridized_equals_imperative(cell):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_weight_drop_trains_on_dropped_scaled_hidden_to_hidden_weights_and_predicts_on_all(cell):
+def test_weight_drop_trains_on_dropped_scaled_hidden_to_hidden_weights_then_puts_them_back(cell):
     p = 0.4
     model = build(cell, dropout=0.0, weight_drop=p)
     randomize(model)
-    X, state = ids(), model.begin_state(N, mx.cpu())
-    plain, _ = model(X, state)
+    layer, X, state = model.rnn, ids(), model.begin_state(N, mx.cpu())
+    weights = layer.parameters.data().asnumpy()
+    drop = models.WeightDrop.of(model, [mx.cpu()])
+    drop.drop()
+    dropped = layer.parameters.data().asnumpy()
     with mx.autograd.record():
-        dropped, _ = model(X, state)
-        dropped.sum().backward()
-    layer = model.rnn
-    weights, grads = (layer.unpack(nd, a) for a in (layer.parameters.data(), layer.parameters.grad()))
-    # the kept weights are the ones with a gradient: rebuild the training step's weights from them
-    scaled = {}
-    for name, w in weights.items():
-        kept = (grads[name] != 0).asnumpy()
+        out, _ = model(X, state)
+        out.sum().backward()
+    drop.restore()
+    np.testing.assert_array_equal(layer.parameters.data().asnumpy(), weights)
+    # the dropped weights: each h2h weight kept and scaled by 1 / (1 - p), or zero; nothing else touched
+    scale = np.ones_like(weights)
+    for name, _, begin, end in layer._spans():
+        kept = dropped[begin:end] != 0
         if name.endswith("h2h_weight"):
-            assert 0 < kept.mean() < 1
-            w = w.asnumpy() * kept / (1 - p)
-        else:
-            assert kept.mean() > 0.9  # nothing else is dropped
-            w = w.asnumpy()
-        scaled[name] = w.reshape(-1)
-    reference = build(cell, dropout=0.0)  # no weight drop, the same weights
+            assert 0 < kept.mean() < 1, name
+            scale[begin:end] = kept / (1 - p)
+    np.testing.assert_allclose(dropped, weights * scale, rtol=1e-6)
+    # a model without weight drop holding the dropped weights: the same output, and its gradient, times the mask
+    reference = build(cell, dropout=0.0)
     randomize(reference)
-    np.testing.assert_allclose(reference(X, state)[0].asnumpy(), plain.asnumpy(), rtol=1e-6)  # predicts on all
-    reference.rnn.parameters.set_data(nd.array(np.concatenate([scaled[name] for name, _ in layer.pieces])))
-    np.testing.assert_allclose(reference(X, state)[0].asnumpy(), dropped.asnumpy(), rtol=1e-5, atol=1e-6)
+    reference.rnn.parameters.set_data(nd.array(dropped))
+    with mx.autograd.record():
+        theirs, _ = reference(X, state)
+        theirs.sum().backward()
+    np.testing.assert_allclose(theirs.asnumpy(), out.asnumpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reference.rnn.parameters.grad().asnumpy() * scale, layer.parameters.grad().asnumpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_only_gluon_cells_with_a_weight_drop_have_one():
+    assert models.WeightDrop.of(build("lstm", weight_drop=0.0), [mx.cpu()]) is None
+    assert models.WeightDrop.of(models.build(model_cfg(cell="scratch-lstm", hidden_size=H), V, mx.cpu()),
+                                [mx.cpu()]) is None
 
 
 def test_token_nll_is_minus_log_softmax_of_the_target():

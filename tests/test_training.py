@@ -73,6 +73,23 @@ def one_step(tiny_cfg, clip, reduction="mean"):
     return float(norm.asscalar()), grad_norm(params)
 
 
+def test_weight_drop_updates_the_kept_weights_by_the_masked_gradient(tiny_cfg):
+    tiny_cfg.model.weight_drop, tiny_cfg.model.dropout, tiny_cfg.train.grad_clip = 0.5, 0.0, 0
+    tiny_cfg.train.optimizer, tiny_cfg.train.lr = "sgd", 0.1
+    s = train.setup(tiny_cfg, mx.cpu())
+    layer = s.model.rnn
+    X, Y = next(iter(data.RandomBatches(s.train_ids, 4, 8, np.random.default_rng(0))))
+    loop = train.Loop.of(s)
+    before = layer.parameters.data().asnumpy()
+    flat = [[p.grad().reshape((-1,)) for p in s.model.collect_params().values() if p.grad_req != "null"]]
+    drop = models.WeightDrop.of(s.model, [mx.cpu()])
+    train.train_step(loop, flat, [(nd.array(X), nd.array(Y))], [s.model.begin_state(4, mx.cpu())], drop)
+    grad = layer.parameters.grad().asnumpy()
+    h2h = np.concatenate([grad[begin:end] for name, _, begin, end in layer._spans() if name.endswith("h2h_weight")])
+    assert 0.3 < (h2h == 0).mean() < 0.7  # the dropped weights have no gradient
+    np.testing.assert_allclose(layer.parameters.data().asnumpy(), before - 0.1 * grad, rtol=1e-5, atol=1e-7)
+
+
 def test_clipping_bounds_the_norm_and_reports_the_norm_before(tiny_cfg):
     unclipped, after = one_step(tiny_cfg, 0)
     assert after == pytest.approx(unclipped, rel=1e-4)
@@ -95,9 +112,9 @@ def test_sequential_training_carries_state_between_batches(tiny_cfg, monkeypatch
     seen = []
     real_step = train.train_step
 
-    def spy(loop, grads, batch, states):
+    def spy(loop, grads, batch, states, drop=None):
         seen.append(float(sum(abs(h).sum().asscalar() for h in states[0])))
-        return real_step(loop, grads, batch, states)
+        return real_step(loop, grads, batch, states, drop)
 
     monkeypatch.setattr(train, "train_step", spy)
     train.fit(s, None)
