@@ -375,12 +375,14 @@ def train_step(loop, grads, batch, states, drop=None):
     states)."""
     if drop:
         drop.drop()
-    with autograd.record():
-        outs = [loop.objective(X, Y, state) for (X, Y), state in zip(batch, states)]
-    # No isfinite check: it would force a host sync every step; divergence is caught per stretch.
-    autograd.backward([loss for _, loss, _ in outs])
-    if drop:
-        drop.restore()
+    try:
+        with autograd.record():
+            outs = [loop.objective(X, Y, state) for (X, Y), state in zip(batch, states)]
+        # No isfinite check: it would force a host sync every step; divergence is caught per stretch.
+        autograd.backward([loss for _, loss, _ in outs])
+    finally:  # a Ctrl-C here must not leave the dropped weights to be saved
+        if drop:
+            drop.restore()
     w = loop.s.workers
     norm = w.update(loop.trainer, grads, loop.s.cfg.train.grad_clip)
     if loop.s.ema:
