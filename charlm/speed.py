@@ -1,6 +1,7 @@
 """This machine's training speed: tokens per second of a config's model and batches, timed on random text, for
 the recipe to scale its speed table by."""
 import copy
+import gc
 
 import numpy as np
 
@@ -12,6 +13,13 @@ STRETCH = 4  # batches between readings of the clock (each a host sync)
 
 def tokens_per_second(cfg, vocab_size, ctx, seconds=1.0):
     """Training tokens/s of cfg's model on ctx with cfg's batches (stream mode), timed over about `seconds`."""
+    result = _timed(cfg, vocab_size, ctx, seconds)
+    gc.collect()  # Gluon's blocks hold reference cycles: free the measured model before the run builds its own
+    return result
+
+
+def _timed(cfg, vocab_size, ctx, seconds):
+    """tokens_per_second's measurement; its model is garbage when it returns."""
     cfg = copy.deepcopy(cfg)
     cfg.train.time_limit = None  # the clock of the run to come, not of this
     d = cfg.data
