@@ -39,7 +39,7 @@ class FusedLayer(gluon.HybridBlock):
     def __init__(self, cell, hidden_size, num_layers, dropout, input_size, weight_drop=0.0, **kwargs):
         super().__init__(**kwargs)
         self.cell, self.hidden_size, self.num_layers, self.dropout = cell, hidden_size, num_layers, dropout
-        self.weight_drop = weight_drop
+        self.weight_drop = weight_drop  # applied around each training step by WeightDrop, not in the graph
         width = GATES["scratch-" + cell] * hidden_size
         # The operator's layout: every layer's i2h and h2h matrices, then every layer's i2h and h2h biases.
         self.pieces = [(f"l{layer}_{kind}_weight", (width, input_size if layer == 0 and kind == "i2h" else hidden_size))

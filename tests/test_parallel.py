@@ -37,6 +37,18 @@ def test_two_cpu_contexts_follow_the_loss_curve_of_one(tiny_cfg, cell, iterator,
     assert np.allclose(two, one, rtol=1e-5, atol=0)
 
 
+def test_weight_drop_on_two_devices_keeps_their_weights_alike_and_trains(tiny_cfg):
+    """Each device drops its own weights for a step and puts them back before the summed update."""
+    tiny_cfg.model.weight_drop, tiny_cfg.train.epochs = 0.5, 2
+    s = train.setup(tiny_cfg, TWO, parallel.connect(tiny_cfg, TWO))
+    before = s.model.rnn.parameters.data(TWO[0]).asnumpy()
+    records = []
+    train.fit(s, None, callbacks=[SimpleNamespace(on_epoch=lambda record, samples: records.append(record))])
+    first, second = (p.data(ctx).asnumpy() for p in [s.model.rnn.parameters] for ctx in TWO)
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, before) and records[-1]["train_loss"] < records[0]["train_loss"]
+
+
 def test_one_device_in_one_process_is_the_trivial_case(tiny_cfg):
     one = parallel.connect(tiny_cfg, mx.cpu(), "local")
     assert (one.ctxs, one.spread, one.share) == ([mx.cpu()], False, 1)
