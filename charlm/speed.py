@@ -31,9 +31,11 @@ def _timed(cfg, vocab_size, ctx, seconds):
     batches = training.batches_of(cfg, None, ids, np.random.default_rng(0))
     epoch = training.Epoch(1, batches, training.Sums())
     done, _ = training.train_stretch(loop, epoch, 0, WARMUP)
-    epoch.sums = training.Sums()
+    epoch.sums, rates = training.Sums(), []
     while epoch.sums.seconds < seconds:
         if done + STRETCH > len(batches):
             done = 0
+        tokens, elapsed = epoch.sums.tokens, epoch.sums.seconds
         done, _ = training.train_stretch(loop, epoch, done, done + STRETCH)
-    return epoch.sums.tokens / epoch.sums.seconds
+        rates.append((epoch.sums.tokens - tokens) / (epoch.sums.seconds - elapsed))
+    return float(np.median(rates))  # a stretch slowed by another process's burst does not move the median

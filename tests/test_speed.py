@@ -1,6 +1,8 @@
 """The measurement of this machine's speed: it trains the config's model and leaves no trace on a run."""
 import math
 
+import pytest
+
 from charlm import speed, training as train
 from charlm.engine import mx
 
@@ -17,3 +19,14 @@ def test_the_measurement_times_training_and_leaves_the_run_that_follows_as_it_wo
     assert math.isfinite(tokens_per_s) and tokens_per_s > 0
     after = first_epoch()
     assert all((a == b).all() for a, b in zip(alone, after))
+
+
+def test_a_stretch_slowed_by_something_else_does_not_move_the_measurement(tiny_cfg, monkeypatch):
+    seconds = iter([0.5] + [0.05] * 3 + [2.0] + [0.05] * 100)  # the warm-up, then one stretch 40 times slower
+
+    def stretch(loop, epoch, start, end):
+        epoch.sums.tokens, epoch.sums.seconds = epoch.sums.tokens + 1000, epoch.sums.seconds + next(seconds)
+        return end, None
+
+    monkeypatch.setattr(train, "train_stretch", stretch)
+    assert speed.tokens_per_second(tiny_cfg, 30, mx.cpu(), seconds=1.0) == pytest.approx(1000 / 0.05)
