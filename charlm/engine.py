@@ -47,7 +47,7 @@ except ImportError as e:  # the MXNet build is the user's choice, so no build is
 
 
 PREFETCH = 64  # batches copied to a device together (see on_device)
-AHEAD = 32  # batches the host may queue ahead of the device (see keep_up)
+AHEAD = 8  # batches the host may queue ahead of the device (see keep_up)
 
 NO_GPU = ("MXNet sees no GPU (CPU-only mxnet build or no CUDA device visible); "
           "install MXNet's CUDA build, e.g. `pip install mxnet-cu112==1.9.1`, or drop {flag}")
