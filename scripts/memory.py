@@ -1,13 +1,16 @@
 """Measure charlm's memory: resident set size after each epoch of a run of configs/fixed.yaml (it must stay flat),
-and peak RSS training on a large corpus against the same training on the bundled book.
+peak RSS training on a large corpus against the same training on the bundled book, and peak RSS of the
+embedded default's recipe with each of its levers off against the fixed settings.
 
     python scripts/memory.py epochs [--epochs 20]          # configs/fixed.yaml, RSS after each epoch
     python scripts/memory.py corpus [--mb 200 --batches 300]
+    python scripts/memory.py levers [--repeats 3 --epochs 2]  # the default's recipe, each lever off, the fixed
 
 Prints Markdown tables for docs/performance.md.
 """
 import argparse
 import json
+import os
 import resource
 import signal
 import statistics
@@ -80,6 +83,54 @@ def peak_of_training(path, batches, runs_dir):
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, seconds
 
 
+LEVERS = {  # name: settings over the default's recipe (None: configs/fixed.yaml instead)
+    "the recipe": [],
+    "without the EMA": ["train.ema=0"],
+    "without weight drop": ["model.weight_drop=0"],
+    "untied, a 64-wide embedding": ["model.tie_weights=false", "model.embed_size=64"],
+    "without all three": ["train.ema=0", "model.weight_drop=0", "model.tie_weights=false", "model.embed_size=64"],
+    "the fixed settings": None,
+}
+
+
+def peak_of_run(config, sets, epochs, runs_dir):
+    """Peak RSS (MB) of `charlm train -c config --epochs N` with these settings, its own process alone."""
+    cmd = [sys.executable, "-m", "charlm", "train", "-c", str(config), "--epochs", str(epochs),
+           "--set", "train.time_limit=null", "--sample-every", "0", "--runs-dir", str(runs_dir),
+           *[arg for s in sets for arg in ("--set", s)]]
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the largest of all children's
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"training failed ({proc.returncode}): {err.read().decode().strip()}")
+    return usage.ru_maxrss / 1024
+
+
+def levers(args):
+    """Peak RSS of the embedded default's recipe (2 x 256 here), with each of its levers off, and of the fixed
+    settings (the same 2 x 256 LSTM without them): each args.repeats times, interleaved, their median."""
+    from charlm import api, configs
+
+    cfg = api.config()
+    api.choose(cfg)  # the recipe `charlm train` runs on this machine
+    peaks = {name: [] for name in LEVERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        chosen = Path(tmp) / "recipe.yaml"
+        chosen.write_text(configs.to_yaml(cfg))
+        for _ in range(args.repeats):  # interleaved: a slow or crowded spell of the machine falls on every row
+            for name, sets in LEVERS.items():
+                config = ROOT / "configs" / "fixed.yaml" if sets is None else chosen
+                peaks[name].append(peak_of_run(config, sets or [], args.epochs, Path(tmp) / "runs"))
+    m = cfg.model
+    print(f"Peak RSS of `charlm train` ({m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}, weight drop "
+          f"{m.weight_drop:g}, EMA {cfg.train.ema:g}), {args.epochs} epochs, {args.repeats} runs each:\n")
+    print("| run | peak RSS (MB), median (min–max) |\n|---|---|")
+    for name, mbs in peaks.items():
+        print(f"| {name} | {statistics.median(mbs):.0f} ({min(mbs):.0f}–{max(mbs):.0f}) |")
+
+
 def corpus(args):
     """Peak RSS of training on an args.mb MB text (the book repeated) against training on the book itself."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,8 +162,11 @@ def main():
     c = sub.add_parser("corpus", help="peak RSS on a large corpus")
     c.add_argument("--mb", type=int, default=200)
     c.add_argument("--batches", type=int, default=300)
+    v = sub.add_parser("levers", help="peak RSS of the default's recipe, each lever off, and the fixed settings")
+    v.add_argument("--repeats", type=int, default=3)
+    v.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    {"epochs": epochs, "corpus": corpus}[args.what](args)
+    {"epochs": epochs, "corpus": corpus, "levers": levers}[args.what](args)
 
 
 if __name__ == "__main__":
