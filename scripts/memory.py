@@ -11,7 +11,6 @@ Prints Markdown tables for docs/performance.md.
 import argparse
 import json
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -59,53 +58,53 @@ def epochs(args):
           f"({second - first:+.1f} MB); highest {max(after):.1f} MB")
 
 
+def peak_rss(cmd, stop=lambda: False):
+    """Peak RSS (MB) of the command's own process, sent SIGINT once stop() is true (asked every 0.2 s)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        stopped = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # this child's own peak, not the largest child's
+            if pid:
+                break
+            if not stopped and stop():
+                proc.send_signal(signal.SIGINT)
+                stopped = True
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode not in (0, 130):
+            err.seek(0)
+            raise SystemExit(f"training failed ({proc.returncode}): {err.read().decode().strip()}")
+    return usage.ru_maxrss / 1024
+
+
 def peak_of_training(path, batches, runs_dir):
     """Peak RSS (MB) and wall seconds of `charlm train --data path`, stopped by SIGINT after `batches` batches."""
     every = max(1, batches // 3)
     cmd = [sys.executable, "-m", "charlm", "train", "-c", str(ROOT / "configs" / "fixed.yaml"), "--data", str(path),
            "--runs-dir", str(runs_dir),
            "--name", path.stem, "--epochs", "1", "--checkpoint-every", str(every), "--sample-every", "0"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state = Path(runs_dir) / path.stem / "state.json"
-    while proc.poll() is None:
+
+    def trained_enough():
         try:
-            if json.loads(state.read_text()).get("step", 0) >= batches:
-                proc.send_signal(signal.SIGINT)
-                break
+            return json.loads(state.read_text()).get("step", 0) >= batches
         except (OSError, json.JSONDecodeError):
-            pass
-        time.sleep(0.2)
-    _, err = proc.communicate()
-    if proc.returncode not in (0, 130):
-        raise SystemExit(f"training failed ({proc.returncode}): {err.strip()}")
-    seconds = time.perf_counter() - start
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, seconds
+            return False
+
+    start = time.perf_counter()
+    peak = peak_rss(cmd, trained_enough)
+    return peak, time.perf_counter() - start
 
 
-LEVERS = {  # name: settings over the default's recipe (None: configs/fixed.yaml instead)
-    "the recipe": [],
+OFF = {  # each lever of the default's recipe, turned off
     "without the EMA": ["train.ema=0"],
     "without weight drop": ["model.weight_drop=0"],
     "untied, a 64-wide embedding": ["model.tie_weights=false", "model.embed_size=64"],
-    "without all three": ["train.ema=0", "model.weight_drop=0", "model.tie_weights=false", "model.embed_size=64"],
-    "the fixed settings": None,
 }
-
-
-def peak_of_run(config, sets, epochs, runs_dir):
-    """Peak RSS (MB) of `charlm train -c config --epochs N` with these settings, its own process alone."""
-    cmd = [sys.executable, "-m", "charlm", "train", "-c", str(config), "--epochs", str(epochs),
-           "--set", "train.time_limit=null", "--sample-every", "0", "--runs-dir", str(runs_dir),
-           *[arg for s in sets for arg in ("--set", s)]]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the largest of all children's
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            err.seek(0)
-            raise SystemExit(f"training failed ({proc.returncode}): {err.read().decode().strip()}")
-    return usage.ru_maxrss / 1024
+# name: settings over the default's recipe (None: configs/fixed.yaml instead)
+LEVERS = {"the recipe": [], **OFF, "without all three": [s for sets in OFF.values() for s in sets],
+          "the fixed settings": None}
 
 
 def levers(args):
@@ -122,7 +121,10 @@ def levers(args):
         for _ in range(args.repeats):  # interleaved: a slow or crowded spell of the machine falls on every row
             for name, sets in LEVERS.items():
                 config = ROOT / "configs" / "fixed.yaml" if sets is None else chosen
-                peaks[name].append(peak_of_run(config, sets or [], args.epochs, Path(tmp) / "runs"))
+                peaks[name].append(peak_rss([sys.executable, "-m", "charlm", "train", "-c", str(config),
+                                             "--epochs", str(args.epochs), "--set", "train.time_limit=null",
+                                             "--sample-every", "0", "--runs-dir", str(Path(tmp) / "runs"),
+                                             *[arg for s in sets or [] for arg in ("--set", s)]]))
     m = cfg.model
     print(f"Peak RSS of `charlm train` ({m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}, weight drop "
           f"{m.weight_drop:g}, EMA {cfg.train.ema:g}), {args.epochs} epochs, {args.repeats} runs each:\n")
@@ -143,7 +145,6 @@ def corpus(args):
         size = big.stat().st_size / 1e6
         small = tmp / "book.txt"
         small.write_bytes(book)
-        # ru_maxrss of children is the largest child's peak so far: measure the small run first.
         base, base_s = peak_of_training(small, args.batches, tmp / "runs")
         peak, peak_s = peak_of_training(big, args.batches, tmp / "runs")
     print(f"Peak RSS of `charlm train -c configs/fixed.yaml`, stopped after {args.batches} batches:\n")
