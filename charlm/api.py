@@ -238,6 +238,17 @@ class LM:
                                  stop=stop, num_samples=n)
         return pieces if num_samples is not None else (texts[0] for texts in pieces)
 
+    def trace(self, text, top_k=5, max_tokens=None, skip_unknown=False):
+        """The model's numbers on text read as one stream from a zero state, as NumPy arrays (a charlm.trace.Trace):
+        each token's log-probability, the top_k guesses at each position and every unit's activations, of its
+        first max_tokens tokens; characters outside the vocabulary are an error, or with skip_unknown dropped."""
+        from . import trace
+
+        ids, skipped = trace.encode(text, self.vocab, self.config.data, skip_unknown)
+        result = trace.trace(trace.weights(self.model), self.vocab, ids, top_k, max_tokens)
+        result.skipped = skipped
+        return result
+
     def score(self, text):
         """Loss (nats per token), ppl, bpc (char level) and token count of text, read as the training text was."""
         from .text import normalise

@@ -1,4 +1,4 @@
-"""The command line: train, launch-local, generate, eval, config, sweep and plot.
+"""The command line: train, launch-local, generate, eval, config, sweep, plot, export and viz.
 The only module that talks to the terminal.
 
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
@@ -572,8 +572,9 @@ def data_addition(digits, count, seed, base, msd_first, pad, mixed, output):
 
 @main.command()
 @click.option("-o", "--output", required=True, type=click.Path(), help="directory to write the export into")
-@click.option("--format", "fmt", required=True, type=click.Choice(["mxnet", "onnx"]),
-              help="mxnet: HybridBlock.export's symbol and params files; onnx: model.onnx (needs charlm[onnx])")
+@click.option("--format", "fmt", required=True, type=click.Choice(["mxnet", "onnx", "web"]),
+              help="mxnet: HybridBlock.export's symbol and params files; onnx: model.onnx (needs charlm[onnx]); "
+                   "web: index.html, a page that runs the model in the browser, offline")
 @click.option("--force", is_flag=True, help="replace --output if it exists")
 @RUN
 @RUNS_DIR
@@ -581,5 +582,33 @@ def data_addition(digits, count, seed, base, msd_first, pad, mixed, output):
 def export(output, fmt, force, run_dir, runs_dir):
     """Export the run's best model (one generation step, its states in and out) for runtimes without charlm."""
     from .export import export as write_export
+    from .web import export as write_web
 
-    click.echo(f"wrote {write_export(output, fmt, run_dir, runs_dir, force)}")
+    written = write_web(output, run_dir, runs_dir, force) if fmt == "web" else write_export(output, fmt, run_dir,
+                                                                                             runs_dir, force)
+    click.echo(f"wrote {written}")
+
+
+@main.command()
+@click.option("--data", "data_path", type=click.Path(), default=None, help="text file to read (the run's encoding)")
+@click.option("--text", default=None, help="text to read, given on the command line")
+@click.option("--max-tokens", type=click.IntRange(2), default=None,
+              help="read at most this many tokens of the text  [default: 1000]")
+@click.option("--skip-unknown", is_flag=True, help="drop characters outside the model's vocabulary instead of "
+                                                   "stopping at them")
+@click.option("-o", "--output", required=True, type=click.Path(), help="HTML file to write")
+@RUN
+@RUNS_DIR
+@_user_errors
+def viz(data_path, text, max_tokens, skip_unknown, output, run_dir, runs_dir):
+    """Write one self-contained HTML page of the run's model reading a text: surprisal, top guesses, units."""
+    from . import api, viz as report
+    from .trace import MAX_TOKENS
+
+    if (data_path is None) == (text is None):
+        raise CharlmError("give the text to read: --data FILE or --text TEXT (one of them)")
+    lm = api.load(run_dir, runs_dir)
+    max_tokens = max_tokens or MAX_TOKENS
+    if data_path is not None:
+        text = report.read_text(data_path, lm.config.data, max_tokens)
+    click.echo(f"wrote {report.write_report(lm, output, text, max_tokens, skip_unknown)}")
