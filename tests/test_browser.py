@@ -1,0 +1,208 @@
+"""The report (`charlm viz`) and the web export in Debian's chromium: their numbers are the API's, and the web page's
+arithmetic and greedy text are MXNet's and `charlm generate`'s. In CI they run; elsewhere they need chromium."""
+import os
+import re
+import shutil
+import urllib.parse
+
+import numpy as np
+import pytest
+
+from charlm import api, configs, recipe, trace, viz, web
+from charlm.engine import nd
+from conftest import TEXT
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+if not os.environ.get("CI") and not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+    pytest.skip("needs Debian's chromium and chromium-driver (CI installs them)", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver") if not os.environ.get("CI") else __import__(
+    "selenium.webdriver", fromlist=["webdriver"])
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+CELLS = ["scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru"]
+RUNS = CELLS + ["word"]
+PREFIX = {"char": "the quick", "word": "the quick brown"}
+LENGTH = 200
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    """One headless chromium for the module, reaching no network, its console logged."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path_factory.mktemp('chrome')}",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield d
+    d.quit()
+
+
+def _train(name, runs):
+    """A tiny run trained a few epochs: its greedy text has no near-ties for float rounding to flip."""
+    cfg = recipe.fixed(configs.Config())
+    d, m = cfg.data, cfg.model
+    d.path, d.seq_len, d.batch_size, d.lowercase = str(runs / "tiny.txt"), 16, 4, True
+    m.cell, m.hidden_size, m.embed_size, m.num_layers, m.dropout = ("lstm" if name == "word" else name), 16, 8, 2, 0.0
+    d.level = "word" if name == "word" else "char"
+    cfg.train.epochs, cfg.train.sample_every, cfg.train.lr = 4, 0, 1e-2
+    return api.load(api.train(cfg, runs_dir=runs, name=name).path)
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    (runs / "tiny.txt").write_text(TEXT, encoding="utf-8")
+    return {name: _train(name, runs) for name in RUNS}
+
+
+@pytest.fixture(scope="module")
+def pages(lms, tmp_path_factory):
+    """{run: (report.html, web export dir)}, made by the library's writers."""
+    out = tmp_path_factory.mktemp("pages")
+    made = {}
+    for name, lm in lms.items():
+        report = viz.write_report(lm, out / f"{name}.html", TEXT[:300])
+        made[name] = (report, web.export(out / f"{name}-web", lm.run.path))
+    return made
+
+
+def _open(driver, path, query=None):
+    driver.get_log("browser")  # drop what earlier pages logged
+    driver.get(path.as_uri() + ("?" + urllib.parse.urlencode(query) if query else ""))
+
+
+def _no_console_errors(driver):
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def _text(driver, css):
+    return driver.find_element("css selector", css).text
+
+
+def _rgb(style):
+    return tuple(int(v) for v in re.findall(r"\d+", style)[:3])
+
+
+def _diverging(v):
+    """view.js's colour of v in [-1, 1]."""
+    c = round(255 * (1 - min(1, abs(v))))
+    return (255, c, c) if v >= 0 else (c, c, 255)
+
+
+@pytest.mark.parametrize("name", ["lstm", "word"])
+def test_report_shows_the_api_scores(driver, lms, pages, name):
+    tr = lms[name].trace(TEXT[:300])
+    _open(driver, pages[name][0])
+    assert _text(driver, "#token-count") == str(tr.count)
+    assert _text(driver, "#mean-bits") == f"{tr.mean_bits:.3f}"
+    assert _text(driver, "#perplexity") == f"{tr.perplexity:.3f}"
+    _no_console_errors(driver)
+
+
+@pytest.mark.parametrize("name", ["gru", "word"])
+def test_report_top5_at_a_position_is_the_api_s(driver, lms, pages, name):
+    lm, at = lms[name], 7
+    tr = lm.trace(TEXT[:300])
+    _open(driver, pages[name][0])
+    driver.find_element("css selector", f'.tok[data-i="{at}"]').click()
+    rows = driver.find_elements("css selector", "#top5 .guess")
+    shown = [(r.get_attribute("data-token"), r.find_element("css selector", ".g-prob").text) for r in rows]
+    expected = [(lm.vocab.tokens[i], f"{np.exp(lp):.3f}") for i, lp in zip(tr.top_ids[at], tr.top_logprob[at])]
+    assert shown == expected
+    _no_console_errors(driver)
+
+
+@pytest.mark.parametrize("name", ["scratch-lstm", "rnn"])
+def test_report_unit_recolours_with_the_api_activations(driver, lms, pages, name):
+    tr = lms[name].trace(TEXT[:300])
+    units = tr.units()
+    group = len(units) - 1  # the last layer's last kind: a gate for the LSTM
+    layer, kind, size = units[group]
+    unit = size - 2
+    _open(driver, pages[name][0])
+    Select(driver.find_element("id", "colour-by")).select_by_value(str(group))
+    box = driver.find_element("id", "unit")
+    box.clear()
+    box.send_keys(str(unit))
+    spans = driver.find_elements("css selector", ".tok")
+    colours = driver.execute_script("return arguments[0].map(s => s.style.backgroundColor)", spans)
+    acts = tr.activations[f"l{layer}.{kind}"][:, unit]
+    expected = [_diverging(2 * a - 1 if kind in "ifozr" else a) for a in acts]
+    assert len(colours) == len(expected)
+    # the page holds activations 1/127.5 apart: each channel within 2 of the exact colour
+    assert np.abs(np.array([_rgb(c) for c in colours]) - np.array(expected)).max() <= 2
+    _no_console_errors(driver)
+
+
+@pytest.mark.parametrize(("name", "pattern"), [("lstm", "o"), ("word", r"\n")])
+def test_report_finds_units_as_the_api_ranks_them(driver, lms, pages, name, pattern):
+    tr = lms[name].trace(TEXT[:300])
+    expected = trace.find_units(tr, pattern)
+    _open(driver, pages[name][0])
+    driver.find_element("id", "pattern").send_keys(pattern)
+    driver.find_element("id", "find").click()
+    items = driver.find_elements("css selector", "#found li")
+    shown = [(i.find_element("css selector", "button").get_attribute("data-name"),
+              int(i.find_element("css selector", "button").get_attribute("data-unit")),
+              float(i.find_element("css selector", ".score").text)) for i in items]
+    assert len(shown) == len(expected) == 10
+    # The page ranks activations held 1/127.5 apart: each score is the API's to 0.01, and the ranking is the
+    # API's but for units whose API scores lie within 0.01 of each other.
+    api_r = {(n, u): r for n, rs in trace.correlations(tr.activations, trace.inside(tr.tokens, pattern)).items()
+             for u, r in enumerate(rs)}
+    assert all(abs(r - api_r[(n, u)]) < 0.01 for n, u, r in shown)
+    ranked = [abs(api_r[(n, u)]) for n, u, _ in shown]
+    assert all(a > b - 0.01 for a, b in zip(ranked, ranked[1:]))
+    assert {(n, u) for n, u, r in expected if abs(r) > ranked[-1] + 0.01} <= {(n, u) for n, u, _ in shown}
+    items[0].find_element("css selector", "button").click()
+    assert Select(driver.find_element("id", "colour-by")).first_selected_option.text.startswith(
+        f"layer {shown[0][0][1]}")
+    _no_console_errors(driver)
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_web_greedy_text_equals_charlm_generate(driver, lms, pages, name):
+    lm = lms[name]
+    prefix = PREFIX[lm.vocab.level]
+    _open(driver, pages[name][1] / "index.html", {"prefix": prefix, "length": LENGTH})
+    WebDriverWait(driver, 60).until(lambda d: d.find_element("id", "output").get_attribute("data-done"))
+    output = driver.execute_script("return document.getElementById('output').textContent")
+    assert output == lm.generate(prefix, LENGTH)
+    _no_console_errors(driver)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_web_step_matches_mxnet(driver, lms, pages, name):
+    lm = lms[name]
+    ids = lm.vocab.encode("the lazy dog jumps")
+    logits, _ = lm.model(nd.array(ids, ctx=lm.ctx).reshape((-1, 1)), lm.model.begin_state(1, lm.ctx))
+    _open(driver, pages[name][1] / "index.html")
+    ours = driver.execute_script("""
+        var m = new charlmModel.Model(CHARLM_MODEL), s = m.start();
+        return arguments[0].map(function (id) { return Array.from(m.step(s, id).logits); });""",
+                                 [int(i) for i in ids])
+    np.testing.assert_allclose(np.array(ours), logits.asnumpy()[:, 0], rtol=1e-4, atol=1e-4)
+    _no_console_errors(driver)
+
+
+@pytest.mark.parametrize("name", ["gru", "word"])
+def test_web_look_inside_shows_the_api_scores(driver, lms, pages, name):
+    text = "the lazy dog jumps over the quick brown fox"
+    tr = lms[name].trace(text)
+    _open(driver, pages[name][1] / "index.html")
+    driver.find_element("id", "inside-text").send_keys(text)
+    driver.find_element("id", "inspect").click()
+    assert _text(driver, "#token-count") == str(tr.count)
+    assert _text(driver, "#mean-bits") == f"{tr.mean_bits:.3f}"
+    _no_console_errors(driver)
+
+
+def test_web_page_says_which_characters_it_cannot_read(driver, pages):
+    _open(driver, pages["lstm"][1] / "index.html", {"prefix": "the #1", "length": 5})
+    WebDriverWait(driver, 10).until(lambda d: d.find_element("id", "output").get_attribute("data-done"))
+    assert _text(driver, "#error") == "prefix characters not in the model's vocabulary: \"#1\""
+    _no_console_errors(driver)
