@@ -11,14 +11,13 @@ import pytest
 from charlm import api, configs, recipe, trace, viz, web
 from charlm.engine import nd
 from conftest import TEXT
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 if not os.environ.get("CI") and not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
     pytest.skip("needs Debian's chromium and chromium-driver (CI installs them)", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver") if not os.environ.get("CI") else __import__(
-    "selenium.webdriver", fromlist=["webdriver"])
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CELLS = ["scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru"]
 RUNS = CELLS + ["word"]
