@@ -9,7 +9,7 @@ setup(
     # str.removeprefix needs 3.9; MXNet 1.9.1 imports distutils, which Python 3.12 removed. The tests need 3.10.
     python_requires=">=3.9,<3.12",
     packages=["charlm", "charlm.corpora"],
-    package_data={"charlm.corpora": ["*.txt"]},
+    package_data={"charlm.corpora": ["*.txt"], "charlm": ["assets/*.js", "assets/*.css"]},  # viz and web pages
     install_requires=[
         # MXNet 1.9.1 uses np.bool, which numpy 1.24 removed; Python 3.11's first numpy wheels are 1.23.2.
         "numpy>=1.20,<1.24",
@@ -28,9 +28,10 @@ setup(
         "onnx": ["onnx==1.16.2"],
         "tensorboard": ["tensorboardX>=2.5"],  # train --tensorboard DIR
         # matplotlib: the plot test runs too; wheel: the packaging test builds the wheel without isolation;
-        # onnx and onnxruntime: the export tests run the ONNX model in a real runtime (opset 13, IR 7)
+        # onnx and onnxruntime: the export tests run the ONNX model in a real runtime (opset 13, IR 7);
+        # selenium: the viz and web pages are tested in Debian's chromium (which .ci/run installs)
         "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "wheel", "onnx==1.16.2", "onnxruntime>=1.16",
-                 "tensorboardX>=2.5"],
+                 "tensorboardX>=2.5", "selenium>=4.10"],
     },
     entry_points={"console_scripts": ["charlm = charlm.cli:main"]},
 )

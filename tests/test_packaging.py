@@ -40,6 +40,12 @@ def test_wheel_carries_the_book(dists):
         assert z.read("charlm/corpora/timemachine.txt") == BOOK
 
 
+@pytest.mark.parametrize("asset", ["view.js", "model.js", "app.js", "style.css"])
+def test_wheel_carries_the_page_assets(dists, asset):
+    with zipfile.ZipFile(dists[0]) as z:
+        assert z.read(f"charlm/assets/{asset}") == (ROOT / "charlm" / "assets" / asset).read_bytes()
+
+
 @pytest.mark.parametrize("member", ["charlm/corpora/timemachine.txt", "data/timemachine.txt"])
 def test_sdist_carries_the_book_as_a_file(dists, member):
     with tarfile.open(dists[1]) as t:
