@@ -5,7 +5,9 @@ import pytest
 from charlm import trace
 from charlm.engine import nd
 from charlm.vocab import Vocab
-from tiny_models import T, V, build, randomize
+from charlm import model as models
+from charlm.engine import mx
+from tiny_models import H, T, V, build, model_cfg, randomize
 
 CELLS = ["scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru"]
 
@@ -20,6 +22,18 @@ def test_forward_matches_mxnet(cell):
     np.testing.assert_allclose(ours, logits.asnumpy()[:, 0], rtol=1e-4, atol=1e-4)
     assert sorted(acts) == sorted(f"l{n}.{k}" for n in range(1 if cell.startswith("scratch") else 2)
                                   for k in trace.KINDS[cell.removeprefix("scratch-")])
+
+
+@pytest.mark.parametrize("embed", [0, "tied"])
+def test_forward_matches_mxnet_one_hot_and_tied(embed):
+    tied = embed == "tied"
+    model = models.build(model_cfg(cell="gru", hidden_size=H, embed_size=H if tied else 0, num_layers=1,
+                                   tie_weights=tied), V, mx.cpu())
+    randomize(model)
+    ids = np.random.default_rng(4).integers(0, V, size=2 * T)
+    logits, _ = model(nd.array(ids).reshape((-1, 1)), model.begin_state(1, mx.cpu()))
+    np.testing.assert_allclose(trace.forward(trace.weights(model), ids)[0], logits.asnumpy()[:, 0], rtol=1e-4,
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("cell", ["scratch-lstm", "gru"])
