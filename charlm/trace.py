@@ -69,12 +69,12 @@ def _layer(cell, layer, x):
 def forward(w, ids):
     """Logits (T, V) after each of ids (T,) read from a zero state, and {"l0.h": (T, H), ...} the activations."""
     ids = np.asarray(ids, dtype=np.int64)
-    acts = {}
+    acts, h = {}, None
     for n, layer in enumerate(w["layers"]):
-        if n == 0:  # one-hot input: the projection is a row of wx; an embedding's is that row times wx
-            x = (layer["wx"][ids] if w["embedding"] is None else w["embedding"][ids] @ layer["wx"]) + layer["bx"]
-        else:
+        if n:
             x = h @ layer["wx"] + layer["bx"]
+        else:  # one-hot input: the projection is a row of wx; an embedding's is that row times wx
+            x = (layer["wx"][ids] if w["embedding"] is None else w["embedding"][ids] @ layer["wx"]) + layer["bx"]
         h, shown = _layer(w["cell"], layer, x)
         acts.update({f"l{n}.{kind}": a for kind, a in shown.items()})
     return h @ w["wy"] + w["by"], acts

@@ -37,7 +37,8 @@ def read_text(path, data_cfg, max_tokens):
     """The text of a file in the run's encoding, read only as far as max_tokens tokens can reach."""
     limit = max_tokens * 64  # characters: ample for max_tokens words
     pieces, size = [], 0
-    for chunk in decoded_chunks(check_file(Path(path)), data_cfg.encoding, data_cfg.errors):
+    hint = f"viz reads text as the run was trained (data.encoding {data_cfg.encoding}, data.errors {data_cfg.errors})"
+    for chunk in decoded_chunks(check_file(Path(path)), data_cfg.encoding, data_cfg.errors, hint):
         pieces.append(chunk)
         size += len(chunk)
         if size > limit:

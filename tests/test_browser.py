@@ -20,8 +20,9 @@ if not os.environ.get("CI") and not (shutil.which(CHROMIUM) and shutil.which(CHR
     pytest.skip("needs Debian's chromium and chromium-driver (CI installs them)", allow_module_level=True)
 
 CELLS = ["scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru"]
-RUNS = CELLS + ["word"]
-PREFIX = {"char": "the quick", "word": "the quick brown"}
+RUNS = CELLS + ["word", "lines"]
+PREFIX = {"char": "the quick", "word": "the quick brown", "lines": "pack my"}
+EXTRA = ("word", "lines")  # LSTM runs at word level, and in lines mode (each line its own sequence)
 LENGTH = 200
 
 
@@ -45,8 +46,9 @@ def _train(name, runs):
     cfg = recipe.fixed(configs.Config())
     d, m = cfg.data, cfg.model
     d.path, d.seq_len, d.batch_size, d.lowercase = str(runs / "tiny.txt"), 16, 4, True
-    m.cell, m.hidden_size, m.embed_size, m.num_layers, m.dropout = ("lstm" if name == "word" else name), 16, 8, 2, 0.0
+    m.cell, m.hidden_size, m.embed_size, m.num_layers, m.dropout = ("lstm" if name in EXTRA else name), 16, 8, 2, 0.0
     d.level = "word" if name == "word" else "char"
+    d.mode = "lines" if name == "lines" else "stream"
     cfg.train.epochs, cfg.train.sample_every, cfg.train.lr = 4, 0, 1e-2
     return api.load(api.train(cfg, runs_dir=runs, name=name).path)
 
@@ -92,7 +94,7 @@ def _diverging(v):
     return (255, c, c) if v >= 0 else (c, c, 255)
 
 
-@pytest.mark.parametrize("name", ["lstm", "word"])
+@pytest.mark.parametrize("name", ["lstm", "word", "lines"])
 def test_report_shows_the_api_scores(driver, lms, pages, name):
     tr = lms[name].trace(TEXT[:300])
     _open(driver, pages[name][0])
@@ -166,7 +168,7 @@ def test_report_finds_units_as_the_api_ranks_them(driver, lms, pages, name, patt
 @pytest.mark.parametrize("name", RUNS)
 def test_web_greedy_text_equals_charlm_generate(driver, lms, pages, name):
     lm = lms[name]
-    prefix = PREFIX[lm.vocab.level]
+    prefix = PREFIX[name if name in PREFIX else "char"]
     _open(driver, pages[name][1] / "index.html", {"prefix": prefix, "length": LENGTH})
     WebDriverWait(driver, 60).until(lambda d: d.find_element("id", "output").get_attribute("data-done"))
     output = driver.execute_script("return document.getElementById('output').textContent")
