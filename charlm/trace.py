@@ -40,7 +40,7 @@ def weights(model):
 
 
 def _sigmoid(x):
-    return 1 / (1 + np.exp(-x))
+    return 0.5 + 0.5 * np.tanh(0.5 * x)  # the logistic function, without exp's overflow at large -x
 
 
 def _layer(cell, layer, x):
