@@ -221,5 +221,5 @@ var charlmModel = (function () {
              scale: Math.max(1, Math.ceil(scored[Math.floor(0.98 * (scored.length - 1))])) };
   };
 
-  return { Model: Model, probabilities: probabilities, argmax: argmax };
+  return { Model: Model };
 })();

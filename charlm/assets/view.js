@@ -207,6 +207,5 @@ var charlmView = (function () {
     return out;
   }
 
-  return { render: render, inside: inside, findUnits: findUnits, decodeBytes: decodeBytes,
-           surprisalColour: surprisalColour, divergingColour: divergingColour };
+  return { render: render, decodeBytes: decodeBytes };
 })();
