@@ -1,20 +1,19 @@
 """charlm viz and charlm export --format web on the command line: one offline file, and bad input as one-line
 errors that leave nothing behind."""
 import re
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
-from charlm import api
+from charlm import api, configs, recipe
 from charlm.cli import main
+from conftest import TEXT
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny character run of one epoch."""
-    from charlm import configs, recipe
-    from conftest import TEXT
-
     tmp = tmp_path_factory.mktemp("viz")
     (tmp / "tiny.txt").write_text(TEXT, encoding="utf-8")
     cfg = recipe.fixed(configs.Config())
@@ -100,8 +99,6 @@ def test_web_export_keeps_an_existing_directory_without_force(run_dir, tmp_path)
 
 
 def test_web_export_of_a_run_without_parameters_writes_nothing(run_dir, tmp_path):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("*.params", "*.optim", "*.ema"))
     result = CliRunner().invoke(main, ["export", "--format", "web", "--run", str(run), "-o", str(tmp_path / "web")])
