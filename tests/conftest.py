@@ -27,6 +27,9 @@ def _flags(settings):
 # The fixed settings as flags, for the tests of mechanics that the recipe's choices would only obscure (cosine
 # schedules over a budget, averaged weights); the recipe has tests of its own.
 FIXED_FLAGS = _flags(recipe.FIXED)
+# The sizes of a model small enough to train in a second: tiny_cfg's, and as flags for the CLI's tests.
+TINY = {"data.seq_len": 8, "data.batch_size": 4, "model.hidden_size": 16, "model.embed_size": 8, "model.num_layers": 1}
+TINY_FLAGS = _flags(TINY)
 
 
 def without(args, flag):
@@ -97,9 +100,11 @@ def corpus(tmp_path):
 def tiny_cfg(corpus):
     """A Config for a model small enough to train in a second."""
     cfg = recipe.fixed(config.Config())
-    cfg.data.path, cfg.data.seq_len, cfg.data.batch_size = str(corpus), 8, 4
+    for key, value in TINY.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    cfg.data.path = str(corpus)
     cfg.data.lowercase = True  # the tests of training and generation were written for the lowercased text
-    cfg.model.hidden_size, cfg.model.embed_size, cfg.model.num_layers = 16, 8, 1
     cfg.train.epochs, cfg.train.sample_every = 2, 0
     return cfg
 

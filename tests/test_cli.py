@@ -11,11 +11,9 @@ from charlm import api, configs
 from charlm.api import choose
 from charlm.cli import main
 from charlm.configs import MIN_LR
-from conftest import FIXED_FLAGS, wait_until, without
+from conftest import FIXED_FLAGS, TINY_FLAGS, wait_until, without
 
-TINY = [*FIXED_FLAGS,
-        "--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
-        "--epochs", "2", "--sample-every", "1"]
+TINY = [*FIXED_FLAGS, *TINY_FLAGS, "--epochs", "2", "--sample-every", "1"]
 
 
 def invoke(*args):
@@ -81,12 +79,12 @@ def test_typed_flags_override_config_files(corpus, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {hidden_size: 12, cell: gru}\ntrain: {epochs: 1}\n")
     result = invoke("train", "-c", cfg, "--data", corpus, "--runs-dir", tmp_path / "runs", "--name", "x",
-                    *TINY[len(FIXED_FLAGS):-4], "--hidden-size", "10", "--epochs", "1")  # the file's cell
+                    *TINY_FLAGS, "--hidden-size", "10", "--epochs", "1")  # the file's cell
     assert result.exit_code == 0, result.output
     written = (tmp_path / "runs" / "x" / "config.yaml").read_text()
     assert "hidden_size: 10" in written and "cell: gru" in written
     again = invoke("train", "-c", cfg, "--data", corpus, "--runs-dir", tmp_path / "runs", "--name", "y",
-                   *TINY[len(FIXED_FLAGS):-4], "--hidden-size", "10", "--epochs", "1", "--set", "model.hidden_size=8")
+                   *TINY_FLAGS, "--hidden-size", "10", "--epochs", "1", "--set", "model.hidden_size=8")
     assert again.exit_code == 0, again.output
     assert "hidden_size: 8" in (tmp_path / "runs" / "y" / "config.yaml").read_text()
 

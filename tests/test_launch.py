@@ -14,11 +14,9 @@ import pytest
 from charlm import checkpoint, data, model as models, training as train
 from charlm.engine import mx
 from charlm.run import Run
-from conftest import FIXED_FLAGS, wait_until
+from conftest import FIXED_FLAGS, TINY_FLAGS, wait_until
 
-TINY = [*FIXED_FLAGS,
-        "--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
-        "--sample-every", "0", "--dropout", "0"]
+TINY = [*FIXED_FLAGS, *TINY_FLAGS, "--sample-every", "0", "--dropout", "0"]
 TIMEOUT = 120  # seconds for a whole cluster run; a few on an idle machine
 
 
