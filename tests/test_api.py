@@ -139,17 +139,23 @@ def test_interactive_reports_a_bad_line_and_goes_on(trained):
     assert "Error: prefix characters not in the model's vocabulary: '€'" in result.stderr
 
 
-def test_lines_mode_continues_a_line_to_its_end_and_an_empty_prefix_starts_one(trained, tmp_path):
-    from charlm import generate
-
+@pytest.fixture(scope="module")
+def lines_lm(trained, tmp_path_factory):
+    """A tiny lines-mode run of one epoch, loaded."""
     _, _, tmp = trained
     cfg = charlm.config(data={"path": str(tmp / "tiny.txt"), "mode": "lines", **TINY["data"]}, model=TINY["model"],
                         train={**TINY["train"], "epochs": 1})
-    lm = charlm.load(charlm.train(cfg, runs_dir=tmp_path, name="lines").path)
-    for prefix in ["", "the"]:
-        ids = generate.encode_prefix(prefix, lm.vocab, lm.config.data)
-        lines = generate.complete(lm.model, lm.vocab, ids, 300, lm.ctx, temperature=3.0, seed=1).split("\n")
-        assert len(lines) > 1 and lm.generate(prefix, length=300, temperature=3.0, seed=1) == lines[0]
+    return charlm.load(charlm.train(cfg, runs_dir=tmp_path_factory.mktemp("lines"), name="lines").path)
+
+
+@pytest.mark.parametrize("prefix", ["", "the"], ids=["empty", "the"])
+def test_lines_mode_continues_a_line_to_its_end_and_an_empty_prefix_starts_one(lines_lm, prefix):
+    from charlm import generate
+
+    ids = generate.encode_prefix(prefix, lines_lm.vocab, lines_lm.config.data)
+    lines = generate.complete(lines_lm.model, lines_lm.vocab, ids, 300, lines_lm.ctx, temperature=3.0, seed=1)
+    assert len(lines.split("\n")) > 1
+    assert lines_lm.generate(prefix, length=300, temperature=3.0, seed=1) == lines.split("\n")[0]
 
 
 def test_score_equals_eval_of_the_same_text(trained, tmp_path):

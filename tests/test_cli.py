@@ -2,7 +2,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -12,11 +11,9 @@ from charlm import api, configs
 from charlm.api import choose
 from charlm.cli import main
 from charlm.configs import MIN_LR
-from conftest import FIXED_FLAGS, without
+from conftest import FIXED_FLAGS, TINY_FLAGS, wait_until, without
 
-TINY = [*FIXED_FLAGS,
-        "--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
-        "--epochs", "2", "--sample-every", "1"]
+TINY = [*FIXED_FLAGS, *TINY_FLAGS, "--epochs", "2", "--sample-every", "1"]
 
 
 def invoke(*args):
@@ -82,12 +79,12 @@ def test_typed_flags_override_config_files(corpus, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {hidden_size: 12, cell: gru}\ntrain: {epochs: 1}\n")
     result = invoke("train", "-c", cfg, "--data", corpus, "--runs-dir", tmp_path / "runs", "--name", "x",
-                    *TINY[len(FIXED_FLAGS):-4], "--hidden-size", "10", "--epochs", "1")  # the file's cell
+                    *TINY_FLAGS, "--hidden-size", "10", "--epochs", "1")  # the file's cell
     assert result.exit_code == 0, result.output
     written = (tmp_path / "runs" / "x" / "config.yaml").read_text()
     assert "hidden_size: 10" in written and "cell: gru" in written
     again = invoke("train", "-c", cfg, "--data", corpus, "--runs-dir", tmp_path / "runs", "--name", "y",
-                   *TINY[len(FIXED_FLAGS):-4], "--hidden-size", "10", "--epochs", "1", "--set", "model.hidden_size=8")
+                   *TINY_FLAGS, "--hidden-size", "10", "--epochs", "1", "--set", "model.hidden_size=8")
     assert again.exit_code == 0, again.output
     assert "hidden_size: 8" in (tmp_path / "runs" / "y" / "config.yaml").read_text()
 
@@ -228,11 +225,14 @@ def test_a_signal_stops_at_a_batch_boundary_keeps_the_checkpoint_and_says_how_to
     proc = subprocess.Popen([sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--runs-dir", str(runs),
                              "--name", "r", *args, "--epochs", "100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics, deadline = runs / "r" / "metrics.jsonl", time.monotonic() + 60
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    metrics = runs / "r" / "metrics.jsonl"
+    try:
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 60, f"two epochs in {metrics}")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == code
     assert f"Resume with: charlm train --resume {runs / 'r'}" in err and "Traceback" not in err
     state = json.loads((runs / "r" / "state.json").read_text())
@@ -247,8 +247,9 @@ def test_a_signal_stops_at_a_batch_boundary_keeps_the_checkpoint_and_says_how_to
 
 def test_a_run_in_training_refuses_a_second_training_and_a_stale_lock_is_taken_over(trained):
     runs, _ = trained
-    hold = "from charlm.run import Run; import sys, time\nwith Run(sys.argv[1]).lock(): print(flush=1); time.sleep(60)"
-    owner = subprocess.Popen([sys.executable, "-c", hold, str(runs / "r1")], stdout=subprocess.PIPE)
+    hold = "from charlm.run import Run; import sys\nwith Run(sys.argv[1]).lock(): print(flush=1); sys.stdin.read()"
+    owner = subprocess.Popen([sys.executable, "-c", hold, str(runs / "r1")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)  # it holds the lock until killed
     try:
         owner.stdout.readline()  # it holds the lock
         result = invoke("train", "--resume", runs / "r1", "--epochs", 3)
@@ -321,26 +322,40 @@ def test_perplexities_too_large_to_read_print_in_exponent_form():
     assert _ppl(8.2e307) == "8.200e+307"
 
 
-def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(corpus, tmp_path):
+def _lines(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _last_checkpoint(run):
+    return json.loads((run / "state.json").read_text())["last"] if (run / "state.json").exists() else None
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(corpus, tmp_path):
     """Kill -9 a training again and again, wherever it is (saving included): the run always loads."""
-    runs, rng = tmp_path / "runs", __import__("random").Random(0)
+    runs, run = tmp_path / "runs", tmp_path / "runs" / "k"
     args = without(TINY, "--epochs")
     start = [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--runs-dir", str(runs), "--name", "k",
              *args, "--epochs", "100000", "--checkpoint-every", "5"]  # mid-epoch checkpoints get killed too
-    resume = [sys.executable, "-m", "charlm", "train", "--resume", str(runs / "k"), "--epochs", "100000"]
+    resume = [sys.executable, "-m", "charlm", "train", "--resume", str(run), "--epochs", "100000"]
+    # Each kill after a new epoch line: once the next checkpoint is committed, while a file is being written
+    # (or, if no write is caught, once the next checkpoint is), or at once, as the epoch's checkpoint is saved.
+    moments = [lambda last: _last_checkpoint(run) != last,
+               lambda last: any(run.glob(".*.tmp")) or _last_checkpoint(run) != last,
+               lambda last: True]
     for attempt in range(5):
         proc = subprocess.Popen(resume if attempt else start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        metrics, deadline = runs / "k" / "metrics.jsonl", time.monotonic() + 60
-        seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-        while (not metrics.exists() or len(metrics.read_text().splitlines()) <= seen) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0, 0.3))  # somewhere in the next epoch or checkpoint write
-        proc.kill()
-        proc.wait()
-        result = invoke("generate", "the", "--length", 5, "--run", runs / "k")
+        try:
+            seen = _lines(run / "metrics.jsonl")
+            wait_until(lambda: _lines(run / "metrics.jsonl") > seen, 60, "a new epoch line")
+            last = _last_checkpoint(run)
+            wait_until(lambda: moments[attempt % 3](last), 60, "the moment to kill")
+        finally:
+            proc.kill()
+            proc.wait()
+        result = invoke("generate", "the", "--length", 5, "--run", run)
         assert result.exit_code == 0, result.output
-    done = json.loads((runs / "k" / "state.json").read_text())["epoch"]
-    finished = invoke("train", "--resume", runs / "k", "--epochs", done + 1)  # the dead owner's lock is stale
+    done = json.loads((run / "state.json").read_text())["epoch"]
+    finished = invoke("train", "--resume", run, "--epochs", done + 1)  # the dead owner's lock is stale
     assert finished.exit_code == 0, finished.output
-    epochs = [json.loads(line)["epoch"] for line in (runs / "k" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, done + 2))  # no line from a checkpoint that never completed

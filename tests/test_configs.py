@@ -87,8 +87,12 @@ def test_yaml_round_trip_reproduces_the_config(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")
                                          if not p.name.startswith("sweep")))  # a sweep file is another format
-def test_shipped_configs_load(name):
-    config.resolve([ROOT / "configs" / name])
+def test_shipped_configs_load_with_the_values_they_write(name):
+    path = ROOT / "configs" / name
+    cfg = config.resolve([path])
+    written = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert {(s, k): getattr(getattr(cfg, s), k) for s, keys in written.items() for k in keys} == \
+        {(s, k): value for s, keys in written.items() for k, value in keys.items()}
 
 
 def test_addition_tune_layers_on_addition():

@@ -14,11 +14,9 @@ from charlm.cli import main
 from charlm.configs import DataConfig
 from charlm.engine import mx, nd
 from test_training import train_in
-from conftest import FIXED_FLAGS
+from conftest import FIXED_FLAGS, TINY_FLAGS
 
-TINY = [*FIXED_FLAGS,
-        "--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
-        "--sample-every", "0", "--dropout", "0"]
+TINY = [*FIXED_FLAGS, *TINY_FLAGS, "--sample-every", "0", "--dropout", "0"]
 
 
 class Clock:

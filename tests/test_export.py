@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charlm import export
-from charlm import model as models, recipe
+from charlm import export, recipe
 from charlm.cli import main
-from charlm.configs import Config, ModelConfig
+from charlm.configs import Config
 from charlm.engine import mx, nd
 from charlm.vocab import Vocab
-from tiny_models import H, N, V, randomize
+from conftest import H, N, V, randomize
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "onnx_generate.py"
 FUSED = [(cell, layers, embed) for cell in ("rnn", "lstm", "gru") for layers in (1, 2) for embed in (0, 4)]
@@ -24,15 +23,14 @@ CELLS = FUSED + [("lstm", 2, "tied")] + [(cell, 1, 0) for cell in ("scratch-rnn"
 TOL = 1e-5
 
 
-def _model(cell, layers, embed):
-    """A built model with random weights, and its config; embed "tied": the decoder's weight the embedding's."""
-    cfg = recipe.fixed(Config())
+def _model(tiny_model, cell, layers, embed):
+    """A tiny model with random weights, and its config; embed "tied": the decoder's weight the embedding's."""
     tied = embed == "tied"
-    cfg.model = ModelConfig(cell=cell, hidden_size=H, embed_size=H if tied else embed, num_layers=layers,
-                            dropout=0.5, variational_dropout=False, tie_weights=tied)
-    model = models.build(cfg.model, V, mx.cpu())
-    randomize(model)
-    return model, cfg
+    settings = dict(num_layers=layers, embed_size=H if tied else embed, dropout=0.5, variational_dropout=False,
+                    tie_weights=tied)
+    cfg = recipe.fixed(Config())
+    cfg.model = tiny_model.config(cell, **settings)
+    return tiny_model(cell, **settings), cfg
 
 
 def _step_case(model, seed=2):
@@ -44,8 +42,8 @@ def _step_case(model, seed=2):
     return ids, export.split_state(model, state), logits[0], export.split_state(model, new)
 
 
-def _written(tmp_path, cell, layers, embed, fmt):
-    model, cfg = _model(cell, layers, embed)
+def _written(tmp_path, tiny_model, cell, layers, embed, fmt):
+    model, cfg = _model(tiny_model, cell, layers, embed)
     export.write(model, Vocab("abcdef"), cfg, tmp_path, fmt, "model")
     return model, json.loads((tmp_path / export.MANIFEST).read_text())
 
@@ -69,8 +67,8 @@ assert not [m for m in sys.modules if m.startswith("charlm")]
 
 
 @pytest.mark.parametrize("cell, layers, embed", [("lstm", 2, 0), ("gru", 1, 4), ("scratch-lstm", 1, 0)])
-def test_mxnet_export_matches_charlm_step_in_a_fresh_process(tmp_path, cell, layers, embed):
-    model, manifest = _written(tmp_path, cell, layers, embed, "mxnet")
+def test_mxnet_export_matches_charlm_step_in_a_fresh_process(tmp_path, tiny_model, cell, layers, embed):
+    model, manifest = _written(tmp_path, tiny_model, cell, layers, embed, "mxnet")
     ids, state, logits, new = _step_case(model)
     names = [i["name"] for i in manifest["inputs"]]
     np.savez(tmp_path / "inputs.npz", **{n: a.asnumpy() for n, a in zip(names, [ids, *state])})
@@ -82,9 +80,9 @@ def test_mxnet_export_matches_charlm_step_in_a_fresh_process(tmp_path, cell, lay
 
 
 @pytest.mark.parametrize("cell, layers, embed", CELLS)
-def test_onnx_export_matches_charlm_step_in_onnxruntime(tmp_path, cell, layers, embed):
+def test_onnx_export_matches_charlm_step_in_onnxruntime(tmp_path, tiny_model, cell, layers, embed):
     ort = _onnx_or_skip()
-    model, manifest = _written(tmp_path, cell, layers, embed, "onnx")
+    model, manifest = _written(tmp_path, tiny_model, cell, layers, embed, "onnx")
     ids, state, logits, new = _step_case(model)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     feed = {i["name"]: a.asnumpy() for i, a in zip(manifest["inputs"], [ids, *state])}

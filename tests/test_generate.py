@@ -6,14 +6,19 @@ import pytest
 from charlm import generate, training as train, vocab as vocabs
 from charlm.engine import mx, nd
 from charlm.errors import CharlmError
+from conftest import randomize
+
+
+def sharp(cfg):
+    """The setup of cfg with weights drawn from N(0, 1): a sharp, untrained model, whose argmax ties are unlikely."""
+    s = train.setup(cfg, mx.cpu())
+    randomize(s.model, seed=0, scale=1.0)
+    return s
 
 
 @pytest.fixture
 def trained(tiny_cfg):
-    s = train.setup(tiny_cfg, mx.cpu())
-    for p in s.model.collect_params().values():  # a sharp, untrained model: argmax ties are unlikely
-        p.set_data(nd.array(np.random.default_rng(0).normal(0, 1, size=p.shape)))
-    return s
+    return sharp(tiny_cfg)
 
 
 def prefix(s, text="the quick"):
@@ -83,9 +88,7 @@ def test_greedy_blocks_of_steps_equal_rerunning_the_whole_text(tiny_cfg, cell, n
     the last cut short); the text is the argmax continuation of re-reading everything each step."""
     monkeypatch.setattr(generate, "GREEDY_STEPS", 5)
     tiny_cfg.model.cell, tiny_cfg.model.num_layers = cell, num_layers
-    s = train.setup(tiny_cfg, mx.cpu())
-    for p in s.model.collect_params().values():
-        p.set_data(nd.array(np.random.default_rng(0).normal(0, 1, size=p.shape)))
+    s = sharp(tiny_cfg)
     ids = list(prefix(s))
     for _ in range(12):
         logits, _ = s.model(nd.array(ids).reshape((-1, 1)), s.model.begin_state(1, mx.cpu()))
@@ -99,9 +102,7 @@ def test_stream_pieces_join_to_the_text_generated_in_one_block(tiny_cfg, level, 
     """Streamed in blocks of 5 tokens (the prefix, then 5, 5, 5, 5 and 3), the pieces join to complete's text
     and to the text of one block of 23: word spacing holds across the blocks' boundaries."""
     tiny_cfg.data.level = level
-    s = train.setup(tiny_cfg, mx.cpu())
-    for p in s.model.collect_params().values():
-        p.set_data(nd.array(np.random.default_rng(0).normal(0, 1, size=p.shape)))
+    s = sharp(tiny_cfg)
     args = (s.model, s.vocab, prefix(s), 23, mx.cpu())
     monkeypatch.setattr(generate, "GREEDY_STEPS", 5)
     pieces = [piece for [piece] in generate.stream(*args, **sampling)]

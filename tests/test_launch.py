@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,9 @@ import pytest
 from charlm import checkpoint, data, model as models, training as train
 from charlm.engine import mx
 from charlm.run import Run
-from conftest import FIXED_FLAGS
+from conftest import FIXED_FLAGS, TINY_FLAGS, wait_until
 
-TINY = [*FIXED_FLAGS,
-        "--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
-        "--sample-every", "0", "--dropout", "0"]
+TINY = [*FIXED_FLAGS, *TINY_FLAGS, "--sample-every", "0", "--dropout", "0"]
 TIMEOUT = 120  # seconds for a whole cluster run; a few on an idle machine
 
 
@@ -52,11 +49,12 @@ class Launch:
         return self.log.read_text()
 
     def find_port(self):
-        deadline = time.monotonic() + TIMEOUT
-        while self.port is None and time.monotonic() < deadline:
-            found = re.search(r"scheduler on 127\.0\.0\.1:(\d+)", self.output())
-            self.port = found and int(found.group(1))
-            time.sleep(0.05)
+        def announced():
+            match = re.search(r"scheduler on 127\.0\.0\.1:(\d+)", self.output())
+            self.port = match and int(match.group(1))
+            return self.port
+
+        wait_until(announced, TIMEOUT, "the scheduler's port in launch-local's output")
         return self.port
 
     def wait(self):
@@ -71,11 +69,10 @@ class Launch:
         self.proc.wait()
 
 
-def first_epoch(run, timeout=TIMEOUT):
+def first_epoch(run):
     """Wait until rank 0 has saved the run's first epoch."""
-    metrics, deadline = run / "metrics.jsonl", time.monotonic() + timeout
-    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    metrics = run / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and metrics.read_text(), TIMEOUT, f"an epoch in {metrics}")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from charlm import configs as config, lines, model as models, recipe, training as train, vocab as vocabs
+from charlm import lines, model as models, training as train, vocab as vocabs
 from charlm.engine import mx, nd
 
 BOS, EOS = 0, 1
@@ -73,12 +73,9 @@ def test_validation_split_falls_on_a_line_end():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "scratch-gru"])
-def test_the_loss_of_a_padded_batch_is_the_loss_of_its_lines_one_by_one(cell):
+def test_the_loss_of_a_padded_batch_is_the_loss_of_its_lines_one_by_one(cell, tiny_model):
     """Masking proven: padding adds nothing to the loss, and so nothing to the gradient."""
-    cfg = recipe.fixed(config.Config())
-    cfg.model.cell, cfg.model.hidden_size, cfg.model.embed_size, cfg.model.num_layers = cell, 16, 8, 1
-    cfg.model.dropout = 0.0
-    model = models.build(cfg.model, 10, mx.cpu())
+    model = tiny_model(cell, 10, dropout=0.0)
     ids = np.array([5, 6, 7, EOS, 8, EOS, 9, 9, 9, 9, 9, EOS], dtype=np.uint8)
     X, Y = lines.LineBatches(ids, BOS, EOS, batch_size=4, buckets=[6])[0]
     loss_fn = models.TokenNLL(masked=True)

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from tiny_models import H, N, T, V, build, ids, model_cfg, randomize
+from conftest import H, N, T, V, ids
 
 from charlm import model as models, scratch
 from charlm.configs import CELLS
@@ -8,8 +8,8 @@ from charlm.engine import gluon, mx, nd
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_every_cell_has_the_same_interface(cell):
-    model = build(cell)
+def test_every_cell_has_the_same_interface(cell, tiny_model):
+    model = tiny_model(cell)
     state = model.begin_state(N, mx.cpu())
     logits, new_state = model(ids(), state)
     assert logits.shape == (T, N, V)
@@ -17,9 +17,8 @@ def test_every_cell_has_the_same_interface(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_hybridized_equals_imperative(cell):
-    model = build(cell, dropout=0.3)  # dropout is off outside training, in both modes
-    randomize(model)
+def test_hybridized_equals_imperative(cell, tiny_model):
+    model = tiny_model(cell, dropout=0.3)  # dropout is off outside training, in both modes
     X, state = ids(), model.begin_state(N, mx.cpu())
     hybrid, hybrid_state = model(X, state)
     model.hybridize(active=False)
@@ -30,10 +29,9 @@ def test_hybridized_equals_imperative(cell):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_weight_drop_trains_on_dropped_scaled_hidden_to_hidden_weights_then_puts_them_back(cell):
+def test_weight_drop_trains_on_dropped_scaled_hidden_to_hidden_weights_then_puts_them_back(cell, tiny_model):
     p = 0.4
-    model = build(cell, dropout=0.0, weight_drop=p)
-    randomize(model)
+    model = tiny_model(cell, dropout=0.0, weight_drop=p)
     layer, X, state = model.rnn, ids(), model.begin_state(N, mx.cpu())
     weights = layer.parameters.data().asnumpy()
     drop = models.WeightDrop.of(model, [mx.cpu()])
@@ -53,8 +51,7 @@ def test_weight_drop_trains_on_dropped_scaled_hidden_to_hidden_weights_then_puts
             scale[begin:end] = kept / (1 - p)
     np.testing.assert_allclose(dropped, weights * scale, rtol=1e-6)
     # a model without weight drop holding the dropped weights: the same output, and its gradient, times the mask
-    reference = build(cell, dropout=0.0)
-    randomize(reference)
+    reference = tiny_model(cell, dropout=0.0)
     reference.rnn.parameters.set_data(nd.array(dropped))
     with mx.autograd.record():
         theirs, _ = reference(X, state)
@@ -64,10 +61,9 @@ def test_weight_drop_trains_on_dropped_scaled_hidden_to_hidden_weights_then_puts
                                rtol=1e-5, atol=1e-6)
 
 
-def test_only_gluon_cells_with_a_weight_drop_have_one():
-    assert models.WeightDrop.of(build("lstm", weight_drop=0.0), [mx.cpu()]) is None
-    assert models.WeightDrop.of(models.build(model_cfg(cell="scratch-lstm", hidden_size=H), V, mx.cpu()),
-                                [mx.cpu()]) is None
+def test_only_gluon_cells_with_a_weight_drop_have_one(tiny_model):
+    assert models.WeightDrop.of(tiny_model("lstm", weight_drop=0.0), [mx.cpu()]) is None
+    assert models.WeightDrop.of(tiny_model("scratch-lstm"), [mx.cpu()]) is None
 
 
 def test_token_nll_is_minus_log_softmax_of_the_target():
@@ -80,9 +76,8 @@ def test_token_nll_is_minus_log_softmax_of_the_target():
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_step_one_token_at_a_time_equals_the_whole_sequence(cell, num_layers):
-    model = models.build(model_cfg(cell=cell, hidden_size=H, embed_size=4, num_layers=num_layers), V, mx.cpu())
-    randomize(model)
+def test_step_one_token_at_a_time_equals_the_whole_sequence(cell, num_layers, tiny_model):
+    model = tiny_model(cell, num_layers=num_layers)
     X, state = ids(), model.begin_state(N, mx.cpu())
     whole, whole_state = model(X, state)
     steps = []
@@ -95,10 +90,9 @@ def test_step_one_token_at_a_time_equals_the_whole_sequence(cell, num_layers):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_greedy_equals_steps_fed_their_own_argmax(cell):
+def test_greedy_equals_steps_fed_their_own_argmax(cell, tiny_model):
     """One greedy call of 4 steps gives the ids, logits and state of 4 steps each fed the last one's argmax."""
-    model = build(cell)
-    randomize(model)
+    model = tiny_model(cell)
     logits, state = model(ids(), model.begin_state(N, mx.cpu()))
     logits = logits[-1:]
     chosen, greedy_logits, greedy_state = model.greedy(logits, state, 4)
@@ -116,10 +110,10 @@ GLUON_LAYERS = {"rnn": lambda: gluon.rnn.RNN(H, 2, activation="tanh", input_size
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_flat_fused_layer_equals_gluons_layer(cell):
+def test_flat_fused_layer_equals_gluons_layer(cell, tiny_model):
     """Given a Gluon fused layer's weights packed in the operator's order, the flat layer gives that layer's
     outputs and states."""
-    model = build(cell)
+    model = tiny_model(cell)
     layer = GLUON_LAYERS[cell]()
     layer.initialize(mx.init.Uniform(0.5))
     model.rnn.parameters.set_data(nd.concat(*[getattr(layer, name).data().reshape((-1,))
@@ -134,8 +128,8 @@ def test_flat_fused_layer_equals_gluons_layer(cell):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_flat_fused_layer_starts_like_gluons_xavier_matrices_and_zero_biases():
-    model = models.build(model_cfg(cell="lstm", hidden_size=64, embed_size=16, num_layers=2), V, mx.cpu())
+def test_flat_fused_layer_starts_like_gluons_xavier_matrices_and_zero_biases(tiny_model):
+    model = tiny_model("lstm", hidden_size=64, embed_size=16, seed=None)
     pieces = model.rnn.unpack(nd, model.rnn.parameters.data())
     for name, value in pieces.items():
         value = value.asnumpy()
@@ -148,10 +142,11 @@ def test_flat_fused_layer_starts_like_gluons_xavier_matrices_and_zero_biases():
 
 
 @pytest.mark.parametrize("vocab_size, tie_weights", [(40, True), (40, False), (1000, True), (1000, False)])
-def test_embedding_starts_xavier_but_tied_counts_a_vocabulary_wider_than_itself_as_its_width(vocab_size, tie_weights):
+def test_embedding_starts_xavier_but_tied_counts_a_vocabulary_wider_than_itself_as_its_width(vocab_size, tie_weights,
+                                                                                              tiny_model):
     width = 64  # at least 2,560 weights: their largest and their spread are those of the bound within 1% and 5%
-    model = models.build(model_cfg(cell="lstm", hidden_size=width, embed_size=width, num_layers=1,
-                                   tie_weights=tie_weights), vocab_size, mx.cpu())
+    model = tiny_model("lstm", vocab_size, seed=None, hidden_size=width, embed_size=width, num_layers=1,
+                       tie_weights=tie_weights)
     weight = model.embedding.weight.data().asnumpy()
     fan = min(vocab_size, width) if tie_weights else vocab_size
     bound = np.sqrt(6 / (fan + width))
@@ -162,12 +157,11 @@ def test_embedding_starts_xavier_but_tied_counts_a_vocabulary_wider_than_itself_
 @pytest.mark.parametrize("cell, max_unroll", [("lstm", 64), ("scratch-gru", 64), ("scratch-gru", T - 1)])
 @pytest.mark.parametrize("masked, mean", [(False, True), (True, True), (True, False)])
 def test_objective_is_the_models_nll_sum_and_its_mean_over_real_targets_gradients_too(cell, max_unroll, masked, mean,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, tiny_model):
     """The one graph of model and loss (per sequence length for scratch cells; beside the model when a
     sequence runs in pieces) against the two blocks."""
     monkeypatch.setattr(scratch, "MAX_UNROLL", max_unroll)
-    model = build(cell, dropout=0.0)  # training mode: dropout would draw other masks in each run
-    randomize(model)
+    model = tiny_model(cell, dropout=0.0)  # training mode: dropout would draw other masks in each run
     X = ids()
     Y = ids(3).asnumpy()
     if masked:

@@ -12,7 +12,7 @@ from charlm.engine import gluon, mx, nd
 from charlm.errors import CharlmError, Interrupted
 from charlm.launch import DMLC_ENV
 from charlm.run import Run
-from conftest import FIXED_FLAGS, without
+from conftest import FIXED_FLAGS, TINY_FLAGS, without
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
@@ -114,7 +114,7 @@ def test_connect_refuses_what_it_cannot_train(env, ctx, kvstore, change, message
 def test_a_two_device_run_resumes_exactly_and_generates(corpus, tmp_path, ema):
     runs = tmp_path / "runs"
     args = [*without(FIXED_FLAGS, "--ema"), "--ema", ema, "--data", str(corpus), "--runs-dir", str(runs),
-            "--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4", "--sample-every", "0", "--dropout", "0.3",
+            *TINY_FLAGS, "--sample-every", "0", "--dropout", "0.3",
             "--ctx", "cpu:0,cpu:1"]
     for name, epochs in [("whole", "3"), ("cut", "2")]:
         result = CliRunner().invoke(main, ["train", *args, "--name", name, "--epochs", epochs])

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from charlm import configs, model as models, recipe
+from charlm import configs, recipe
 from charlm.cli import main
 from charlm.engine import autograd, mx, nd
 from charlm.run import Run, epoch_records
@@ -66,11 +66,11 @@ def test_a_shorter_text_gets_smaller_batches_down_to_ones_a_tiny_text_can_fill(c
     assert cfg.data.batch_size * cfg.data.seq_len * 8 <= recipe.text_size(cfg.data)[1]
 
 
-def test_word_level_and_lines_mode_get_the_fixed_settings(corpus):
-    for flags in ({"data.level": "word"}, {"data.mode": "lines"}):
-        cfg, why = resolved(**{"data.path": str(corpus), **flags})
-        assert {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in RECIPE_KEYS} == recipe.FIXED
-        assert "the recipe is for character streams" in why
+@pytest.mark.parametrize("flags", [{"data.level": "word"}, {"data.mode": "lines"}], ids=["word", "lines"])
+def test_word_level_and_lines_mode_get_the_fixed_settings(corpus, flags):
+    cfg, why = resolved(**{"data.path": str(corpus), **flags})
+    assert {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in RECIPE_KEYS} == recipe.FIXED
+    assert "the recipe is for character streams" in why
 
 
 def test_the_fixed_config_file_spells_out_the_fixed_settings():
@@ -102,9 +102,9 @@ def test_a_run_says_what_was_chosen_first_and_records_it(corpus, tmp_path):
     assert (tmp_path / "again" / "config.yaml").read_text() == (tmp_path / "r" / "config.yaml").read_text()
 
 
-def test_variational_dropout_drops_the_same_units_at_every_time_step():
-    shared = models.RNNLM("lstm", 5, 8, 8, 1, 0.5, variational=True).drop
-    fresh = models.RNNLM("lstm", 5, 8, 8, 1, 0.5).drop
+def test_variational_dropout_drops_the_same_units_at_every_time_step(tiny_model):
+    shared = tiny_model("lstm", dropout=0.5, variational_dropout=True).drop
+    fresh = tiny_model("lstm", dropout=0.5, variational_dropout=False).drop
     x = nd.ones((6, 3, 40))  # (T, N, E)
     mx.random.seed(0)
     with autograd.train_mode():
@@ -119,12 +119,12 @@ def test_without_validation_text_there_is_no_average_to_choose_by(corpus):
     assert cfg.train.ema == 0.0
 
 
-def test_weight_drop_comes_with_a_text_read_often_and_the_average_spans_a_quarter_of_the_updates():
-    for passes in (10, 19, 21):
-        settings, _ = recipe.choose(160_000, 60, 300, {"model.hidden_size": 256, "train.epochs": passes})
-        assert settings["model.weight_drop"] == (0.2 if passes >= recipe.WEIGHT_DROP_PASSES else 0.0)
-        updates = passes * 160_000 / (settings["data.batch_size"] * settings["data.seq_len"])
-        assert 1 / (1 - settings["train.ema"]) == pytest.approx(updates / 4, rel=0.1)  # the window: updates averaged
+@pytest.mark.parametrize("passes", [10, 19, 21])
+def test_weight_drop_comes_with_a_text_read_often_and_the_average_spans_a_quarter_of_the_updates(passes):
+    settings, _ = recipe.choose(160_000, 60, 300, {"model.hidden_size": 256, "train.epochs": passes})
+    assert settings["model.weight_drop"] == (0.2 if passes >= recipe.WEIGHT_DROP_PASSES else 0.0)
+    updates = passes * 160_000 / (settings["data.batch_size"] * settings["data.seq_len"])
+    assert 1 / (1 - settings["train.ema"]) == pytest.approx(updates / 4, rel=0.1)  # the window: updates averaged
 
 
 def test_the_choice_follows_the_settings_given():
@@ -161,21 +161,21 @@ def test_a_slower_machine_gets_no_larger_model_and_no_more_dropout():
     assert dropouts[0] < dropouts[-1]
 
 
-def test_the_machine_is_measured_on_the_recipe_at_the_reference_size_or_the_size_given(corpus):
+@pytest.mark.parametrize("hidden", [{}, {"model.hidden_size": 48}], ids=["reference", "given"])
+def test_the_machine_is_measured_on_the_recipe_at_the_reference_size_or_the_size_given(corpus, hidden):
     probes = []
 
     def measure(probe, vocab):
         probes.append((probe, vocab))
         return recipe.speed(probe.model.hidden_size, vocab, probe.model.num_layers, probe.model.embed_size)
 
-    for hidden in ({}, {"model.hidden_size": 48}):
-        cfg = given(**{"data.path": str(corpus), **hidden})
-        why = recipe.fill(cfg, measure=measure)
-        probe, vocab = probes[-1]
-        assert configs.unset(probe) == [] and vocab == recipe.text_size(cfg.data)[2]
-        assert probe.model.hidden_size == hidden.get("model.hidden_size", recipe.REFERENCE)
-        assert (probe.data.batch_size, probe.data.seq_len) == (cfg.data.batch_size, cfg.data.seq_len)
-        assert "measured here" in why
+    cfg = given(**{"data.path": str(corpus), **hidden})
+    why = recipe.fill(cfg, measure=measure)
+    probe, vocab = probes[-1]
+    assert configs.unset(probe) == [] and vocab == recipe.text_size(cfg.data)[2]
+    assert probe.model.hidden_size == hidden.get("model.hidden_size", recipe.REFERENCE)
+    assert (probe.data.batch_size, probe.data.seq_len) == (cfg.data.batch_size, cfg.data.seq_len)
+    assert "measured here" in why
 
 
 def test_the_machine_is_not_measured_when_its_speed_would_choose_nothing(corpus):

@@ -3,7 +3,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -72,23 +71,23 @@ def test_the_run_directory_reads_and_writes_without_mxnet():
     subprocess.run([sys.executable, "-c", "import sys, charlm.run; assert 'mxnet' not in sys.modules"], check=True)
 
 
-def _hold_lock(path, barrier, held):
-    barrier.wait()
+def _hold_lock(path, start, tried, held):
+    start.wait()
     try:
         with runs.Run(path).lock():
             held.put(1)
-            time.sleep(0.2)  # long enough that a second holder would overlap this one
+            tried.wait(timeout=60)  # held until every process has tried, so a second holder would overlap it
     except CharlmError:
-        pass
+        tried.wait(timeout=60)
 
 
 def test_processes_racing_for_a_run_lock_get_it_one_at_a_time(tmp_path):
-    """Processes that try to lock a run at the same moment: exactly one holds it (an earlier lock read a
-    just-created, still empty lock file as stale and gave it to two processes in 6 of 20 trials here)."""
+    """Processes that try to lock a run at the same moment: exactly one holds it (a lock that read a
+    just-created, still empty lock file as stale would give it to two)."""
     ctx = multiprocessing.get_context("fork")
     for trial in range(20):
-        barrier, held = ctx.Barrier(3), ctx.Queue()
-        procs = [ctx.Process(target=_hold_lock, args=(tmp_path, barrier, held)) for _ in range(3)]
+        start, tried, held = ctx.Barrier(3), ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_hold_lock, args=(tmp_path, start, tried, held)) for _ in range(3)]
         for p in procs:
             p.start()
         for p in procs:

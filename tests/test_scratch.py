@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from tiny_models import H, N, V, build, ids, model_cfg, randomize
+from conftest import H, N, V, ids, randomize
 
 from charlm import model as models, scratch
 from charlm.engine import gluon, mx, nd
@@ -8,9 +8,8 @@ from charlm.engine import gluon, mx, nd
 SCRATCH_CELLS = ["scratch-rnn", "scratch-lstm", "scratch-gru"]
 
 
-def test_scratch_rnn_equals_numpy_loop():
-    model = build("scratch-rnn")
-    randomize(model)
+def test_scratch_rnn_equals_numpy_loop(tiny_model):
+    model = tiny_model("scratch-rnn")
     p = {name: getattr(model, name).data().asnumpy() for name in scratch.SCRATCH_PARAMS}
     X = ids()
     h0 = np.random.default_rng(2).normal(size=(N, H)).astype(np.float32)
@@ -24,20 +23,19 @@ def test_scratch_rnn_equals_numpy_loop():
     np.testing.assert_allclose(h.asnumpy(), ref_h, rtol=1e-5, atol=1e-5)
 
 
-def test_scratch_init_is_the_tutorials_normal_001():
-    model = models.build(model_cfg(cell="scratch-rnn", hidden_size=256), 40, mx.cpu())
+def test_scratch_init_is_the_tutorials_normal_001(tiny_model):
+    model = tiny_model("scratch-rnn", 40, seed=None, hidden_size=256)
     w = model.W_hh.data().asnumpy()
     assert abs(w.std() - 0.01) < 0.001 and abs(w.mean()) < 0.001
     assert not model.b_h.data().asnumpy().any()
 
 
 @pytest.mark.parametrize("cell, layer_cls", [("scratch-lstm", gluon.rnn.LSTM), ("scratch-gru", gluon.rnn.GRU)])
-def test_scratch_gated_cells_equal_the_fused_layer(cell, layer_cls):
+def test_scratch_gated_cells_equal_the_fused_layer(cell, layer_cls, tiny_model):
     """Loaded with a fused layer's weights, the written-out equations give the fused layer's outputs."""
     layer = layer_cls(H, input_size=V)
     layer.initialize(mx.init.Uniform(0.5))
-    model = build(cell)
-    randomize(model)
+    model = tiny_model(cell)
     w = {k: getattr(layer, f"l0_{k}").data().asnumpy() for k in ["i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias"]}
     model.W_xh.set_data(nd.array(w["i2h_weight"].T))
     model.W_hh.set_data(nd.array(w["h2h_weight"].T))
@@ -59,12 +57,12 @@ def test_scratch_gated_cells_equal_the_fused_layer(cell, layer_cls):
 
 
 @pytest.mark.parametrize("cell", SCRATCH_CELLS)
-def test_scratch_gradients_equal_central_differences(cell):
+def test_scratch_gradients_equal_central_differences(cell, tiny_model):
     """torch-rnn's numerical gradient check, in float64: autograd's gradient of the training loss (the NLL
     sum) with respect to every parameter element against (loss(p + eps) - loss(p - eps)) / 2 eps."""
-    model = models.build(model_cfg(cell=cell, hidden_size=4), 5, mx.cpu())  # N, T, V, H = 2, 3, 5, 4
+    model = tiny_model(cell, 5, seed=None, hidden_size=4)  # N, T, V, H = 2, 3, 5, 4
     model.cast("float64")
-    randomize(model)
+    randomize(model)  # in float64
     rng = np.random.default_rng(8)
     X, Y = (nd.array(rng.integers(0, 5, size=(3, 2)), dtype="float64") for _ in range(2))
     state = [nd.array(rng.normal(size=s.shape), dtype="float64") for s in model.begin_state(2, mx.cpu())]
@@ -91,10 +89,9 @@ def test_scratch_gradients_equal_central_differences(cell):
 
 
 @pytest.mark.parametrize("cell", SCRATCH_CELLS)
-def test_scratch_sequences_longer_than_the_unrolled_graph_run_in_pieces(cell, monkeypatch):
+def test_scratch_sequences_longer_than_the_unrolled_graph_run_in_pieces(cell, monkeypatch, tiny_model):
     """Cut into pieces of MAX_UNROLL steps, a sequence gives the same logits, state and gradients."""
-    model = build(cell)
-    randomize(model)
+    model = tiny_model(cell)
     X = nd.array(np.random.default_rng(5).integers(0, V, size=(7, N)))
     results = []
     for max_unroll in (64, 3):  # one piece of 7 steps; pieces of 3, 3 and 1

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 from charlm import configs as config, sweep as sweeps
 from charlm.cli import main
 from charlm.errors import CharlmError
+from conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -220,9 +220,8 @@ def test_interrupted_sweep_stops_its_runs_and_resumes_on_rerun(tiny_sweep):
     proc = subprocess.Popen([sys.executable, "-m", "charlm", "sweep", str(path), "--runs-dir", str(runs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        metrics, deadline = runs / "tiny" / "000-hidden_size=4" / "metrics.jsonl", time.monotonic() + 60
-        while not metrics.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        metrics = runs / "tiny" / "000-hidden_size=4" / "metrics.jsonl"
+        wait_until(metrics.exists, 60, f"the sweep's first epoch in {metrics}")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
