@@ -3,19 +3,16 @@ import numpy as np
 import pytest
 
 from charlm import trace
-from charlm.engine import nd
+from charlm.engine import mx, nd
 from charlm.vocab import Vocab
-from charlm import model as models
-from charlm.engine import mx
-from tiny_models import H, T, V, build, model_cfg, randomize
+from conftest import H, T, V
 
 CELLS = ["scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru"]
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_forward_matches_mxnet(cell):
-    model = build(cell)
-    randomize(model)
+def test_forward_matches_mxnet(cell, tiny_model):
+    model = tiny_model(cell)
     ids = np.random.default_rng(3).integers(0, V, size=4 * T)
     logits, _ = model(nd.array(ids).reshape((-1, 1)), model.begin_state(1, model.collect_params().list_ctx()[0]))
     ours, acts = trace.forward(trace.weights(model), ids)
@@ -25,11 +22,9 @@ def test_forward_matches_mxnet(cell):
 
 
 @pytest.mark.parametrize("embed", [0, "tied"])
-def test_forward_matches_mxnet_one_hot_and_tied(embed):
+def test_forward_matches_mxnet_one_hot_and_tied(embed, tiny_model):
     tied = embed == "tied"
-    model = models.build(model_cfg(cell="gru", hidden_size=H, embed_size=H if tied else 0, num_layers=1,
-                                   tie_weights=tied), V, mx.cpu())
-    randomize(model)
+    model = tiny_model("gru", embed_size=H if tied else 0, num_layers=1, tie_weights=tied)
     ids = np.random.default_rng(4).integers(0, V, size=2 * T)
     logits, _ = model(nd.array(ids).reshape((-1, 1)), model.begin_state(1, mx.cpu()))
     np.testing.assert_allclose(trace.forward(trace.weights(model), ids)[0], logits.asnumpy()[:, 0], rtol=1e-4,
@@ -37,9 +32,8 @@ def test_forward_matches_mxnet_one_hot_and_tied(embed):
 
 
 @pytest.mark.parametrize("cell", ["scratch-lstm", "gru"])
-def test_forward_state_matches_mxnet_step(cell):
-    model = build(cell)
-    randomize(model)
+def test_forward_state_matches_mxnet_step(cell, tiny_model):
+    model = tiny_model(cell)
     ids = [1, 4, 2]
     ctx = model.collect_params().list_ctx()[0]
     _, state = model(nd.array(ids).reshape((-1, 1)), model.begin_state(1, ctx))
@@ -49,9 +43,8 @@ def test_forward_state_matches_mxnet_step(cell):
     np.testing.assert_allclose(acts[last][-1], h, rtol=1e-4, atol=1e-5)
 
 
-def test_trace_scores_each_token_by_its_logits():
-    model = build("lstm")
-    randomize(model)
+def test_trace_scores_each_token_by_its_logits(tiny_model):
+    model = tiny_model("lstm")
     vocab = Vocab("abcdef")
     ids = np.array([0, 3, 5, 1, 1, 2])
     tr = trace.trace(trace.weights(model), vocab, ids, top_k=3)
@@ -63,8 +56,8 @@ def test_trace_scores_each_token_by_its_logits():
     assert tr.perplexity == pytest.approx(np.exp(-lp[np.arange(5), ids[1:]].mean()))
 
 
-def test_trace_caps_at_max_tokens():
-    model = build("rnn")
+def test_trace_caps_at_max_tokens(tiny_model):
+    model = tiny_model("rnn", seed=None)
     tr = trace.trace(trace.weights(model), Vocab("abcdef"), np.arange(6), max_tokens=4)
     assert len(tr.ids) == 4 and tr.capped == 2
 
