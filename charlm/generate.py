@@ -148,3 +148,27 @@ def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None
     """The prefix followed by `length` generated tokens (or fewer, up to a stop sequence), as text."""
     return "".join(pieces[0] for pieces in stream(model, vocab, prefix_ids, length, ctx, temperature, top_k, seed,
                                                   **options))
+
+
+SAMPLE_PREFIX = {"char": 16, "word": 4}  # tokens of the validation text that epoch samples continue
+
+
+def sample_prefixes(cfg, vocab, ids):
+    """The configured prefixes, or else the first few tokens of ids (a new line in lines mode)."""
+    if cfg.train.sample_prefixes:
+        return cfg.train.sample_prefixes
+    if cfg.data.mode == "lines":
+        return [""]
+    return [vocab.decode(ids[:SAMPLE_PREFIX[cfg.data.level]])]
+
+
+def samples(model, vocab, cfg, ids, ctx):
+    """Greedy continuations, as training prints them, of the sample prefixes that the vocabulary can encode."""
+    texts = []
+    for prefix in sample_prefixes(cfg, vocab, ids):
+        try:
+            encoded = encode_prefix(prefix, vocab, cfg.data)
+        except CharlmError:
+            continue  # the default prefixes are English; another corpus may lack their characters
+        texts.append(complete(model, vocab, encoded, cfg.train.sample_length, ctx))
+    return texts

@@ -3,6 +3,8 @@ time budget by rules measured on two cores (docs/recipes.md); the settings a use
 import copy
 import math
 
+import numpy as np
+
 from . import configs
 from .text import check_file, corpus_path, normalised_chunks
 
@@ -46,6 +48,12 @@ def text_size(d):
         chars += len(chunk)
         seen.update(chunk)
     return chars, chars if d.valid_path else int(chars * (1 - d.val_frac)), len(seen)
+
+
+def size_of(d, ids):
+    """text_size's (characters, training characters, distinct characters) of a character stream read as ids."""
+    chars = len(ids)
+    return chars, chars if d.valid_path else int(chars * (1 - d.val_frac)), int(np.count_nonzero(np.bincount(ids)))
 
 
 def default_budget(chars):
@@ -115,10 +123,10 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
     return settings, why
 
 
-def fill(cfg, devices=1, measure=None):
+def fill(cfg, devices=1, measure=None, size=None):
     """Fill cfg's unset settings (the recipe's, or FIXED's for other than character streams); what and why.
     measure(cfg, vocab_size) gives the tokens/s of a whole config on this machine; without it, the machine is
-    taken to be as fast as SPEED's."""
+    taken to be as fast as SPEED's. size: text_size's numbers when the text is already read."""
     unset = configs.unset(cfg)
     if not unset:
         return None
@@ -127,7 +135,7 @@ def fill(cfg, devices=1, measure=None):
         fixed(cfg)
         configs.validate(cfg)
         return f"fixed settings for {cfg.data.level} {cfg.data.mode} data (the recipe is for character streams)"
-    chars, tokens, vocab = text_size(cfg.data)
+    chars, tokens, vocab = size or text_size(cfg.data)
     tokens = max(tokens, 1)  # an empty text: the reader's error comes later, when training starts
     if t.time_limit is None and t.epochs is None:
         t.time_limit = _duration_text(default_budget(chars))

@@ -3,6 +3,7 @@ Readable without MXNet (charlm.checkpoint saves and loads the MXNet arrays in it
 import contextlib
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -57,6 +58,11 @@ def read_json(path):
         return json.loads(_read_text(path))
     except json.JSONDecodeError:
         raise CharlmError(f"{path} is damaged (not JSON)") from None
+
+
+def checkpoint_metric(record):
+    """The loss that picks the best checkpoint: validation loss, or training loss without validation."""
+    return record.get("val_loss", record["train_loss"])
 
 
 def _pid_in(path):
@@ -184,6 +190,12 @@ class Run:
                 raise CharlmError(f"{path} is damaged (line {n} is not an epoch's record)")
             records.append(record)
         return records
+
+    def best(self, records=None):
+        """(the best checkpoint metric, its epoch) of the run's records, or of those given; (inf, 0) before any."""
+        records = self.metrics() if records is None else records
+        best = min(map(checkpoint_metric, records), default=math.inf)
+        return best, next((r["epoch"] for r in records if checkpoint_metric(r) == best), 0)
 
     def write_metrics(self, records):
         """Replace metrics.jsonl with these records."""

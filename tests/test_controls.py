@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charlm import checkpoint, optim, text, training as train
+from charlm import checkpoint, optim, parallel, text, training as train
 from charlm.cli import main
 from charlm.configs import DataConfig
 from charlm.engine import mx, nd
@@ -36,6 +36,7 @@ class Clock:
 def clock(monkeypatch):
     fake = Clock(tick=0.5)
     monkeypatch.setattr(train, "time", fake)
+    monkeypatch.setattr(parallel, "time", fake)
     return fake
 
 
@@ -61,9 +62,9 @@ class Seen:
 def fit_seen(cfg, clock=None, tick=0.0):
     """fit cfg without a run directory; return (setup, Seen); the fake clock, if any, moves tick per step."""
     s = train.setup(cfg, mx.cpu())
-    seen = Seen(s, train.make_trainer(s))
+    seen = Seen(s, s.trainer)
     advance = SimpleNamespace(on_batch=lambda *a: setattr(clock, "now", clock.now + tick)) if clock else None
-    train.fit(s, None, seen.trainer, callbacks=[seen] + ([advance] if advance else []))
+    train.fit(s, None, callbacks=[seen] + ([advance] if advance else []))
     return s, seen
 
 
@@ -80,6 +81,7 @@ def test_cosine_over_the_epochs_follows_its_formula_with_warmup(tiny_cfg, warmup
 def test_cosine_over_a_time_limit_follows_the_clock_and_stops_there(tiny_cfg, monkeypatch):
     fake = Clock()
     monkeypatch.setattr(train, "time", fake)
+    monkeypatch.setattr(parallel, "time", fake)
     tiny_cfg.train.lr_schedule, tiny_cfg.train.time_limit, tiny_cfg.train.epochs = "cosine", "1m", 100
     _, seen = fit_seen(tiny_cfg, fake, tick=2.0)  # each step takes 2 s of the 60
     assert len(seen.lrs) == 30
