@@ -82,6 +82,15 @@ def _read_corpus(cfg):
     return data.corpus_of(cfg.data, vocab=source.vocab() if source else None)
 
 
+def resume_settings(flags, files=(), sets=(), name=None):
+    """(epochs, time_limit) of a resume from the config flags typed ({(section, key): value}); a resumed run keeps
+    its own config.yaml, so anything else given is an error."""
+    if files or sets or name or set(flags) - {("train", "epochs"), ("train", "time_limit")}:
+        raise CharlmError("--resume continues a run with its own config.yaml: only --epochs and --time-limit "
+                          "may be given")
+    return flags.get(("train", "epochs")), flags.get(("train", "time_limit"))
+
+
 def choose(cfg, kvstore="local", devices=None, corpus=None):
     """Fill cfg's unset settings: the model of --init-from's run, the rest the recipe's, for this machine's speed
     on the first of the devices (a Context or a list; None: the CPU) and the size of the text (corpus: its
@@ -281,6 +290,19 @@ class LM:
             raise CharlmError(f"{self.run.path} has no validation split (val_frac 0): pass --data FILE")
         ids = data.corpus_of(d, vocab=self.vocab)[1]
         return self._scores(data.split_corpus(self.config, self.vocab, ids)[1])
+
+    def addition_accuracy(self, path):
+        """{accuracy, count, position_accuracy}: exact-match accuracy of greedy answers after `=` on the lines
+        a+b=c of a file, and the accuracy by answer position (as written)."""
+        from . import addition
+        from .text import read_text
+
+        lines = [line for line in read_text(Path(path)).splitlines() if line.strip()]
+        start = self.vocab.bos if self.config.data.mode == "lines" else self.vocab.eos
+        if self.vocab.level != "char" or start is None:
+            raise CharlmError(f"{self.run.path} is not a character model trained on lines: it cannot answer a+b=")
+        exact, positions = addition.accuracy(self.model, self.vocab, start, lines, self.ctx)
+        return {"accuracy": exact, "count": len(lines), "position_accuracy": positions}
 
     def _scores(self, ids):
         from . import training

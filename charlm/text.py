@@ -71,6 +71,19 @@ def read_text(path):
     return "".join(decoded_chunks(check_file(path), hint="convert it to UTF-8"))
 
 
+def read_prefix(path, stdin=None):
+    """The text of a prefix file (- for stdin, a binary stream), as it is: its last line break too."""
+    try:
+        raw = stdin.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise CharlmError(f"cannot read prefix file {path}: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as e:
+        raise CharlmError(f"prefix file {path} is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}") \
+            from None
+
+
 def lowercases(d):
     """Whether a DataConfig's text is lowercased: as set, or when unset (None) only the bundled book's."""
     return d.lowercase if d.lowercase is not None else not d.path

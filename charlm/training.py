@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint, configs, data, engine, generate, model as models, optim, parallel
-from .engine import autograd, mx, nd
+from .engine import Sums, autograd, mx, nd
 from .errors import CharlmError, Interrupted
 from .run import checkpoint_metric
 
@@ -86,53 +86,6 @@ def setup(cfg, ctx, workers=None, vocab=None, corpus=None):
 def make_trainer(s):
     """A Gluon Trainer for the setup's model, optimizer and learning rate, over its devices and workers."""
     return s.workers.trainer(s.model.collect_params(), s.cfg.train)
-
-
-@dataclass
-class Sums:
-    """An epoch's running sums on the host: NLL, gradient norms, tokens, seconds (each stretch's on the device)."""
-    nll: float = 0.0
-    norm: float = 0.0
-    tokens: int = 0
-    seconds: float = 0.0
-    totals: list = field(default_factory=list, repr=False)  # the stretch's batches, on the device
-    norms: list = field(default_factory=list, repr=False)
-
-    @classmethod
-    def of(cls, saved=None):
-        """The sums a mid-epoch checkpoint saved (read()'s), or zero."""
-        saved = saved or {}
-        return cls(saved.get("nll", 0.0), saved.get("grad_norm", 0.0), saved.get("tokens", 0),
-                   saved.get("train_s", 0.0))
-
-    def add(self, total, norm, tokens):
-        """One batch: its NLL sum and gradient norm (on the device) and its count of real targets."""
-        self.totals.append(total)
-        self.norms.append(norm)
-        self.tokens += tokens
-        engine.keep_up(self.totals)
-
-    def mean_loss(self):
-        """The mean NLL so far (a host sync)."""
-        pending = float(nd.concat(*self.totals, dim=0).sum().asscalar()) if self.totals else 0.0
-        return (self.nll + pending) / self.tokens
-
-    def end_stretch(self, start, first):
-        """Wait for the stretch (its one host sync), add it up; the index of its first non-finite batch, or None."""
-        nd.waitall()
-        self.seconds += time.perf_counter() - start
-        if not self.totals:
-            return None
-        values = nd.concat(*self.totals, *self.norms, dim=0).asnumpy().astype(np.float64)
-        totals, norms = np.split(values, 2)
-        self.nll, self.norm = self.nll + float(totals.sum()), self.norm + float(norms.sum())
-        self.totals, self.norms = [], []
-        bad = np.flatnonzero(~np.isfinite(totals + norms))
-        return first + int(bad[0]) if len(bad) else None
-
-    def read(self):
-        """The sums as plain numbers, as saved in a mid-epoch checkpoint (after end_stretch)."""
-        return {"nll": self.nll, "grad_norm": self.norm, "tokens": self.tokens, "train_s": self.seconds}
 
 
 @dataclass
