@@ -251,7 +251,7 @@ def _end_stretch(s, state, run, clock, batches, states, start, i):
                                  state.hidden if batches.carries_state else None, state.lr_scale, s.ema)
 
 
-def _val_loss(s, model):
+def val_loss(s, model):
     """The validation loss of model, over every worker's part of the text."""
     nll, tokens = s.workers.allsum(*evaluate(model, s.val_ids, s.cfg, s.vocab, s.device))
     return nll / tokens
@@ -259,11 +259,11 @@ def _val_loss(s, model):
 
 def validation(s):
     """(validation scores, their model): the average's or the weights', whichever loss is lower (train.ema)."""
-    loss, level = _val_loss(s, s.model), s.cfg.data.level
+    loss, level = val_loss(s, s.model), s.cfg.data.level
     if s.ema is None:
         return scores("val_", loss, level), s.model
     with s.ema.swapped() as model:
-        averaged = _val_loss(s, model)
+        averaged = val_loss(s, model)
     chosen = s.ema if averaged < loss else s.model
     return {**scores("val_", min(loss, averaged), level), "val_loss_raw": loss, "val_loss_ema": averaged}, chosen
 

@@ -114,7 +114,7 @@ def test_the_average_is_kept_when_better_and_both_losses_are_recorded(tiny_cfg, 
     s = train.setup(tiny_cfg, mx.cpu())
     best = checkpoint.load_model(result, mx.cpu())
     expected = record["val_loss_ema"] if record["val_loss_ema"] < record["val_loss_raw"] else record["val_loss_raw"]
-    assert train._val_loss(s, best) == pytest.approx(expected, rel=1e-6)
+    assert train.val_loss(s, best) == pytest.approx(expected, rel=1e-6)
     assert sorted(p.name for p in result.path.glob("last-*")) == ["last-e1-s0.ema", "last-e1-s0.optim",
                                                                    "last-e1-s0.params"]
 
@@ -138,7 +138,7 @@ def scripted_validation(monkeypatch, losses):
     def fake(s, model):
         kept.append(params(model))
         return next(it)
-    monkeypatch.setattr(train, "_val_loss", fake)
+    monkeypatch.setattr(train, "val_loss", fake)
     return kept
 
 

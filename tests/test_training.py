@@ -84,7 +84,7 @@ def test_weight_drop_updates_the_kept_weights_by_the_masked_gradient(tiny_cfg):
     train.train_step(s, train.objective_of(s), flat, [(nd.array(X), nd.array(Y))], [s.model.begin_state(4, mx.cpu())],
                      drop)
     grad = layer.parameters.grad().asnumpy()
-    h2h = np.concatenate([grad[begin:end] for name, _, begin, end in layer._spans() if name.endswith("h2h_weight")])
+    h2h = np.concatenate([grad[begin:end] for name, _, begin, end in layer.spans() if name.endswith("h2h_weight")])
     assert 0.3 < (h2h == 0).mean() < 0.7  # the dropped weights have no gradient
     np.testing.assert_allclose(layer.parameters.data().asnumpy(), before - 0.1 * grad, rtol=1e-5, atol=1e-7)
 
