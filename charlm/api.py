@@ -101,11 +101,12 @@ def choose(cfg, kvstore="local", devices=None, corpus=None):
     if cfg.train.init_from:  # fine-tuning keeps the source's model
         theirs = _source(cfg).config().model
         for key in SHAPE_KEYS:
-            if getattr(cfg.model, key) is None:
+            if f"model.{key}" in configs.unset(cfg):
                 setattr(cfg.model, key, getattr(theirs, key))
     if kvstore == "dist_async":  # its servers update with a constant rate and no decay
-        t = cfg.train
-        t.lr_schedule, t.warmup, t.weight_decay = t.lr_schedule or "exp", t.warmup or 0, t.weight_decay or 0.0
+        for key in ("train.lr_schedule", "train.warmup", "train.weight_decay"):
+            if key in configs.unset(cfg):
+                recipe.set_fixed(cfg, key)
     devices = devices if isinstance(devices, list) else [devices]
     # a cluster's workers must choose alike: they take the speed table's machine rather than each its own
     measure = None if kvstore.startswith("dist") else functools.partial(_tokens_per_second, ctx=devices[0])

@@ -203,12 +203,7 @@ class Run:
 
     def config(self):
         """The run's resolved config."""
-        cfg = configs.resolve([self.path / CONFIG])
-        if cfg.model.variational_dropout is None:  # a run made before the setting: per-step dropout
-            cfg.model.variational_dropout = False
-        if cfg.model.weight_drop is None:  # nor DropConnect
-            cfg.model.weight_drop = 0.0
-        return cfg
+        return configs.resolve([self.path / CONFIG])  # a setting it lacks (made before it existed): the default
 
     def vocab(self):
         """The run's vocabulary."""
