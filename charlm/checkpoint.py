@@ -1,9 +1,11 @@
 """MXNet state saved into a run directory and loaded back: parameters, optimizer state, carried hidden state.
 Nothing is unpickled: arrays are in MXNet's own format, the optimizer's counters in state.json."""
+import math
+
 from . import model as models
 from .engine import mx, nd
 from .errors import CharlmError, mxnet_cause
-from .run import BEST, METRICS, STATE, atomic_write
+from .run import BEST, METRICS, STATE, atomic_write, checkpoint_metric
 
 
 def _last_files(tag):
@@ -160,7 +162,8 @@ def restore(run, model, trainer, ctx, ema=None):
         hidden = load_last(run, model, trainer, ctx, ema)
         try:
             elapsed = partial["elapsed_s"] if partial else ends[-1]["elapsed_s"]
-            best, best_epoch = run.best(records)
+            best = run.best(records)
+            best, best_epoch = (checkpoint_metric(best), best["epoch"]) if best else (math.inf, 0)
         except (KeyError, TypeError):
             raise CharlmError(f"{run.path / METRICS} or {run.path / STATE} is damaged: a loss or elapsed time "
                               f"is missing") from None

@@ -79,6 +79,7 @@ def _stopped(stop, run):
 
 def _done(run):
     """The final line: the best checkpoint's perplexity, and the test text's when there is one."""
+    from .run import checkpoint_metric
     from .training import perplexity
 
     state, records = run.read_state(), run.metrics()
@@ -87,7 +88,7 @@ def _done(run):
                    f"charlm train --resume {run.path} --time-limit LONGER")
         return
     metric = "val" if "val_loss" in records[-1] else "train"
-    best, _ = run.best(records)
+    best = checkpoint_metric(run.best(records))
     test = f" | test ppl {ppl(state['test']['test_ppl'])}" if "test" in state else ""
     click.echo(f"done | best {metric} ppl {ppl(perplexity(best))}{test} | {run.path}")
 
@@ -165,7 +166,7 @@ def sweep(sweep_file, dry_run, jobs, runs_dir):
         best = row.get(f"best_{plan.metric}")
         result = f"best {plan.metric} {best:.4g} at epoch {row['best_epoch']}" if best is not None else row["error"]
         click.echo(f"[{len(finished)}] {row['run']}: {row['status']} | {result}")
-        fixed = {k for k in plan.parameters if len({repr(r[k]) for r in rows}) == 1}  # summary.csv keeps them
+        fixed = set(plan.parameters) - set(configs.differing(rows, plan.parameters))  # summary.csv keeps them
         click.echo(table(rows, [c for c in sweeps.columns(rows) if c not in fixed]) + "\n")
 
     try:

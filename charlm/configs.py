@@ -6,11 +6,11 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from .errors import CharlmError
+from .text import read_utf8
 
 CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
 SCRATCH_CELLS = CELLS[:3]  # no embedding, no stacking, no dropout
@@ -212,19 +212,21 @@ def _key_lines(text):
     return lines
 
 
-def apply_yaml(cfg, path):
-    """Apply the settings of one YAML file to cfg; unknown keys and wrong types are errors."""
+def read_yaml(path, what):
+    """(document, text) of a YAML file; unreadable, not UTF-8 or malformed, a one-line error (what: its kind)."""
+    text = read_utf8(path, what)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        doc, lines = yaml.safe_load(text), _key_lines(text)
-    except OSError as e:
-        raise CharlmError(f"cannot read config {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise CharlmError(f"config {path} is not UTF-8 text") from None
+        return yaml.safe_load(text), text
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise CharlmError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', None) or e}") from None
+
+
+def apply_yaml(cfg, path):
+    """Apply the settings of one YAML file to cfg; unknown keys and wrong types are errors."""
+    doc, text = read_yaml(path, "config ")
+    lines = _key_lines(text)
     if doc is None:
         return cfg
     if not isinstance(doc, dict):
@@ -333,6 +335,17 @@ def unset(cfg):
     """The keys left to the recipe (none of the layers set them), as "section.name"."""
     return [f"{section}.{f.name}" for section, f in keys() if f.metadata.get("auto")
             and f.name not in getattr(cfg, section).given]
+
+
+def flat(cfg):
+    """The config as {"section.name": value}."""
+    return {f"{s}.{k}": v for s, section in dataclasses.asdict(cfg).items() for k, v in section.items()}
+
+
+def differing(rows, keys=None):
+    """The keys (those given, or the first row's, in order) whose values differ between rows (dicts)."""
+    keys = list(rows[0]) if keys is None else keys
+    return [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
 
 
 def to_yaml(cfg):

@@ -3,7 +3,6 @@ Readable without MXNet (charlm.checkpoint saves and loads the MXNet arrays in it
 import contextlib
 import fcntl
 import json
-import math
 import os
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from . import __version__, configs
 from .errors import CharlmError
+from .text import read_utf8
 from .vocab import vocab_from_json
 
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
@@ -42,20 +42,10 @@ def write_text(path, text):
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _read_text(path):
-    """A run file's text; a clear error when it cannot be read."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise CharlmError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise CharlmError(f"{path} is damaged (not UTF-8 text)") from None
-
-
 def read_json(path):
     """A run file's JSON; a clear error when it is not JSON."""
     try:
-        return json.loads(_read_text(path))
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError:
         raise CharlmError(f"{path} is damaged (not JSON)") from None
 
@@ -181,7 +171,7 @@ class Run:
         """The metrics.jsonl records, skipping a line a crash cut short; a clear error for JSON that is no record."""
         path = self.path / METRICS
         records = []
-        for n, line in enumerate(_read_text(path).splitlines() if path.exists() else [], 1):
+        for n, line in enumerate(read_utf8(path).splitlines() if path.exists() else [], 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -191,11 +181,13 @@ class Run:
             records.append(record)
         return records
 
-    def best(self, records=None):
-        """(the best checkpoint metric, its epoch) of the run's records, or of those given; (inf, 0) before any."""
+    def best(self, records=None, metric=None, goal="minimize"):
+        """The best record of the run's metrics (or of the records given), the first of equals: by the checkpoint
+        metric, or by `metric` toward `goal` among the records that have it; None before any."""
         records = self.metrics() if records is None else records
-        best = min(map(checkpoint_metric, records), default=math.inf)
-        return best, next((r["epoch"] for r in records if checkpoint_metric(r) == best), 0)
+        key = checkpoint_metric if metric is None else (lambda r: r[metric])
+        pick = min if goal == "minimize" else max
+        return pick((r for r in records if metric is None or metric in r), key=key, default=None)
 
     def write_metrics(self, records):
         """Replace metrics.jsonl with these records."""
@@ -209,7 +201,7 @@ class Run:
         """The run's vocabulary."""
         path = self.path / VOCAB
         try:
-            return vocab_from_json(_read_text(path))
+            return vocab_from_json(read_utf8(path))
         except (ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
             raise CharlmError(f"{path} is damaged (not a vocabulary charlm wrote)") from None
 
