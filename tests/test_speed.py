@@ -30,6 +30,7 @@ def test_a_stretch_slowed_by_something_else_does_not_move_the_measurement(tiny_c
         now[0] += next(stretches)
         return now[0]
 
-    monkeypatch.setattr(speed, "time", SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(speed, "time", SimpleNamespace(perf_counter=perf_counter,
+                                                       thread_time=lambda: 0.0))
     tokens = speed.STRETCH * tiny_cfg.data.batch_size * tiny_cfg.data.seq_len
     assert speed.tokens_per_second(tiny_cfg, 30, mx.cpu(), seconds=1.0) == pytest.approx(tokens / 0.05)
