@@ -229,9 +229,10 @@ def _fit(s, run, progress, callbacks, stop, chosen=None):
 def _test(s, run):
     """Score the test file with the run's best parameters; the scores are kept in state.json."""
     from . import checkpoint, training
+    from .run import scores
 
     nll, tokens = training.evaluate(checkpoint.load_model(run, s.device), s.test_ids, s.cfg, s.vocab, s.device)
-    run.write_state({**run.read_state(), "test": {**training.scores("test_", nll / tokens, s.cfg.data.level),
+    run.write_state({**run.read_state(), "test": {**scores("test_", nll / tokens, s.cfg.data.level),
                                                   "test_tokens": tokens}})
 
 
@@ -307,6 +308,7 @@ class LM:
 
     def _scores(self, ids):
         from . import training
+        from .run import scores
 
         nll, tokens = training.evaluate(self.model, ids, self.config, self.vocab, self.ctx)
-        return {**training.scores("", nll / tokens, self.config.data.level), "tokens": tokens}
+        return {**scores("", nll / tokens, self.config.data.level), "tokens": tokens}

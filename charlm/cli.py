@@ -50,7 +50,7 @@ def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, *
     callbacks = [bar, EpochLines(bar)]
     try:
         if resume is None:
-            cfg = configs.resolve(config_files, typed, sets)
+            cfg = configs.resolve(config_files, typed, sets, check=False)  # api.train checks it
             run = api.train(cfg, runs_dir=runs_dir, name=name, callbacks=callbacks, stop=stop.requested, **devices)
         else:
             epochs, time_limit = api.resume_settings(typed, config_files, sets, name)
@@ -79,8 +79,7 @@ def _stopped(stop, run):
 
 def _done(run):
     """The final line: the best checkpoint's perplexity, and the test text's when there is one."""
-    from .run import checkpoint_metric
-    from .training import perplexity
+    from .run import checkpoint_metric, perplexity
 
     state, records = run.read_state(), run.metrics()
     if not records:

@@ -256,8 +256,9 @@ def parse_set(assignment):
         raise CharlmError(f"--set {assignment}: the value is not valid YAML") from None
 
 
-def resolve(files=(), flags=None, sets=()):
-    """Defaults < each YAML file in order < flags {(section, name): value} < `--set section.key=value`s."""
+def resolve(files=(), flags=None, sets=(), check=True):
+    """Defaults < each YAML file in order < flags {(section, name): value} < `--set section.key=value`s; checked
+    unless check is false (for a caller that checks it once itself, as charlm.train does)."""
     cfg = Config()
     for path in files:
         apply_yaml(cfg, path)
@@ -266,7 +267,8 @@ def resolve(files=(), flags=None, sets=()):
     for assignment in sets:
         (section, name), value = parse_set(assignment)
         _set(cfg, section, name, value, "--set ")
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 

@@ -1,8 +1,10 @@
-"""The run directory: config, vocabulary, state and metrics, each file written atomically, and its lock.
+"""The run directory: config, vocabulary, state and metrics (losses as perplexity and bits per character), each
+file written atomically, and its lock.
 Readable without MXNet (charlm.checkpoint saves and loads the MXNet arrays in it)."""
 import contextlib
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -48,6 +50,24 @@ def read_json(path):
         return json.loads(read_utf8(path))
     except json.JSONDecodeError:
         raise CharlmError(f"{path} is damaged (not JSON)") from None
+
+
+def perplexity(loss):
+    """Perplexity of a mean NLL in nats: exp(total NLL / total tokens)."""
+    return math.exp(min(loss, 700.0))  # beyond e^700 a float overflows; such a model is lost anyway
+
+
+def bits_per_char(loss):
+    """Bits per character of a mean NLL in nats."""
+    return loss / math.log(2)
+
+
+def scores(prefix, loss, level="char"):
+    """Metrics of a mean NLL in nats per token: {prefix}loss, {prefix}ppl, and at char level {prefix}bpc."""
+    out = {f"{prefix}loss": loss, f"{prefix}ppl": perplexity(loss)}
+    if level == "char":
+        out[f"{prefix}bpc"] = bits_per_char(loss)
+    return out
 
 
 def checkpoint_metric(record):

@@ -64,7 +64,7 @@ class ProgressBar:
 
     def on_batch(self, done, total, tokens, running_loss):
         from tqdm import tqdm
-        from .training import perplexity
+        from .run import perplexity
 
         if self.bar is None:
             self.bar = tqdm(total=total, initial=done - 1, file=sys.stderr, leave=False, unit="batch", disable=None)

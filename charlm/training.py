@@ -10,28 +10,10 @@ import numpy as np
 from . import checkpoint, configs, data, engine, generate, model as models, optim, parallel
 from .engine import Sums, autograd, mx, nd
 from .errors import CharlmError, Interrupted
-from .run import checkpoint_metric
+from .run import checkpoint_metric, scores
 
 log = logging.getLogger(__name__)
 MAX_ROLLBACKS = 3
-
-
-def perplexity(loss):
-    """Perplexity of a mean NLL in nats: exp(total NLL / total tokens)."""
-    return math.exp(min(loss, 700.0))  # beyond e^700 a float overflows; such a model is lost anyway
-
-
-def bits_per_char(loss):
-    """Bits per character of a mean NLL in nats."""
-    return loss / math.log(2)
-
-
-def scores(prefix, loss, level="char"):
-    """Metrics of a mean NLL in nats per token: {prefix}loss, {prefix}ppl, and at char level {prefix}bpc."""
-    out = {f"{prefix}loss": loss, f"{prefix}ppl": perplexity(loss)}
-    if level == "char":
-        out[f"{prefix}bpc"] = bits_per_char(loss)
-    return out
 
 
 @dataclass
