@@ -47,10 +47,11 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
         cfg = copy.deepcopy(cfg) if cfg is not None else configs.resolve()
         _extend(cfg, epochs, time_limit)
         _absolute(cfg)
-        corpus = _read_corpus(cfg)
+        source, corpus = _read_corpus(cfg)
         chosen = choose(cfg, kvstore, devices, corpus)
         workers = parallel.connect(cfg, devices, kvstore)
-        return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop, chosen, corpus)
+        return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop, chosen, source,
+                        corpus)
     if cfg is not None or name is not None:
         raise CharlmError("resume= continues a run with its own config.yaml: give only epochs= and time_limit=")
     if kvstore.startswith("dist"):
@@ -71,15 +72,30 @@ def _source(cfg):
 
 
 def _read_corpus(cfg):
-    """(vocab, ids) of the training text, read once: encoded with --init-from's vocabulary when given; resolves
-    data.lowercase first, so that config.yaml records it (a fine-tuning run reads as its source)."""
+    """(--init-from's run or None, (vocab, ids) of the training text, read once): a fine-tuning run takes its
+    source's model where unset, is checked to fit it, and reads its text with the source's vocabulary and case.
+    data.lowercase is resolved, so that config.yaml records it."""
     from . import data
+    from .run import init_source
     from .text import lowercases
 
-    source = _source(cfg) if cfg.train.init_from else None
+    source, vocab = None, None
+    if cfg.train.init_from:
+        _take_model(cfg, _source(cfg))
+        source, vocab = init_source(cfg)
     if cfg.data.lowercase is None:
         cfg.data.lowercase = source.config().data.lowercase if source else lowercases(cfg.data)
-    return data.corpus_of(cfg.data, vocab=source.vocab() if source else None)
+    return source, data.corpus_of(cfg.data, vocab=vocab)
+
+
+def _take_model(cfg, source):
+    """Set cfg's unset model shape to that of the source run's (fine-tuning keeps the source's model)."""
+    from .run import SHAPE_KEYS
+
+    theirs = source.config().model
+    for key in SHAPE_KEYS:
+        if f"model.{key}" in configs.unset(cfg):
+            setattr(cfg.model, key, getattr(theirs, key))
 
 
 def resume_settings(flags, files=(), sets=(), name=None):
@@ -98,11 +114,8 @@ def choose(cfg, kvstore="local", devices=None, corpus=None):
     from . import recipe
     from .run import SHAPE_KEYS
 
-    if cfg.train.init_from:  # fine-tuning keeps the source's model
-        theirs = _source(cfg).config().model
-        for key in SHAPE_KEYS:
-            if f"model.{key}" in configs.unset(cfg):
-                setattr(cfg.model, key, getattr(theirs, key))
+    if cfg.train.init_from and {f"model.{key}" for key in SHAPE_KEYS} & set(configs.unset(cfg)):
+        _take_model(cfg, _source(cfg))
     if kvstore == "dist_async":  # its servers update with a constant rate and no decay
         for key in ("train.lr_schedule", "train.warmup", "train.weight_decay"):
             if key in configs.unset(cfg):
@@ -150,12 +163,11 @@ def _guarded(workers, work, *args):
         raise
 
 
-def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop, chosen, corpus):
+def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop, chosen, source, corpus):
     """Split the corpus, build the model, create the run directory (rank 0 only) and train."""
     from . import checkpoint, training
-    from .run import BEST, Run, init_source
+    from .run import BEST, Run
 
-    source = init_source(cfg)[0] if cfg.train.init_from else None
     s = training.setup(cfg, devices, workers, corpus=corpus)
     if source:
         checkpoint.load_params(s.model, source.path / BEST, devices)

@@ -199,7 +199,7 @@ def train_epoch(s, state, run, clock, calls):
         if states is None or not batches.carries_state:
             states = [model.begin_state(part.shape[1], part.context) for part, _ in batch]
         else:
-            states = [[h.detach() for h in h_] for h_ in states]  # truncated BPTT: keep values, cut graph
+            states = [[h.detach() for h in device] for device in states]  # truncated BPTT: keep values, cut graph
         total, norm, states = train_step(s, objective, grads, batch, states, drop)
         state.sums.add(total, norm, real_targets(y, batches))
         i += 1
