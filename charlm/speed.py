@@ -8,7 +8,7 @@ import numpy as np
 
 from . import parallel, training
 from .engine import nd
-from .errors import Interrupted
+from .errors import Interrupted, TrainingDiverged
 from .vocab import Vocab
 
 WARMUP = 3  # batches before the clock starts: the graph is built and memory allocated in the first
@@ -48,10 +48,11 @@ class Stopwatch:
 
 
 def time_loop(s, watch):
-    """Train setup s (no run directory) until the Stopwatch is done; the Stopwatch."""
+    """Train setup s (no run directory) until the Stopwatch is done, or the loss diverges (as fast as any other:
+    the timing stands); the Stopwatch."""
     try:
         training.fit(s, None, callbacks=[watch], stop=watch.done)
-    except Interrupted:
+    except (Interrupted, TrainingDiverged):
         pass
     return watch
 
@@ -68,6 +69,7 @@ def _timed(cfg, vocab_size, ctx, seconds):
     cfg = copy.deepcopy(cfg)
     d, t = cfg.data, cfg.train
     t.time_limit, t.epochs, t.patience, t.sample_every = None, 10**6, 0, 0  # the clock of the run to come, not this
+    t.on_divergence = "stop"
     d.val_frac, d.valid_path, d.test_path = 0.0, None, None
     ids = np.random.default_rng(0).integers(vocab_size, size=(WARMUP + 16 * STRETCH) * d.batch_size * d.seq_len + 1)
     s = training.setup(cfg, ctx, parallel.Workers([ctx]), corpus=(Vocab([chr(i) for i in range(vocab_size)]), ids))

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import checkpoint, configs, data, engine, generate, model as models, optim, parallel
 from .engine import Sums, autograd, mx, nd
-from .errors import CharlmError, Interrupted
+from .errors import CharlmError, Interrupted, TrainingDiverged
 from .run import checkpoint_metric, scores
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ def end_epoch(s, state, run, clock, done, total):
         record.update(val)
     record["elapsed_s"] = clock.elapsed()
     if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
-        raise CharlmError(f"training diverged in epoch {number} (validation loss {record.get('val_loss')}); "
+        raise TrainingDiverged(f"training diverged in epoch {number} (validation loss {record.get('val_loss')}); "
                           f"the best and last good checkpoints are kept: lower --lr or set --grad-clip")
     better = checkpoint_metric(record) < state.best
     if done < total:
@@ -288,7 +288,7 @@ def recover(s, state, run, step):
     at half the rate; the State to go on from."""
     epoch = state.epoch + 1
     if s.cfg.train.on_divergence == "stop" or state.rollbacks == MAX_ROLLBACKS:
-        raise CharlmError(f"training diverged at step {step} (epoch {epoch}): the loss or gradient norm is not "
+        raise TrainingDiverged(f"training diverged at step {step} (epoch {epoch}): the loss or gradient norm is not "
                           f"finite; the best and last good checkpoints are kept: lower --lr, set --grad-clip, "
                           f"or use --on-divergence rollback")
     rollbacks, lr_scale = state.rollbacks + 1, state.lr_scale / 2

@@ -34,3 +34,8 @@ def test_a_stretch_slowed_by_something_else_does_not_move_the_measurement(tiny_c
                                                        thread_time=lambda: 0.0))
     tokens = speed.STRETCH * tiny_cfg.data.batch_size * tiny_cfg.data.seq_len
     assert speed.tokens_per_second(tiny_cfg, 30, mx.cpu(), seconds=1.0) == pytest.approx(tokens / 0.05)
+
+
+def test_a_config_that_diverges_is_still_timed(tiny_cfg):
+    tiny_cfg.train.optimizer, tiny_cfg.train.lr, tiny_cfg.train.grad_clip = "sgd", 3e38, 0.0  # inf weights: NaN
+    assert math.isfinite(speed.tokens_per_second(tiny_cfg, 30, mx.cpu(), seconds=0.2))
