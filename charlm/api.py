@@ -47,9 +47,11 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
         cfg = copy.deepcopy(cfg) if cfg is not None else configs.resolve()
         _extend(cfg, epochs, time_limit)
         _absolute(cfg)
-        chosen = choose(cfg, kvstore, devices)
+        source, corpus = _read_corpus(cfg)
+        chosen = choose(cfg, kvstore, devices, corpus)
         workers = parallel.connect(cfg, devices, kvstore)
-        return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop, chosen)
+        return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop, chosen, source,
+                        corpus)
     if cfg is not None or name is not None:
         raise CharlmError("resume= continues a run with its own config.yaml: give only epochs= and time_limit=")
     if kvstore.startswith("dist"):
@@ -59,27 +61,69 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
         return _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop)
 
 
-def choose(cfg, kvstore="local", devices=None):
-    """Fill cfg's unset settings: the model of --init-from's run, the rest the recipe's, for this machine's speed
-    on the first of the devices (a Context or a list; None: the CPU); what and why, or None."""
-    from . import recipe
-    from .run import SHAPE_KEYS, find
+def _source(cfg):
+    """The run directory of cfg.train.init_from."""
+    from .run import find
 
-    if cfg.train.init_from:  # fine-tuning keeps the source's model
-        try:
-            theirs = find(cfg.train.init_from).config().model
-        except CharlmError as e:
-            raise CharlmError(f"--init-from: {e}") from None
-        for key in SHAPE_KEYS:
-            if getattr(cfg.model, key) is None:
-                setattr(cfg.model, key, getattr(theirs, key))
+    try:
+        return find(cfg.train.init_from)
+    except CharlmError as e:
+        raise CharlmError(f"--init-from: {e}") from None
+
+
+def _read_corpus(cfg):
+    """(--init-from's run or None, (vocab, ids) of the training text, read once): a fine-tuning run takes its
+    source's model where unset, is checked to fit it, and reads its text with the source's vocabulary and case.
+    data.lowercase is resolved, so that config.yaml records it."""
+    from . import data
+    from .run import init_source
+    from .text import lowercases
+
+    source, vocab = None, None
+    if cfg.train.init_from:
+        _take_model(cfg, _source(cfg))
+        source, vocab = init_source(cfg)
+    if cfg.data.lowercase is None:
+        cfg.data.lowercase = source.config().data.lowercase if source else lowercases(cfg.data)
+    return source, data.corpus_of(cfg.data, vocab=vocab)
+
+
+def _take_model(cfg, source):
+    """Set cfg's unset model shape to that of the source run's (fine-tuning keeps the source's model)."""
+    from .run import SHAPE_KEYS
+
+    theirs = source.config().model
+    for key in SHAPE_KEYS:
+        if f"model.{key}" in configs.unset(cfg):
+            setattr(cfg.model, key, getattr(theirs, key))
+
+
+def resume_settings(flags, files=(), sets=(), name=None):
+    """(epochs, time_limit) of a resume from the config flags typed ({(section, key): value}); a resumed run keeps
+    its own config.yaml, so anything else given is an error."""
+    if files or sets or name or set(flags) - {("train", "epochs"), ("train", "time_limit")}:
+        raise CharlmError("--resume continues a run with its own config.yaml: only --epochs and --time-limit "
+                          "may be given")
+    return flags.get(("train", "epochs")), flags.get(("train", "time_limit"))
+
+
+def choose(cfg, kvstore="local", devices=None, corpus=None):
+    """Fill cfg's unset settings: the model of --init-from's run, the rest the recipe's, for this machine's speed
+    on the first of the devices (a Context or a list; None: the CPU) and the size of the text (corpus: its
+    (vocab, ids) as read; None: counted from the file); what and why, or None."""
+    from . import recipe
+    from .run import SHAPE_KEYS
+
+    if cfg.train.init_from and {f"model.{key}" for key in SHAPE_KEYS} & set(configs.unset(cfg)):
+        _take_model(cfg, _source(cfg))
     if kvstore == "dist_async":  # its servers update with a constant rate and no decay
-        t = cfg.train
-        t.lr_schedule, t.warmup, t.weight_decay = t.lr_schedule or "exp", t.warmup or 0, t.weight_decay or 0.0
+        for key in ("train.lr_schedule", "train.warmup", "train.weight_decay"):
+            if key in configs.unset(cfg):
+                recipe.set_fixed(cfg, key)
     devices = devices if isinstance(devices, list) else [devices]
     # a cluster's workers must choose alike: they take the speed table's machine rather than each its own
     measure = None if kvstore.startswith("dist") else functools.partial(_tokens_per_second, ctx=devices[0])
-    return recipe.fill(cfg, len(devices), measure)
+    return recipe.fill(cfg, len(devices), measure, None if corpus is None else recipe.size_of(cfg.data, corpus[1]))
 
 
 def _tokens_per_second(cfg, vocab_size, ctx=None):
@@ -119,16 +163,12 @@ def _guarded(workers, work, *args):
         raise
 
 
-def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop, chosen=None):
-    """Read the corpus, build the model, create the run directory (rank 0 only) and train."""
+def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop, chosen, source, corpus):
+    """Split the corpus, build the model, create the run directory (rank 0 only) and train."""
     from . import checkpoint, training
-    from .run import BEST, Run, init_source
-    from .text import lowercases
+    from .run import BEST, Run
 
-    source, vocab = init_source(cfg) if cfg.train.init_from else (None, None)
-    if cfg.data.lowercase is None:  # resolved, so that config.yaml records it; a fine-tuning run reads as its source
-        cfg.data.lowercase = source.config().data.lowercase if source else lowercases(cfg.data)
-    s = training.setup(cfg, devices, workers, vocab)
+    s = training.setup(cfg, devices, workers, corpus=corpus)
     if source:
         checkpoint.load_params(s.model, source.path / BEST, devices)
     run = None if workers.rank else Run.create(runs_dir, name)  # workers other than rank 0 write nothing
@@ -139,7 +179,7 @@ def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop, chosen=No
         shutil.rmtree(run.path, ignore_errors=True)  # brand new and ours: leave no half-made run behind
         raise
     with run.lock() if run else contextlib.nullcontext():
-        _fit(s, run, None, None, callbacks, stop, chosen)
+        _fit(s, run, None, callbacks, stop, chosen)
     return run
 
 
@@ -158,19 +198,18 @@ def _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop):
     s = training.setup(cfg, devices, parallel.connect(cfg, devices, kvstore), saved if cfg.train.init_from else None)
     if s.vocab.tokens != saved.tokens:
         raise CharlmError(f"the text of {run.path} has changed since the run started (another vocabulary)")
-    trainer = training.make_trainer(s)
-    progress = training.restore(s, run, trainer)  # first: a run it refuses keeps its files as they were
+    progress = training.restore(s, run)  # first: a run it refuses keeps its files as they were
     t = cfg.train
     if t.time_limit and progress.elapsed >= configs.duration(t.time_limit):
         log.info("%s has trained for %.0f s of its time limit %s: give a longer --time-limit to extend it",
                  run.path, progress.elapsed, t.time_limit)
         return run
     run.start(cfg, s.vocab, fresh=False)
-    _fit(s, run, trainer, progress, callbacks, stop)
+    _fit(s, run, progress, callbacks, stop)
     return run
 
 
-def _fit(s, run, trainer, progress, callbacks, stop, chosen=None):
+def _fit(s, run, progress, callbacks, stop, chosen=None):
     """Announce the run to the callbacks (rank 0's only), train, then mark it finished and score the test text."""
     from . import training
 
@@ -189,14 +228,24 @@ def _fit(s, run, trainer, progress, callbacks, stop, chosen=None):
             "resumed": (progress.epoch, progress.step) if progress else None, "recipe": chosen}
     training.Callbacks(callbacks)("on_start", info)
     try:
-        training.fit(s, run, trainer, progress, callbacks, stop)
+        training.fit(s, run, progress, callbacks, stop)
     finally:
         if board:
             board.close()
     if run:
         run.finish()
         if s.cfg.data.test_path:
-            training.test(s, run)
+            _test(s, run)
+
+
+def _test(s, run):
+    """Score the test file with the run's best parameters; the scores are kept in state.json."""
+    from . import checkpoint, training
+    from .run import scores
+
+    nll, tokens = training.evaluate(checkpoint.load_model(run, s.device), s.test_ids, s.cfg, s.vocab, s.device)
+    run.write_state({**run.read_state(), "test": {**scores("test_", nll / tokens, s.cfg.data.level),
+                                                  "test_tokens": tokens}})
 
 
 def load(run=None, runs_dir="runs", gpu=False):
@@ -257,7 +306,7 @@ class LM:
 
     def score_file(self, path=None):
         """score of a text file, or without one of the run's validation text."""
-        from . import data, training
+        from . import data
 
         d = self.config.data
         if path or d.valid_path:
@@ -265,10 +314,24 @@ class LM:
         if not d.val_frac:
             raise CharlmError(f"{self.run.path} has no validation split (val_frac 0): pass --data FILE")
         ids = data.corpus_of(d, vocab=self.vocab)[1]
-        return self._scores(training.split_text(self.config, self.vocab, ids)[1])
+        return self._scores(data.split_corpus(self.config, self.vocab, ids)[1])
+
+    def addition_accuracy(self, path):
+        """{accuracy, count, position_accuracy}: exact-match accuracy of greedy answers after `=` on the lines
+        a+b=c of a file, and the accuracy by answer position (as written)."""
+        from . import addition
+        from .text import read_text
+
+        lines = [line for line in read_text(Path(path)).splitlines() if line.strip()]
+        start = self.vocab.bos if self.config.data.mode == "lines" else self.vocab.eos
+        if self.vocab.level != "char" or start is None:
+            raise CharlmError(f"{self.run.path} is not a character model trained on lines: it cannot answer a+b=")
+        exact, positions = addition.accuracy(self.model, self.vocab, start, lines, self.ctx)
+        return {"accuracy": exact, "count": len(lines), "position_accuracy": positions}
 
     def _scores(self, ids):
         from . import training
+        from .run import scores
 
         nll, tokens = training.evaluate(self.model, ids, self.config, self.vocab, self.ctx)
-        return {**training.scores("", nll / tokens, self.config.data.level), "tokens": tokens}
+        return {**scores("", nll / tokens, self.config.data.level), "tokens": tokens}

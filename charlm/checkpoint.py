@@ -1,9 +1,11 @@
 """MXNet state saved into a run directory and loaded back: parameters, optimizer state, carried hidden state.
 Nothing is unpickled: arrays are in MXNet's own format, the optimizer's counters in state.json."""
+import math
+
 from . import model as models
 from .engine import mx, nd
 from .errors import CharlmError, mxnet_cause
-from .run import BEST, STATE, atomic_write
+from .run import BEST, METRICS, STATE, atomic_write, checkpoint_metric
 
 
 def _last_files(tag):
@@ -141,3 +143,31 @@ def load_model(run, ctx):
         raise CharlmError(f"{run.path} has no {BEST}: no epoch of it has been scored yet")
     load_params(model, params, ctx)
     return model
+
+
+def restore(run, model, trainer, ctx, ema=None):
+    """Load the run's last checkpoint into model, trainer and ema (the averaged weights, when kept); where it
+    stands: {lr_scale} before any checkpoint, else also epoch, step, partial (the epoch's saved sums), hidden,
+    best, best_epoch and elapsed. metrics.jsonl loses any line written past the checkpoint."""
+    state = run.read_state()
+    done, step, partial = state.get("epoch", 0), state.get("step", 0), state.get("partial")
+    # the records up to the checkpoint: of the epochs it finished, and a time limit's within the next, to its step
+    records = [r for r in run.metrics() if r["epoch"] <= done or r["epoch"] == done + 1 and r.get("step", 1e18) <= step]
+    ends = [r for r in records if "step" not in r]
+    if done and (not ends or ends[-1]["epoch"] != done):
+        raise CharlmError(f"{run.path / METRICS} is damaged: it has no line for epoch {done}, the last "
+                          f"checkpoint's; its best loss is unknown")
+    where = {"lr_scale": state.get("lr_scale", 1.0)}
+    if done or step:
+        hidden = load_last(run, model, trainer, ctx, ema)
+        try:
+            elapsed = partial["elapsed_s"] if partial else ends[-1]["elapsed_s"]
+            best = run.best(records)
+            best, best_epoch = (checkpoint_metric(best), best["epoch"]) if best else (math.inf, 0)
+        except (KeyError, TypeError):
+            raise CharlmError(f"{run.path / METRICS} or {run.path / STATE} is damaged: a loss or elapsed time "
+                              f"is missing") from None
+        where.update(epoch=done, step=step, partial=partial, hidden=hidden, best=best, best_epoch=best_epoch,
+                     elapsed=elapsed)
+    run.write_metrics(records)  # without lines past the checkpoint: a kill after an epoch's line, before its own
+    return where

@@ -6,22 +6,23 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from .errors import CharlmError
+from .text import read_utf8
 
 CELLS = ("scratch-rnn", "scratch-lstm", "scratch-gru", "rnn", "lstm", "gru")
 SCRATCH_CELLS = CELLS[:3]  # no embedding, no stacking, no dropout
 # smaller rates change no float32 weight; this one keeps Adam's bias-corrected rate above MXNet's floor (1.2e-38)
 MIN_LR = 1e-30
-AUTO = " (null: chosen by the recipe)"
+AUTO = " (the recipe chooses it unless set; the default is the fixed setting)"
 
 
-def _auto(help, **meta):
-    """A setting left to the recipe unless given: null by default."""
-    return _opt(None, help + AUTO, auto=True, **meta)
+def _auto(default, help, **meta):
+    """A setting the recipe chooses unless given; `default` is its fixed setting (configs/fixed.yaml), which
+    word-level and lines-mode runs get."""
+    return _opt(default, help + AUTO, auto=True, **meta)
 
 
 def _opt(default, help, **meta):
@@ -31,8 +32,31 @@ def _opt(default, help, **meta):
     return field(default=default, metadata=meta)
 
 
+class _Section:
+    """A config section that records in `given` the settings set on it (by a layer, a flag or an attribute), or
+    made unlike their defaults: the recipe fills the others. None given to a recipe setting unsets it."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "given", {f.name for f in dataclasses.fields(self)
+                                           if getattr(self, f.name) != _default(f)})
+
+    def __setattr__(self, name, value):
+        f = next((f for f in dataclasses.fields(self) if f.name == name), None)
+        if "given" in self.__dict__ and f is not None:
+            if value is None and f.metadata.get("auto"):
+                value = _default(f)
+                self.given.discard(name)
+            else:
+                self.given.add(name)
+        object.__setattr__(self, name, value)
+
+
+def _default(f):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     path: typing.Optional[str] = _opt(None, "UTF-8 text file to train on (default: the bundled Time Machine)",
                                       flag="data")
     valid_path: typing.Optional[str] = _opt(None, "separate validation text (then val_frac is not used)",
@@ -57,49 +81,48 @@ class DataConfig:
     val_frac: float = _opt(0.1, "fraction of the corpus held out as the validation tail")
     iterator: str = _opt("sequential", "stream mode batching: random windows or sequential streams",
                          choices=("random", "sequential"))
-    seq_len: typing.Optional[int] = _auto("time steps per batch (T)")
-    batch_size: typing.Optional[int] = _auto("sequences per batch (N)")
+    seq_len: int = _auto(32, "time steps per batch (T)")
+    batch_size: int = _auto(16, "sequences per batch (N)")
 
 
 @dataclass
-class ModelConfig:
-    cell: typing.Optional[str] = _auto("recurrent cell", choices=CELLS)
-    embed_size: typing.Optional[int] = _auto("embedding size for Gluon cells (0 = one-hot input)")
-    hidden_size: typing.Optional[int] = _auto("hidden units per layer")
-    num_layers: typing.Optional[int] = _auto("stacked layers (Gluon cells)")
-    dropout: typing.Optional[float] = _auto("dropout on embeddings, between layers and on outputs (Gluon cells)")
-    variational_dropout: typing.Optional[bool] = _auto("one dropout mask for every time step of a batch on the "
-                                                       "embeddings and outputs (variational dropout)")
-    tie_weights: typing.Optional[bool] = _auto("share the embedding matrix with the output layer (needs "
-                                               "embed_size = hidden_size)")
-    weight_drop: typing.Optional[float] = _auto("dropout on the hidden-to-hidden weights, one mask per batch "
-                                                "(DropConnect, Gluon cells)")
+class ModelConfig(_Section):
+    cell: str = _auto("lstm", "recurrent cell", choices=CELLS)
+    embed_size: int = _auto(64, "embedding size for Gluon cells (0 = one-hot input)")
+    hidden_size: int = _auto(256, "hidden units per layer")
+    num_layers: int = _auto(2, "stacked layers (Gluon cells)")
+    dropout: float = _auto(0.5, "dropout on embeddings, between layers and on outputs (Gluon cells)")
+    variational_dropout: bool = _auto(False, "one dropout mask for every time step of a batch on the embeddings "
+                                             "and outputs (variational dropout)")
+    tie_weights: bool = _auto(False, "share the embedding matrix with the output layer (needs embed_size = "
+                                     "hidden_size)")
+    weight_drop: float = _auto(0.0, "dropout on the hidden-to-hidden weights, one mask per batch (DropConnect, "
+                                    "Gluon cells)")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     optimizer: str = _opt("adam", "optimizer", choices=("sgd", "adam"))
-    lr: typing.Optional[float] = _auto("learning rate")
+    lr: float = _auto(3e-3, "learning rate")
     lr_decay: float = _opt(0.93, "multiply the learning rate by this after each epoch (1 = constant)")
     plateau_factor: float = _opt(1.0, "multiply the learning rate by this after an epoch that did not improve "
                                       "the validation loss (1 = off)")
     grad_clip: float = _opt(1.0, "rescale gradients whose global L2 norm exceeds this (0 = off)")
     loss_reduction: str = _opt("mean", "loss the gradient is taken of: mean or sum over the batch's tokens",
                                choices=("mean", "sum"))
-    epochs: typing.Optional[int] = _auto("passes over the training text at most")
+    epochs: int = _auto(20, "passes over the training text at most")
     time_limit: typing.Optional[str] = _opt(None, "stop once training has taken this long, earlier sessions "
                                                   "included: 90s, 30m, 2h or seconds (null: the recipe's budget "
                                                   "for the text, or no limit when epochs is set)",
                                                   metavar="DURATION")
-    lr_schedule: typing.Optional[str] = _auto("exp: lr_decay after each epoch; cosine: from lr to 0 per update "
-                                              "over the time limit or the epochs, whichever ends the run first",
-                                              choices=("exp", "cosine"))
-    warmup: typing.Optional[int] = _auto("raise the learning rate linearly from 0 over the first N updates "
-                                         "(0 = off)")
-    patience: typing.Optional[int] = _auto("stop after N epochs without a better validation loss (0 = off)")
-    weight_decay: typing.Optional[float] = _auto("weight decay: decoupled (AdamW) for adam, L2 for sgd (0 = off)")
-    ema: typing.Optional[float] = _auto("keep a moving average of the weights with this decay, e.g. 0.999, and "
-                                        "save it as the best model when its validation loss is lower (0 = off)")
+    lr_schedule: str = _auto("exp", "exp: lr_decay after each epoch; cosine: from lr to 0 per update over the "
+                                    "time limit or the epochs, whichever ends the run first",
+                             choices=("exp", "cosine"))
+    warmup: int = _auto(0, "raise the learning rate linearly from 0 over the first N updates (0 = off)")
+    patience: int = _auto(0, "stop after N epochs without a better validation loss (0 = off)")
+    weight_decay: float = _auto(0.0, "weight decay: decoupled (AdamW) for adam, L2 for sgd (0 = off)")
+    ema: float = _auto(0.0, "keep a moving average of the weights with this decay, e.g. 0.999, and save it as the "
+                            "best model when its validation loss is lower (0 = off)")
     tensorboard: typing.Optional[str] = _opt(None, "write epoch metrics and samples as TensorBoard events "
                                                    "into DIR/<run name> (needs tensorboardX; null = off)",
                                                    metavar="DIR")
@@ -172,6 +195,9 @@ def _set(cfg, section, name, value, where):
     fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
     if name not in fields:
         raise CharlmError(f"{where}unknown key {section}.{name}; valid keys in {section}: {', '.join(fields)}")
+    if value is None and fields[name].metadata.get("auto"):  # null: left to the recipe
+        setattr(getattr(cfg, section), name, None)
+        return
     setattr(getattr(cfg, section), name, _check_type(f"{where}{section}.{name}", fields[name], value))
 
 
@@ -186,19 +212,21 @@ def _key_lines(text):
     return lines
 
 
-def apply_yaml(cfg, path):
-    """Apply the settings of one YAML file to cfg; unknown keys and wrong types are errors."""
+def read_yaml(path, what):
+    """(document, text) of a YAML file; unreadable, not UTF-8 or malformed, a one-line error (what: its kind)."""
+    text = read_utf8(path, what)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        doc, lines = yaml.safe_load(text), _key_lines(text)
-    except OSError as e:
-        raise CharlmError(f"cannot read config {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise CharlmError(f"config {path} is not UTF-8 text") from None
+        return yaml.safe_load(text), text
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise CharlmError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', None) or e}") from None
+
+
+def apply_yaml(cfg, path):
+    """Apply the settings of one YAML file to cfg; unknown keys and wrong types are errors."""
+    doc, text = read_yaml(path, "config ")
+    lines = _key_lines(text)
     if doc is None:
         return cfg
     if not isinstance(doc, dict):
@@ -228,8 +256,9 @@ def parse_set(assignment):
         raise CharlmError(f"--set {assignment}: the value is not valid YAML") from None
 
 
-def resolve(files=(), flags=None, sets=()):
-    """Defaults < each YAML file in order < flags {(section, name): value} < `--set section.key=value`s."""
+def resolve(files=(), flags=None, sets=(), check=True):
+    """Defaults < each YAML file in order < flags {(section, name): value} < `--set section.key=value`s; checked
+    unless check is false (for a caller that checks it once itself, as charlm.train does)."""
     cfg = Config()
     for path in files:
         apply_yaml(cfg, path)
@@ -238,7 +267,8 @@ def resolve(files=(), flags=None, sets=()):
     for assignment in sets:
         (section, name), value = parse_set(assignment)
         _set(cfg, section, name, value, "--set ")
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 
@@ -252,15 +282,15 @@ def validate(cfg):
         for key in keys.split():
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
-            if value is not None and not value >= least:  # not < least: NaN is neither
+            if not value >= least:  # not < least: NaN is neither
                 raise CharlmError(f"{key} must {'be at least 1' if least else 'not be negative'}, got {value}")
     if not 0 <= cfg.data.val_frac < 1:
         raise CharlmError(f"data.val_frac must be in [0, 1), got {cfg.data.val_frac}")
     for name in ("dropout", "weight_drop"):
         value = getattr(cfg.model, name)
-        if value is not None and not 0 <= value < 1:
+        if not 0 <= value < 1:
             raise CharlmError(f"model.{name} must be in [0, 1), got {value}")
-    if cfg.train.lr is not None and not MIN_LR <= cfg.train.lr < math.inf:
+    if not MIN_LR <= cfg.train.lr < math.inf:
         raise CharlmError(f"train.lr must be a number of at least {MIN_LR:g} (smaller ones change no float32 "
                           f"weight), got {cfg.train.lr}")
     for name in ("lr_decay", "plateau_factor"):
@@ -274,7 +304,7 @@ def validate(cfg):
         raise CharlmError(f"data.max_vocab must be 0 (no cap) or at least 3 (<unk>, <eos> and a word), "
                           f"got {cfg.data.max_vocab}")
     m = cfg.model
-    if m.tie_weights and None not in (m.cell, m.embed_size, m.hidden_size) and (
+    if m.tie_weights and not {"model.cell", "model.embed_size", "model.hidden_size"} & set(unset(cfg)) and (
             m.cell in SCRATCH_CELLS or m.embed_size != m.hidden_size):
         raise CharlmError(f"model.tie_weights needs a Gluon cell (rnn, lstm, gru) with embed_size = hidden_size, "
                           f"got {m.cell} with embed_size {m.embed_size} and hidden_size {m.hidden_size}")
@@ -285,12 +315,12 @@ def _validate_controls(cfg):
     t = cfg.train
     if t.time_limit is not None:
         duration(t.time_limit)
-    if t.ema is not None and not 0 <= t.ema < 1:
+    if not 0 <= t.ema < 1:
         raise CharlmError(f"train.ema must be in [0, 1) (0 = off), got {t.ema}")
     if t.ema and not (cfg.data.val_frac or cfg.data.valid_path):
         raise CharlmError("train.ema picks the average or the weights by validation loss: give --val-frac or "
                           "--valid-data")
-    if t.weight_decay is not None and not t.weight_decay < math.inf:
+    if not t.weight_decay < math.inf:
         raise CharlmError(f"train.weight_decay must be finite, got {t.weight_decay}")
 
 
@@ -304,9 +334,20 @@ def duration(text):
 
 
 def unset(cfg):
-    """The keys left to the recipe, as "section.name"."""
-    return [f"{section}.{f.name}" for section, f in keys() if getattr(getattr(cfg, section), f.name) is None
-            and f.metadata.get("auto")]
+    """The keys left to the recipe (none of the layers set them), as "section.name"."""
+    return [f"{section}.{f.name}" for section, f in keys() if f.metadata.get("auto")
+            and f.name not in getattr(cfg, section).given]
+
+
+def flat(cfg):
+    """The config as {"section.name": value}."""
+    return {f"{s}.{k}": v for s, section in dataclasses.asdict(cfg).items() for k, v in section.items()}
+
+
+def differing(rows, keys=None):
+    """The keys (those given, or the first row's, in order) whose values differ between rows (dicts)."""
+    keys = list(rows[0]) if keys is None else keys
+    return [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
 
 
 def to_yaml(cfg):

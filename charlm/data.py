@@ -2,6 +2,7 @@
 batch iterators (random windows and sequential streams), all yielding (T, N)."""
 import numpy as np
 
+from . import lines
 from .errors import CharlmError
 from .text import CHUNK, check_file, corpus_path, normalised_chunks, read_text  # noqa: F401 (offered as data.read_text)
 from .vocab import BOS, EOS, Vocab, build_vocab, codepoints, id_dtype
@@ -161,3 +162,20 @@ def eval_batches(ids, batch_size, seq_len):
     if len(ids) < 2:
         raise CharlmError(f"text to evaluate has {len(ids)} characters; need at least 2")
     return SequentialBatches(ids, min(batch_size, len(ids) - 1), seq_len, offset=0, partial=True)
+
+
+def split_corpus(cfg, vocab, ids):
+    """(training, validation) ids: the last val_frac of the text, at a line end in lines mode."""
+    if cfg.data.mode == "lines":
+        return lines.split(ids, cfg.data.val_frac, vocab.eos)
+    return split(ids, cfg.data.val_frac)
+
+
+def batches(cfg, vocab, ids, rng=None):
+    """The batches of ids as cfg.data says: an epoch's order drawn from rng, or evaluation's fixed order."""
+    d = cfg.data
+    if d.mode == "lines":
+        return lines.LineBatches(ids, vocab.bos, vocab.eos, d.batch_size, d.buckets, rng)
+    if rng is None:
+        return eval_batches(ids, d.batch_size, d.seq_len)
+    return ITERATORS[d.iterator](ids, d.batch_size, d.seq_len, rng)

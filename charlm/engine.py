@@ -1,9 +1,12 @@
-"""MXNet, imported once with charlm's thread and floating-point defaults, and device selection."""
+"""MXNet, imported once with charlm's thread and floating-point defaults; device selection; batches fed to a device
+and the running sums read back from it."""
 import ctypes
 import os
 import platform
 import re
 import sys
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -121,3 +124,50 @@ def keep_up(results):
     # Unchecked, the host queues up to an epoch ahead and a stop comes that late; a wait per step is slower.
     if len(results) > AHEAD and len(results) % AHEAD == 0:
         results[-AHEAD - 1].wait_to_read()
+
+
+@dataclass
+class Sums:
+    """An epoch's running sums on the host: NLL, gradient norms, tokens, seconds (each stretch's on the device)."""
+    nll: float = 0.0
+    norm: float = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
+    totals: list = field(default_factory=list, repr=False)  # the stretch's batches, on the device
+    norms: list = field(default_factory=list, repr=False)
+
+    @classmethod
+    def of(cls, saved=None):
+        """The sums a mid-epoch checkpoint saved (read()'s), or zero."""
+        saved = saved or {}
+        return cls(saved.get("nll", 0.0), saved.get("grad_norm", 0.0), saved.get("tokens", 0),
+                   saved.get("train_s", 0.0))
+
+    def add(self, total, norm, tokens):
+        """One batch: its NLL sum and gradient norm (on the device) and its count of real targets."""
+        self.totals.append(total)
+        self.norms.append(norm)
+        self.tokens += tokens
+        keep_up(self.totals)
+
+    def mean_loss(self):
+        """The mean NLL so far (a host sync)."""
+        pending = float(nd.concat(*self.totals, dim=0).sum().asscalar()) if self.totals else 0.0
+        return (self.nll + pending) / self.tokens
+
+    def end_stretch(self, start, first):
+        """Wait for the stretch (its one host sync), add it up; the index of its first non-finite batch, or None."""
+        nd.waitall()
+        self.seconds += time.perf_counter() - start
+        if not self.totals:
+            return None
+        values = nd.concat(*self.totals, *self.norms, dim=0).asnumpy().astype(np.float64)
+        totals, norms = np.split(values, 2)
+        self.nll, self.norm = self.nll + float(totals.sum()), self.norm + float(norms.sum())
+        self.totals, self.norms = [], []
+        bad = np.flatnonzero(~np.isfinite(totals + norms))
+        return first + int(bad[0]) if len(bad) else None
+
+    def read(self):
+        """The sums as plain numbers, as saved in a mid-epoch checkpoint (after end_stretch)."""
+        return {"nll": self.nll, "grad_norm": self.norm, "tokens": self.tokens, "train_s": self.seconds}

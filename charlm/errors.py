@@ -5,6 +5,10 @@ class CharlmError(Exception):
     """A problem with the user's input, files or settings, stated in one line."""
 
 
+class TrainingDiverged(CharlmError):
+    """Training stopped at a loss or gradient norm that is not finite (its checkpoints are kept)."""
+
+
 class Interrupted(Exception):
     """Training stopped because stop() turned true; the checkpoint of where it stopped is saved."""
 

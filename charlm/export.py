@@ -11,9 +11,9 @@ from pathlib import Path
 from . import __version__, checkpoint
 from .engine import gluon, mx, nd
 from .errors import CharlmError
-from .model import RNNLM, _Steps
+from .model import RNNLM, FusedSteps
 from .run import VOCAB, find
-from .scratch import _Unrolled
+from .scratch import Unrolled, state_kinds
 
 FORMATS = ("mxnet", "onnx")
 MANIFEST = "charlm-export.json"
@@ -33,14 +33,14 @@ class _OneHot(gluon.HybridBlock):
         return F.broadcast_equal(ids.reshape((-1, 1)), F.arange(self.vocab_size).reshape((1, -1)))
 
 
-class _FusedStep(_Steps):
+class _FusedStep(FusedSteps):
     """One step of an RNNLM on its fused weights, as charlm's own generation step, but with each layer's
     states as inputs and outputs of their own: no split or stack of (layers, N, H), which ONNX's converters
     do not take for one layer."""
 
     def __init__(self, lm):
         super().__init__(lm, greedy=0)
-        self.kinds = 2 if lm.cell == "lstm" else 1
+        self.kinds = state_kinds(lm.cell)
         if self.embedding is None:
             self.embedding = _OneHot(lm.vocab_size)
 
@@ -56,7 +56,7 @@ class _ScratchStep(gluon.HybridBlock):
 
     def __init__(self, lm, **kwargs):
         super().__init__(**kwargs)
-        self.step = _Unrolled(lm, 1)
+        self.step = Unrolled(lm, 1)
 
     def hybrid_forward(self, F, ids, *states):
         logits, states = self.step(ids.reshape((1, -1)), list(states))
@@ -74,7 +74,7 @@ def step_block(model):
 def state_names(model):
     """The states the step graph takes, layer by layer: h0, and c0 for an LSTM, then h1..."""
     layers = model.rnn.num_layers if isinstance(model, RNNLM) else 1
-    kinds = ["h", "c"] if model.cell.endswith("lstm") else ["h"]
+    kinds = ["h", "c"][:state_kinds(model.cell)]
     return [f"{kind}{layer}" for layer in range(layers) for kind in kinds]
 
 

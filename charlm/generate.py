@@ -1,5 +1,6 @@
 """Continuing a prefix: greedy (the tutorial's predict), or sampling with temperature, top-k and top-p; one
-continuation or a batch of them, streamed, each ending before its first stop sequence."""
+continuation or a batch of them, streamed, each ending before its first stop sequence. Also the generation
+interface (`step`, `greedy`) every model offers, and the graphs behind it."""
 import itertools
 
 import numpy as np
@@ -9,6 +10,46 @@ from .errors import CharlmError
 from .text import normalise
 
 GREEDY_STEPS = 32  # tokens per call of the greedy block, and per streamed piece
+
+
+def greedy_steps(F, logits, cells, advance, steps):
+    """`steps` greedy steps after logits (1, N, V) in one graph: ids (steps, N), the last logits (1, N, V), cells."""
+    chosen, logits = [], F.squeeze(logits, axis=0)
+    for _ in range(steps):
+        chosen.append(F.argmax(logits, axis=-1))  # (N,)
+        logits, cells = advance(chosen[-1], cells)
+    return F.stack(*chosen, axis=0), logits.expand_dims(axis=0), cells
+
+
+class Blocks:
+    """Blocks made on first use, one per key, hybridized alike; not children (saved twice) nor a dict (Gluon warns)."""
+
+    def __init__(self, make, **hybrid):
+        self.make, self.hybrid, self.made = make, hybrid, {}
+
+    def __getitem__(self, key):
+        if key not in self.made:
+            self.made[key] = self.make(key)
+            self.made[key].hybridize(**self.hybrid)
+        return self.made[key]
+
+    def hybridize(self, active=True, **kwargs):
+        """Hybridize (or not) the blocks made and to be made, as HybridBlock.hybridize does a block."""
+        self.hybrid = {"active": active, **kwargs}
+        for block in self.made.values():
+            block.hybridize(**self.hybrid)
+
+
+class Generation:
+    """Generation through a model's `generation` Blocks: key 0 runs one step from ids, key k > 0 k greedy steps."""
+
+    def step(self, ids, state):
+        """One step from ids (1, N): logits (1, N, V) and the new state."""
+        return self.generation[0](ids, state)
+
+    def greedy(self, logits, state, steps):
+        """`steps` greedy steps after logits (1, N, V): ids (steps, N), the last logits (1, N, V) and state."""
+        return self.generation[steps](logits, state)
 
 
 def encode_prefix(prefix, vocab, data_cfg):
@@ -75,7 +116,7 @@ def _start(model, prefix_ids, ctx, num_samples):
             [nd.repeat(s, num_samples, axis=model.state_batch_axis) for s in state])
 
 
-def _blocks(model, prefix_ids, length, ctx, sampling, num_samples):
+def id_blocks(model, prefix_ids, length, ctx, sampling, num_samples):
     """The continuations' ids in blocks of up to GREEDY_STEPS, on the device, each queued when asked for."""
     logits, state = _start(model, prefix_ids, ctx, num_samples)
     for start in range(0, length, GREEDY_STEPS):
@@ -134,7 +175,7 @@ def stream(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None, 
     cuts = [_Cut(vocab, prefix_ids, stop) for _ in range(num_samples)]
     yield [vocab.decode(prefix_ids)] * num_samples
     # Each block is fetched once the next one is queued (pairwise pulls one ahead): the device need not wait.
-    blocks = _blocks(model, prefix_ids, length, ctx, sampling, num_samples)
+    blocks = id_blocks(model, prefix_ids, length, ctx, sampling, num_samples)
     for block, _ in itertools.pairwise(itertools.chain(blocks, [None])):
         yield [cut.add(ids) for cut, ids in zip(cuts, block.asnumpy().astype(int).T.tolist())]
         if all(cut.stopped for cut in cuts):
@@ -148,3 +189,27 @@ def complete(model, vocab, prefix_ids, length, ctx, temperature=None, top_k=None
     """The prefix followed by `length` generated tokens (or fewer, up to a stop sequence), as text."""
     return "".join(pieces[0] for pieces in stream(model, vocab, prefix_ids, length, ctx, temperature, top_k, seed,
                                                   **options))
+
+
+SAMPLE_PREFIX = {"char": 16, "word": 4}  # tokens of the validation text that epoch samples continue
+
+
+def sample_prefixes(cfg, vocab, ids):
+    """The configured prefixes, or else the first few tokens of ids (a new line in lines mode)."""
+    if cfg.train.sample_prefixes:
+        return cfg.train.sample_prefixes
+    if cfg.data.mode == "lines":
+        return [""]
+    return [vocab.decode(ids[:SAMPLE_PREFIX[cfg.data.level]])]
+
+
+def samples(model, vocab, cfg, ids, ctx):
+    """Greedy continuations, as training prints them, of the sample prefixes that the vocabulary can encode."""
+    texts = []
+    for prefix in sample_prefixes(cfg, vocab, ids):
+        try:
+            encoded = encode_prefix(prefix, vocab, cfg.data)
+        except CharlmError:
+            continue  # the default prefixes are English; another corpus may lack their characters
+        texts.append(complete(model, vocab, encoded, cfg.train.sample_length, ctx))
+    return texts

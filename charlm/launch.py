@@ -97,3 +97,23 @@ def loopback(num_workers, num_servers, worker_argv, grace=3.0):
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through the cluster's cleanup
+
+
+def run_local(num_workers, num_servers, worker_argv, started=None):
+    """Run a loopback cluster until every worker is done or a process fails, then stop every process: the exit
+    status and the failed process's name (None), or 130 and "interrupted" after Ctrl-C; SIGTERM stops it too.
+    started(cluster) is called once it runs."""
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        with loopback(num_workers, num_servers, worker_argv) as cluster:
+            if started:
+                started(cluster)
+            return cluster.wait()
+    except KeyboardInterrupt:
+        return 130, "interrupted"
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,7 +7,8 @@ import numpy as np
 from . import scratch
 from .engine import gluon, mx
 from .errors import CharlmError
-from .scratch import GATES, STEPS, Blocks, Generation, ScratchLM, greedy_steps
+from .generate import Blocks, Generation, greedy_steps
+from .scratch import GATES, STEPS, ScratchLM, state_kinds
 
 MAX_ARRAY = 2**31 - 1  # elements of one array in MXNet's release builds (int32 indexing)
 MODES = {"rnn": "rnn_tanh", "lstm": "lstm", "gru": "gru"}  # MXNet's RNN operator's names for the cells
@@ -51,10 +52,10 @@ class FusedLayer(gluon.HybridBlock):
 
     def begin_state(self, batch_size, ctx):
         """Zero states, each (layers, N, H): the hidden state, and the cell state for the LSTM."""
-        kinds = 2 if self.cell == "lstm" else 1
-        return [mx.nd.zeros((self.num_layers, batch_size, self.hidden_size), ctx=ctx) for _ in range(kinds)]
+        return [mx.nd.zeros((self.num_layers, batch_size, self.hidden_size), ctx=ctx)
+                for _ in range(state_kinds(self.cell))]
 
-    def _spans(self):
+    def spans(self):
         """(name, shape, begin, end) of each piece of the flat vector, in order."""
         offset = 0
         for name, shape in self.pieces:
@@ -64,7 +65,7 @@ class FusedLayer(gluon.HybridBlock):
 
     def _slices(self, F, parameters):
         """(name, shape, flat slice) of each piece of the flat vector, in order."""
-        for name, shape, begin, end in self._spans():
+        for name, shape, begin, end in self.spans():
             yield name, shape, F.slice_axis(parameters, axis=0, begin=begin, end=end)
 
     def unpack(self, F, parameters):
@@ -84,7 +85,7 @@ class WeightDrop:
 
     def __init__(self, layer, ctxs):
         self.p = layer.weight_drop
-        spans = [(begin, end) for name, _, begin, end in layer._spans() if name.endswith("h2h_weight")]
+        spans = [(begin, end) for name, _, begin, end in layer.spans() if name.endswith("h2h_weight")]
         self.parts = []  # (weights, gradients, kept weights, mask) of each h2h matrix on each device
         for ctx in ctxs:
             weights, grads = layer.parameters.data(ctx), layer.parameters.grad(ctx)
@@ -131,7 +132,7 @@ class RNNLM(Generation, gluon.HybridBlock):
             # Tied: the output layer takes its weight from the embedding, found by the embedding's name.
             tied = {"prefix": self.embedding.prefix, "params": self.embedding.params} if tie_weights else {}
             self.decoder = gluon.nn.Dense(vocab_size, flatten=False, in_units=hidden_size, **tied)
-        self.generation = Blocks(lambda greedy: _Steps(self, greedy), static_alloc=True, static_shape=True)
+        self.generation = Blocks(lambda greedy: FusedSteps(self, greedy), static_alloc=True, static_shape=True)
 
     state_batch_axis = 1
 
@@ -145,7 +146,7 @@ class RNNLM(Generation, gluon.HybridBlock):
         return self.decoder(self.drop(out)), state  # logits: (T, N, V)
 
 
-class _Steps(gluon.HybridBlock):
+class FusedSteps(gluon.HybridBlock):
     """An RNNLM's steps by the scratch equations on its fused weights: one from ids (1, N), or `greedy` greedy ones."""
     # At T = 1 the fused operator costs far more than the step, and MXNet's unfused cells use its slow tanh.
 

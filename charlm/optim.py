@@ -1,6 +1,7 @@
-"""The optimizers, learning-rate schedules, and clipping by global norm: SGD applies the clipping factor inside
-its update."""
+"""The optimizers, learning-rate schedules, clipping by global norm (SGD applies the clipping factor inside its
+update) and the moving average of the weights."""
 import math
+from contextlib import contextmanager
 
 from .engine import gluon, mx, nd
 
@@ -120,3 +121,59 @@ def clip(optimizer, grads, max_norm, summed=True):
         for device in grads:
             scale(device, factor.as_in_context(device[0].context))
     return norm
+
+
+class Average:
+    """The moving average of the model's weights (train.ema), kept on the first device and swapped into the model
+    to be scored or saved: no second model, whose evaluation would hold its own buffers."""
+
+    def __init__(self, model, ctx, decay):
+        self.model, self.ctx, self.decay = model, ctx, decay
+        self.values = [w.data(ctx).copy() for w in model.collect_params().values()]
+        self.pairs = []
+
+    def bind(self):
+        """Pair each average with its weight on the first device (a rollback may have made new arrays)."""
+        self.pairs = list(zip(self.values, (w.data(self.ctx) for w in self.model.collect_params().values())))
+
+    def reset(self):
+        """Start the average at the model's weights."""
+        self.bind()
+        for a, w in self.pairs:
+            w.copyto(a)
+
+    def update(self):
+        """average = decay * average + (1 - decay) * weight, in place."""
+        for a, w in self.pairs:
+            a *= self.decay
+            a += w * (1 - self.decay)
+
+    @contextmanager
+    def swapped(self):
+        """The model with the averaged weights on every device, its own put back after."""
+        params = list(self.model.collect_params().values())
+        kept = [w.data(self.ctx).copy() for w in params]  # every device holds the same weights
+        try:
+            _copy_into(params, self.values)
+            yield self.model
+        finally:
+            _copy_into(params, kept)
+
+    def save_parameters(self, path):
+        """Save the averaged weights as the model's parameter file."""
+        with self.swapped() as model:
+            model.save_parameters(path)
+
+    def load_parameters(self, path, ctx):
+        """Load a parameter file (save_parameters') as the averaged weights."""
+        with self.swapped() as model:
+            model.load_parameters(path, ctx=ctx)
+            for a, w in zip(self.values, model.collect_params().values()):
+                w.data(self.ctx).copyto(a)
+
+
+def _copy_into(params, values):
+    """Copy values into each parameter on every device (not set_data, which resets a kvstore that updates)."""
+    for w, value in zip(params, values):
+        for array in w.list_data():
+            value.copyto(array)

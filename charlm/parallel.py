@@ -3,6 +3,7 @@ is the trivial case; several devices split each batch along N, and a dist kvstor
 import atexit
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 from . import optim
@@ -11,6 +12,7 @@ from .errors import CharlmError
 from .launch import DMLC_ENV, KVSTORES
 
 SUM_KEY = 1 << 20  # the kvstore key for metric sums: far above the Trainer's keys, one per parameter
+SYNC_EVERY = 50  # batches between dist_sync workers' readings of rank 0's clock, under a time limit
 
 
 @dataclass
@@ -108,6 +110,31 @@ class Workers:
         """After an error in a cluster worker: exit 1 at once, not wait in MXNet's exit for peers."""
         if self.kv is not None:
             atexit.register(_exit_now)
+
+
+class Clock:
+    """A run's training seconds, earlier sessions included, against its time limit (None: none); dist_sync workers
+    read rank 0's clock every SYNC_EVERY batches, so that all stop at the same batch."""
+
+    def __init__(self, workers, limit=None, elapsed=0.0):
+        self.workers, self.limit, self.start = workers, limit, time.perf_counter() - elapsed
+        self.seconds, self.timed_out = None, False
+
+    def elapsed(self):
+        """Training seconds of the run so far, earlier sessions included."""
+        return time.perf_counter() - self.start
+
+    def out_of_time(self, i):
+        """Whether the time limit is spent before batch i of an epoch."""
+        if self.limit is None:
+            return False
+        w = self.workers
+        if w.kv is None or w.is_async:
+            self.seconds = self.elapsed()
+        elif i % SYNC_EVERY == 0 or self.seconds is None:
+            self.seconds = w.from_rank0(self.elapsed())
+        self.timed_out = self.seconds >= self.limit
+        return self.timed_out
 
 
 def _exit_now():

@@ -1,7 +1,7 @@
 """Training and validation perplexity per epoch of one or more runs, as a PNG (matplotlib is optional)."""
-import dataclasses
 from pathlib import Path
 
+from .configs import differing, flat
 from .errors import CharlmError
 from .run import CONFIG, Run, atomic_write, epoch_records, find
 
@@ -21,14 +21,10 @@ def runs_in(paths):
     return found
 
 
-def _flat(cfg):
-    return {f"{s}.{k}": v for s, section in dataclasses.asdict(cfg).items() for k, v in section.items()}
-
-
 def labels(runs):
     """A label per run from the settings that differ between them (the directory name if none do)."""
-    flats = [_flat(r.config()) for r in runs]
-    differ = [k for k in flats[0] if len({repr(f[k]) for f in flats}) > 1]
+    flats = [flat(r.config()) for r in runs]
+    differ = differing(flats)
     return [", ".join(f"{k.split('.')[-1]}={f[k]}" for k in differ) or r.path.name for r, f in zip(runs, flats)]
 
 

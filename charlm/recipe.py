@@ -1,17 +1,16 @@
-"""The automatic recipe: the model and training settings left unset (null), chosen from the text's size and the
-time budget by rules measured on two cores (docs/recipes.md); the settings a user gives are kept."""
+"""The automatic recipe: the model and training settings no layer of the config set, chosen from the text's size
+and the time budget by rules measured on two cores (docs/recipes.md); the settings a user gives are kept."""
 import copy
 import math
+
+import numpy as np
 
 from . import configs
 from .text import check_file, corpus_path, normalised_chunks
 
-# What a run gets for the settings it leaves unset where the recipe does not choose: word level, lines mode.
-FIXED = {"data.seq_len": 32, "data.batch_size": 16, "model.cell": "lstm", "model.embed_size": 64,
-         "model.hidden_size": 256, "model.num_layers": 2, "model.dropout": 0.5, "model.variational_dropout": False,
-         "model.tie_weights": False, "model.weight_drop": 0.0, "train.lr": 3e-3, "train.epochs": 20,
-         "train.lr_schedule": "exp", "train.warmup": 0, "train.patience": 0, "train.weight_decay": 0.0,
-         "train.ema": 0.0}
+# What a run gets for the settings it leaves unset where the recipe does not choose (word level, lines mode):
+# their defaults in charlm/configs.py.
+FIXED = {f"{section}.{f.name}": f.default for section, f in configs.keys() if f.metadata.get("auto")}
 BUDGET_CHARS, BUDGET = 180_000, 300.0  # a text this long gets this default budget; the budget grows as its root
 MIN_BUDGET, MAX_BUDGET = 60.0, 4 * 3600.0
 # Tokens per second of a 2-layer LSTM (embedding 64, batches of 32 x 64, 80-character vocabulary), by hidden size,
@@ -32,10 +31,15 @@ def _set(cfg, key, value):
     setattr(getattr(cfg, section), name, value)
 
 
+def set_fixed(cfg, key):
+    """Set one of cfg's recipe settings to its fixed value: the recipe then leaves it."""
+    _set(cfg, key, FIXED[key])
+
+
 def fixed(cfg):
-    """Fill cfg's unset settings with FIXED, the values that need no text; return cfg."""
+    """Set cfg's unset settings to FIXED, the values that need no text; return cfg."""
     for key in configs.unset(cfg):
-        _set(cfg, key, FIXED[key])
+        set_fixed(cfg, key)
     return cfg
 
 
@@ -46,6 +50,12 @@ def text_size(d):
         chars += len(chunk)
         seen.update(chunk)
     return chars, chars if d.valid_path else int(chars * (1 - d.val_frac)), len(seen)
+
+
+def size_of(d, ids):
+    """text_size's (characters, training characters, distinct characters) of a character stream read as ids."""
+    chars = len(ids)
+    return chars, chars if d.valid_path else int(chars * (1 - d.val_frac)), int(np.count_nonzero(np.bincount(ids)))
 
 
 def default_budget(chars):
@@ -115,10 +125,10 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
     return settings, why
 
 
-def fill(cfg, devices=1, measure=None):
+def fill(cfg, devices=1, measure=None, size=None):
     """Fill cfg's unset settings (the recipe's, or FIXED's for other than character streams); what and why.
     measure(cfg, vocab_size) gives the tokens/s of a whole config on this machine; without it, the machine is
-    taken to be as fast as SPEED's."""
+    taken to be as fast as SPEED's. size: text_size's numbers when the text is already read."""
     unset = configs.unset(cfg)
     if not unset:
         return None
@@ -127,9 +137,9 @@ def fill(cfg, devices=1, measure=None):
         fixed(cfg)
         configs.validate(cfg)
         return f"fixed settings for {cfg.data.level} {cfg.data.mode} data (the recipe is for character streams)"
-    chars, tokens, vocab = text_size(cfg.data)
+    chars, tokens, vocab = size or text_size(cfg.data)
     tokens = max(tokens, 1)  # an empty text: the reader's error comes later, when training starts
-    if t.time_limit is None and t.epochs is None:
+    if t.time_limit is None and "train.epochs" in unset:
         t.time_limit = _duration_text(default_budget(chars))
         budget = f"{t.time_limit}, the default budget for {chars / 1e3:,.0f}k characters"
     else:

@@ -1,8 +1,10 @@
-"""The run directory: config, vocabulary, state and metrics, each file written atomically, and its lock.
+"""The run directory: config, vocabulary, state and metrics (losses as perplexity and bits per character), each
+file written atomically, and its lock.
 Readable without MXNet (charlm.checkpoint saves and loads the MXNet arrays in it)."""
 import contextlib
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from . import __version__, configs
 from .errors import CharlmError
+from .text import read_utf8
 from .vocab import vocab_from_json
 
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
@@ -41,22 +44,35 @@ def write_text(path, text):
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _read_text(path):
-    """A run file's text; a clear error when it cannot be read."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise CharlmError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise CharlmError(f"{path} is damaged (not UTF-8 text)") from None
-
-
 def read_json(path):
     """A run file's JSON; a clear error when it is not JSON."""
     try:
-        return json.loads(_read_text(path))
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError:
         raise CharlmError(f"{path} is damaged (not JSON)") from None
+
+
+def perplexity(loss):
+    """Perplexity of a mean NLL in nats: exp(total NLL / total tokens)."""
+    return math.exp(min(loss, 700.0))  # beyond e^700 a float overflows; such a model is lost anyway
+
+
+def bits_per_char(loss):
+    """Bits per character of a mean NLL in nats."""
+    return loss / math.log(2)
+
+
+def scores(prefix, loss, level="char"):
+    """Metrics of a mean NLL in nats per token: {prefix}loss, {prefix}ppl, and at char level {prefix}bpc."""
+    out = {f"{prefix}loss": loss, f"{prefix}ppl": perplexity(loss)}
+    if level == "char":
+        out[f"{prefix}bpc"] = bits_per_char(loss)
+    return out
+
+
+def checkpoint_metric(record):
+    """The loss that picks the best checkpoint: validation loss, or training loss without validation."""
+    return record.get("val_loss", record["train_loss"])
 
 
 def _pid_in(path):
@@ -175,7 +191,7 @@ class Run:
         """The metrics.jsonl records, skipping a line a crash cut short; a clear error for JSON that is no record."""
         path = self.path / METRICS
         records = []
-        for n, line in enumerate(_read_text(path).splitlines() if path.exists() else [], 1):
+        for n, line in enumerate(read_utf8(path).splitlines() if path.exists() else [], 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -185,24 +201,27 @@ class Run:
             records.append(record)
         return records
 
+    def best(self, records=None, metric=None, goal="minimize"):
+        """The best record of the run's metrics (or of the records given), the first of equals: by the checkpoint
+        metric, or by `metric` toward `goal` among the records that have it; None before any."""
+        records = self.metrics() if records is None else records
+        key = checkpoint_metric if metric is None else (lambda r: r[metric])
+        pick = min if goal == "minimize" else max
+        return pick((r for r in records if metric is None or metric in r), key=key, default=None)
+
     def write_metrics(self, records):
         """Replace metrics.jsonl with these records."""
         write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in records))
 
     def config(self):
         """The run's resolved config."""
-        cfg = configs.resolve([self.path / CONFIG])
-        if cfg.model.variational_dropout is None:  # a run made before the setting: per-step dropout
-            cfg.model.variational_dropout = False
-        if cfg.model.weight_drop is None:  # nor DropConnect
-            cfg.model.weight_drop = 0.0
-        return cfg
+        return configs.resolve([self.path / CONFIG])  # a setting it lacks (made before it existed): the default
 
     def vocab(self):
         """The run's vocabulary."""
         path = self.path / VOCAB
         try:
-            return vocab_from_json(_read_text(path))
+            return vocab_from_json(read_utf8(path))
         except (ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
             raise CharlmError(f"{path} is damaged (not a vocabulary charlm wrote)") from None
 

@@ -1,6 +1,6 @@
-"""The tutorial's cells (RNN, LSTM, GRU) as written-out step equations, the ScratchLM on them, and the
-generation interface (`step`, `greedy`) every model offers."""
+"""The tutorial's cells (RNN, LSTM, GRU) as written-out step equations, and the ScratchLM on them."""
 from .engine import gluon, mx
+from .generate import Blocks, Generation, greedy_steps
 
 GATES = {"scratch-rnn": 1, "scratch-lstm": 4, "scratch-gru": 3}
 SCRATCH_PARAMS = ["W_xh", "W_hh", "b_h", "W_hq", "b_q"]
@@ -50,44 +50,9 @@ def _gru_step(F, x, state, hh, H):
 STEPS = {"scratch-rnn": _rnn_step, "scratch-lstm": _lstm_step, "scratch-gru": _gru_step}
 
 
-def greedy_steps(F, logits, cells, advance, steps):
-    """`steps` greedy steps after logits (1, N, V) in one graph: ids (steps, N), the last logits (1, N, V), cells."""
-    chosen, logits = [], F.squeeze(logits, axis=0)
-    for _ in range(steps):
-        chosen.append(F.argmax(logits, axis=-1))  # (N,)
-        logits, cells = advance(chosen[-1], cells)
-    return F.stack(*chosen, axis=0), logits.expand_dims(axis=0), cells
-
-
-class Blocks:
-    """Blocks made on first use, one per key, hybridized alike; not children (saved twice) nor a dict (Gluon warns)."""
-
-    def __init__(self, make, **hybrid):
-        self.make, self.hybrid, self.made = make, hybrid, {}
-
-    def __getitem__(self, key):
-        if key not in self.made:
-            self.made[key] = self.make(key)
-            self.made[key].hybridize(**self.hybrid)
-        return self.made[key]
-
-    def hybridize(self, active=True, **kwargs):
-        """Hybridize (or not) the blocks made and to be made, as HybridBlock.hybridize does a block."""
-        self.hybrid = {"active": active, **kwargs}
-        for block in self.made.values():
-            block.hybridize(**self.hybrid)
-
-
-class Generation:
-    """Generation through a model's `generation` Blocks: key 0 runs one step from ids, key k > 0 k greedy steps."""
-
-    def step(self, ids, state):
-        """One step from ids (1, N): logits (1, N, V) and the new state."""
-        return self.generation[0](ids, state)
-
-    def greedy(self, logits, state, steps):
-        """`steps` greedy steps after logits (1, N, V): ids (steps, N), the last logits (1, N, V) and state."""
-        return self.generation[steps](logits, state)
+def state_kinds(cell):
+    """How many state arrays a cell carries: the hidden state, and an LSTM's cell state too."""
+    return 2 if cell.endswith("lstm") else 1
 
 
 class ScratchLM(Generation, gluon.Block):
@@ -107,16 +72,15 @@ class ScratchLM(Generation, gluon.Block):
                 self.b_hn = self.params.get("b_hn", shape=(hidden_size,), init="zeros")
             self.W_hq = self.params.get("W_hq", shape=(hidden_size, vocab_size), init=normal)
             self.b_q = self.params.get("b_q", shape=(vocab_size,), init="zeros")
-        self.unrolled = Blocks(lambda steps: _Unrolled(self, steps), active=False)  # a graph per length
-        self.generation = Blocks(lambda greedy: _Unrolled(self, greedy or 1, greedy > 0),
+        self.unrolled = Blocks(lambda steps: Unrolled(self, steps), active=False)  # a graph per length
+        self.generation = Blocks(lambda greedy: Unrolled(self, greedy or 1, greedy > 0),
                                  static_alloc=True, static_shape=True)
 
     state_batch_axis = 0
 
     def begin_state(self, batch_size, ctx):
         """Zero hidden state (and cell state for the LSTM), each (N, H)."""
-        n = 2 if self.cell == "scratch-lstm" else 1
-        return [mx.nd.zeros((batch_size, self.hidden_size), ctx=ctx) for _ in range(n)]
+        return [mx.nd.zeros((batch_size, self.hidden_size), ctx=ctx) for _ in range(state_kinds(self.cell))]
 
     def hybridize(self, active=True, **kwargs):
         """Hybridize (or not) the per-length graphs, as HybridBlock.hybridize does a block."""
@@ -131,7 +95,7 @@ class ScratchLM(Generation, gluon.Block):
         return (pieces[0] if len(pieces) == 1 else mx.nd.concat(*pieces, dim=0)), state
 
 
-class _Unrolled(gluon.HybridBlock):
+class Unrolled(gluon.HybridBlock):
     """A ScratchLM unrolled over `steps` given ids (T = steps, N), or greedy: `steps` steps after logits (1, N, V)."""
 
     def __init__(self, lm, steps, greedy=False):

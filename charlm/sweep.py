@@ -69,13 +69,7 @@ def _check_spec(key, spec, method, path):
 def load(path):
     """Read and check a sweep file; its name is the file's stem."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CharlmError(f"cannot read sweep file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise CharlmError(f"{path}:{mark.line + 1 if mark else '?'}: malformed YAML") from None
+    doc, _ = configs.read_yaml(path, "sweep file ")
     if not isinstance(doc, dict):
         raise CharlmError(f"{path}: a sweep file is a mapping with base, method, metric and parameters")
     known = {"base", "method", "metric", "run_cap", "seed", "parameters"}
@@ -232,8 +226,7 @@ def summary(sweep, sweep_dir):
         row = {"run": name, **point, "status": state, "error": failures.get(name, "") if state == "failed" else ""}
         records = [r for r in Run(run_dir).metrics() if sweep.metric in r]
         if records:
-            pick = min if sweep.goal == "minimize" else max
-            best, ends = pick(records, key=lambda r: r[sweep.metric]), epoch_records(records)
+            best, ends = Run(run_dir).best(records, sweep.metric, sweep.goal), epoch_records(records)
             row.update({f"best_{sweep.metric}": best[sweep.metric], "best_epoch": best["epoch"],
                         "train_ppl": best["train_ppl"],
                         "tokens_per_s": sum(r["tokens_per_s"] for r in ends) / len(ends),

@@ -71,6 +71,29 @@ def read_text(path):
     return "".join(decoded_chunks(check_file(path), hint="convert it to UTF-8"))
 
 
+def decode_utf8(raw, name):
+    """Bytes as UTF-8 text; a one-line error naming the first bad byte of `name` otherwise."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CharlmError(f"{name} is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}") from None
+
+
+def read_utf8(path, what=""):
+    """A small UTF-8 file's whole text (a config, a run's file, a prefix; `what` names its kind in errors)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise CharlmError(f"cannot read {what}{path}: {e.strerror}") from None
+    return decode_utf8(raw, f"{what}{path}")
+
+
+def read_prefix(path, stdin=None):
+    """The text of a prefix file (- for stdin, a binary stream), as it is: its last line break too."""
+    text = decode_utf8(stdin.read(), "prefix file -") if path == "-" else read_utf8(path, "prefix file ")
+    return text.replace("\r\n", "\n")
+
+
 def lowercases(d):
     """Whether a DataConfig's text is lowercased: as set, or when unset (None) only the bundled book's."""
     return d.lowercase if d.lowercase is not None else not d.path

@@ -1,13 +1,19 @@
-"""Training speed of charlm against the tutorial-style loop and PyTorch, on the same text and shapes.
+"""Training speed of charlm against the tutorial-style loop and PyTorch, on the same text and shapes, and the
+other speed tables of docs/performance.md:
 
-    python scripts/bench.py                        # tm-lstm, -rnn, -gru: charlm, its scratch cells, the tutorial loop
+    python scripts/bench.py                        # "Training speed against the tutorial loop and PyTorch":
+                                                   # tm-lstm, -rnn, -gru: charlm, its scratch cells, the tutorial loop
     python scripts/bench.py --torch-python PY      # add PyTorch rows, run by that interpreter (torch is never a
                                                    # charlm dependency: give a venv that has it)
-    python scripts/bench.py --scaling              # LSTM tokens/s and peak RSS, hidden 128-1024 x batch 16-128
-    python scripts/bench.py --extras               # generation, start-up (`charlm --help`, `import charlm`), 100 MB corpus
+    python scripts/bench.py --scaling              # "Scaling": LSTM tokens/s and peak RSS, hidden 128-1024 x batch
+    python scripts/bench.py --extras               # "Generation and start-up": generation, `charlm --help`,
+                                                   # `import charlm`, a 100 MB corpus
+    python scripts/bench.py --denormals RUN        # "Subnormal floats": a run's model, subnormals flushed and kept
+    python scripts/bench.py --host-time            # "Where the time goes": ms and host CPU ms per tm step
+                                                   # (--cells, --busy MS, --profile for MXNet's per-op profile)
     python scripts/bench.py --json results.json    # also write every measurement as JSON
 
-The shapes are the independent harness's (../shared/bench): `tm-lstm` is an LSTM of hidden 256, one layer,
+The shapes are the independent harness's: `tm-lstm` is an LSTM of hidden 256, one layer,
 input embedding 43, seq_len 35, batch 32, SGD lr 0.2 without momentum, gradient clipping at global norm 5;
 `tm-rnn` the same with a tanh RNN; `tm-gru`, not one of the harness's, with a GRU. Every implementation
 reads the bundled Time Machine as consecutive (truncated-BPTT) batches. Each measurement is a fresh
@@ -17,9 +23,6 @@ the rounds with (min-max). Run nothing else meanwhile: on 2 cores a second busy 
 import argparse
 import json
 import os
-import platform
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,10 +30,12 @@ import time
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from timing import ROOT, charlm as run_charlm, peak_rss_mb, spread, stamp, wall
+
 SHAPES = {"tm-lstm": "lstm", "tm-rnn": "rnn", "tm-gru": "gru"}
 TM = dict(embed=43, hidden=256, seq_len=35, batch=32, lr=0.2, clip=5.0)
 WARMUP = 5
+DENORMAL_WARMUP = 50  # batches before --denormals times its batches
 
 
 # Workers: each runs in its own process and prints one JSON line.
@@ -44,7 +49,7 @@ def _batches(ids, batch, seq_len):
             for i in range(0, n - seq_len + 1, seq_len)]
 
 
-def _timed(step, sync, seconds, tokens_per_step, warmup=WARMUP, every=5):
+def timed_steps(step, sync, seconds, tokens_per_step, warmup=WARMUP, every=5):
     """tokens/s of step() after `warmup` steps, over whole steps lasting at least `seconds` (checked after
     a sync every `every` steps)."""
     for _ in range(warmup):
@@ -62,38 +67,30 @@ def _timed(step, sync, seconds, tokens_per_step, warmup=WARMUP, every=5):
     return {"tokens_per_s": steps * tokens_per_step / elapsed, "steps": steps, "first": first, "last": last}
 
 
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def tm_setup(cell, hidden=256, seq_len=35, batch=32, lr=0.2, clip=5.0, embed=43):
+    """charlm's training setup at a tm shape on the bundled book (SGD, one layer, no dropout, no validation)."""
+    from charlm import configs, training
+    from charlm.engine import mx
+
+    cfg = configs.Config()
+    d, m, t = cfg.data, cfg.model, cfg.train
+    d.val_frac, d.iterator, d.seq_len, d.batch_size = 0.0, "sequential", seq_len, batch
+    m.cell, m.hidden_size, m.num_layers, m.dropout = cell, hidden, 1, 0.0
+    m.embed_size = 0 if cell.startswith("scratch") else embed
+    t.optimizer, t.lr, t.grad_clip, t.epochs, t.sample_every = "sgd", lr, clip, 10**6, 0
+    return training.setup(cfg, mx.cpu())
 
 
 def work_charlm(a):
-    """charlm's own training loop (train.train_stretch, as `charlm train` runs it) on the bundled corpus."""
-    import numpy as np
+    """charlm's own training loop (training.fit, as `charlm train` runs it) on the bundled corpus."""
+    from charlm import speed
 
-    from charlm import configs as config, recipe, training as train
-    from charlm.engine import mx
-
-    cfg = recipe.fixed(config.Config())
-    d, m, t = cfg.data, cfg.model, cfg.train
-    d.val_frac, d.iterator, d.seq_len, d.batch_size = 0.0, "sequential", a.seq_len, a.batch
-    m.cell, m.hidden_size, m.num_layers, m.dropout = a.cell, a.hidden, 1, 0.0
-    m.embed_size = 0 if a.cell.startswith("scratch") else a.embed
-    t.optimizer, t.lr, t.grad_clip = "sgd", a.lr, a.clip
-    s = train.setup(cfg, mx.cpu())
-    loop = train.Loop.of(s)
-    batches = train.batches_of(cfg, s.vocab, s.train_ids, np.random.default_rng(0))
-    # As fit does: one stretch per epoch, which syncs once, at its end. WARMUP batches first.
-    epoch = train.Epoch(1, batches, train.Sums())
-    train.train_stretch(loop, epoch, 0, WARMUP)
-    first, sums, seconds = WARMUP, [], 0.0
-    while seconds < a.seconds:
-        epoch.sums = train.Sums()
-        sums.append(epoch.sums)
-        train.train_stretch(loop, epoch, first, len(batches))
-        first, epoch.state, seconds = 0, None, seconds + sums[-1].seconds
-    tokens = sum(x.tokens for x in sums)
-    return {"tokens_per_s": tokens / seconds, "steps": tokens // (a.seq_len * a.batch), "vocab": len(s.vocab),
-            "first": sums[0].read()["nll"] / sums[0].tokens, "last": sums[-1].read()["nll"] / sums[-1].tokens}
+    s = tm_setup(a.cell, a.hidden, a.seq_len, a.batch, a.lr, a.clip, a.embed)
+    # one host sync an epoch, as fit does without a time limit; WARMUP batches first
+    watch = speed.time_loop(s, speed.Stopwatch(WARMUP, every=len(s.train_ids) // (a.seq_len * a.batch),
+                                               seconds=a.seconds))
+    return {"tokens_per_s": watch.tokens / watch.seconds, "steps": watch.batches, "vocab": len(s.vocab),
+            "first": watch.losses[0], "last": watch.losses[-1]}
 
 
 def work_tutorial(a):
@@ -155,7 +152,7 @@ def work_tutorial(a):
         run["state"] = state
         return float(loss.asscalar())
 
-    return {**_timed(step, nd.waitall, a.seconds, a.seq_len * a.batch), "vocab": V}
+    return {**timed_steps(step, nd.waitall, a.seconds, a.seq_len * a.batch), "vocab": V}
 
 
 def work_torch(a):
@@ -192,9 +189,24 @@ def work_torch(a):
         optimizer.step()
         return loss
 
-    result = _timed(step, lambda: None, a.seconds, a.seq_len * a.batch)  # CPU torch runs synchronously
+    result = timed_steps(step, lambda: None, a.seconds, a.seq_len * a.batch)  # CPU torch runs synchronously
     result["first"], result["last"] = result["first"].item(), result["last"].item()
     return {**result, "vocab": V, "torch": torch.__version__}
+
+
+def work_denormals(a):
+    """Training tokens/s of a run's model (its best weights, or fresh ones with a.fresh) on its own text."""
+    from charlm import checkpoint, run as runs, speed, training
+    from charlm.engine import mx
+
+    run = runs.find(a.run)
+    cfg = run.config()
+    cfg.train.epochs, cfg.train.sample_every, cfg.train.time_limit = 10**6, 0, None
+    s = training.setup(cfg, mx.cpu(), vocab=run.vocab())  # the run's own: a run --init-from another keeps that one's
+    if not a.fresh:
+        checkpoint.load_params(s.model, run.path / runs.BEST, mx.cpu())
+    watch = speed.time_loop(s, speed.Stopwatch(DENORMAL_WARMUP, every=a.batches, batches=a.batches))
+    return {"tokens_per_s": watch.tokens / watch.seconds}
 
 
 def work_generate(a):
@@ -222,21 +234,20 @@ def work_corpus(a):
 
 
 WORKERS = {"charlm": work_charlm, "tutorial": work_tutorial, "torch": work_torch, "generate": work_generate,
-           "corpus": work_corpus}
+           "corpus": work_corpus, "denormals": work_denormals}
 
 
 # The driver.
 
-def measure(python, impl, **args):
+def measure(python, impl, env=None, **args):
     """Run one worker in a fresh process; its JSON result with the peak RSS."""
     cmd = [python, __file__, "--worker", impl] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
-    out = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+    out = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def median_of(results, key="tokens_per_s"):
-    values = [r[key] for r in results]
-    return statistics.median(values), min(values), max(values)
+    return spread([r[key] for r in results])
 
 
 def fmt(values, scale=1e3, unit="k"):
@@ -300,19 +311,10 @@ def extras(args):
     """Generation speed, `charlm generate`, `charlm --help` and `import charlm` wall times, and encoding a 100 MB
     corpus."""
     charlm = [sys.executable, "-m", "charlm"]
-
-    def wall(cmd, times=5):
-        seconds = []
-        for _ in range(times):
-            start = time.perf_counter()
-            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-            seconds.append(time.perf_counter() - start)
-        return statistics.median(seconds)
-
     gen = [measure(sys.executable, "generate")["chars_per_s"] for _ in range(3)]
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(charlm + ["train", "--epochs", "1", "--max-chars", "20000", "--sample-every", "0",
-                                 "--runs-dir", tmp, "--name", "r"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        run_charlm("train", "--epochs", "1", "--max-chars", "20000", "--sample-every", "0", "--runs-dir", tmp,
+                   "--name", "r", quiet=True)
         generate_s = wall(charlm + ["generate", "the time ma", "--length", "1000", "--run", f"{tmp}/r"])
         big = Path(tmp) / "big.txt"
         book = (ROOT / "data" / "timemachine.txt").read_bytes()
@@ -323,7 +325,7 @@ def extras(args):
     help_s, import_s = wall(charlm + ["--help"]), wall([sys.executable, "-c", "import charlm"])
     print("| measurement | result | target |")
     print("|---|---|---|")
-    print(f"| greedy generation, 1,000 characters, fixed 2 x 256 LSTM | {statistics.median(gen):,.0f} chars/s "
+    print(f"| greedy generation, 1,000 characters, fixed 2 x 256 LSTM | {spread(gen)[0]:,.0f} chars/s "
           f"(min {min(gen):,.0f}) | >= 5,000 |")
     print(f"| `charlm generate \"the time ma\" --length 1000`, process start to exit | {generate_s:.2f} s | < 3 s |")
     print(f"| `charlm --help` | {help_s:.2f} s | < 0.2 s |")
@@ -334,6 +336,61 @@ def extras(args):
             "import_wall_s": import_s, "corpus": corpus}
 
 
+def denormals(args):
+    """Tokens/s of a run's model, its best weights and fresh ones, with subnormal floats flushed and kept: each a
+    fresh process, as the flush is set when charlm imports MXNet (CHARLM_FLUSH_DENORMALS=0 keeps them)."""
+    print(f"run {args.denormals}, {args.batches} batches after {DENORMAL_WARMUP} warm-up ones\n")
+    print("| weights | subnormals | tokens/s |")
+    print("|---|---|---|")
+    rows = []
+    for fresh in (0, 1):
+        for flush in ("1", "0"):
+            got = measure(sys.executable, "denormals", env={**os.environ, "CHARLM_FLUSH_DENORMALS": flush},
+                          run=args.denormals, batches=args.batches, fresh=fresh)
+            print(f"| {'fresh initial' if fresh else 'params-best'} | {'flushed' if flush == '1' else 'kept'} | "
+                  f"{got['tokens_per_s'] / 1e3:.1f}k |")
+            rows.append({"fresh": fresh, "flush": flush, **got})
+    return rows
+
+
+def host_time(args):
+    """ms and host CPU ms per step over one epoch of the bundled book after 20 warm-up batches, in this process
+    (PYTHONPATH=<a checkout> times another commit); with --busy, extra host work per step; with --profile,
+    MXNet's per-op profile of the timed batches."""
+    from charlm import engine, speed
+    from charlm.engine import mx
+
+    if args.busy:
+        keep_up = engine.keep_up
+
+        def busy_keep_up(results):
+            start = time.thread_time()
+            while time.thread_time() - start < args.busy / 1e3:
+                pass
+            keep_up(results)
+        engine.keep_up = busy_keep_up
+    if args.profile:
+        # MXNet also writes a trace of every op (100+ MB), by default as ./profile.json: not into the checkout
+        trace = os.path.join(tempfile.gettempdir(), "charlm-host-time-profile.json")
+        mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=trace)
+    print("| cell | ms per step | host CPU ms per step | tokens/s |")
+    print("|---|---|---|---|")
+    rows = []
+    for cell in args.cells:
+        s = tm_setup(cell)
+        steps = len(s.train_ids) // (TM["seq_len"] * TM["batch"]) - 20
+        if args.profile:
+            mx.profiler.set_state("run")
+        watch = speed.time_loop(s, speed.Stopwatch(20, every=steps, batches=steps))
+        if args.profile:
+            mx.profiler.set_state("stop")
+            print(f"{steps} steps of {cell}:\n{mx.profiler.dumps(reset=True)}", file=sys.stderr)
+        step, host = watch.seconds / watch.batches * 1e3, watch.host / watch.batches * 1e3
+        print(f"| {cell} | {step:.2f} | {host:.2f} | {watch.tokens / watch.seconds / 1e3:.1f}k |")
+        rows.append({"cell": cell, "ms_per_step": step, "host_ms_per_step": host})
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", help="an interpreter that can import torch (adds the PyTorch rows)")
@@ -341,19 +398,27 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
     parser.add_argument("--scaling", action="store_true", help="the hidden x batch table instead")
     parser.add_argument("--extras", action="store_true", help="generation, start-up and corpus figures instead")
+    parser.add_argument("--denormals", metavar="RUN", help="a run's training speed, subnormals flushed and kept")
+    parser.add_argument("--batches", type=int, default=600, help="--denormals: batches timed after the warm-up")
+    parser.add_argument("--host-time", action="store_true", help="ms and host CPU ms per tm step instead")
+    parser.add_argument("--cells", nargs="+", default=["lstm", "rnn"], help="--host-time: cells at the tm shape")
+    parser.add_argument("--busy", type=float, default=0.0, help="--host-time: extra host work per step, ms")
+    parser.add_argument("--profile", action="store_true", help="--host-time: MXNet's per-op profile on stderr")
     parser.add_argument("--json", help="write the measurements here")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
-    for name, value in {**TM, "cell": "lstm", "ids": ""}.items():
+    for name, value in {**TM, "cell": "lstm", "ids": "", "run": "", "fresh": 0}.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         result = WORKERS[args.worker](args)
-        print(json.dumps({**result, "peak_rss_mb": _peak_rss_mb()}))
+        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
-    cores = len(os.sched_getaffinity(0))
-    print(f"_{time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.processor() or platform.machine()}, {cores} cores, "
-          f"Python {platform.python_version()}, `python scripts/bench.py {' '.join(sys.argv[1:])}`_\n")
-    if args.extras:
+    print(stamp())
+    if args.host_time:
+        results = host_time(args)
+    elif args.denormals:
+        results = denormals(args)
+    elif args.extras:
         results = extras(args)
     elif args.scaling:
         results = scaling(args)

@@ -1,6 +1,6 @@
 """Measure data-parallel training on this machine: tokens/s of one worker (kvstore local) against two workers
 (dist_sync through a scheduler and a server on 127.0.0.1, started by `charlm launch-local`), each worker with
-the same config, and the bytes each worker sends and receives per step. Prints a Markdown table:
+the same config, and the bytes each worker sends and receives per step. Prints docs/distributed.md's table:
 
     python scripts/dist_bench.py                     # the default model, 3 epochs of 200k characters
     python scripts/dist_bench.py --epochs 2 --max-chars 20000 -- --hidden-size 16   # a quick check that it runs
@@ -10,27 +10,15 @@ same time: on 2 cores any other job distorts both figures."""
 import argparse
 import json
 import os
-import platform
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from timing import ROOT, charlm, cores, stamp
 
 from charlm.run import Run
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "dist-bench"
 ENV = dict(os.environ)  # as given: importing charlm.engine below sets OMP_NUM_THREADS, which the runs must not inherit
-
-
-def charlm(*args):
-    """Run a charlm command from the repository root; return its wall seconds."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "charlm", *map(str, args)], cwd=ROOT, env=ENV, check=True,
-                   stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def parameter_bytes(run):
@@ -44,9 +32,10 @@ def measure(name, workers, train_args):
     """Train one run with `workers` workers; return its last epoch's record and wall seconds."""
     args = ["train", "--runs-dir", RUNS, "--name", name, *train_args]
     if workers == 1:
-        seconds = charlm(*args)
+        seconds = charlm(*args, env=ENV, quiet=True)[1]
     else:
-        seconds = charlm("launch-local", "-n", workers, "-s", 1, "--", *args, "--kvstore", "dist_sync")
+        seconds = charlm("launch-local", "-n", workers, "-s", 1, "--", *args, "--kvstore", "dist_sync", env=ENV,
+                         quiet=True)[1]
     return json.loads((RUNS / name / "metrics.jsonl").read_text().splitlines()[-1]), seconds
 
 
@@ -58,13 +47,13 @@ def main():
     opts = parser.parse_args()
     train_args = ["-c", "configs/fixed.yaml",
                   "--epochs", opts.epochs, "--max-chars", opts.max_chars, "--sample-every", 0, *opts.train_args]
-    stamp, cores = time.strftime("%Y%m%d-%H%M%S"), len(os.sched_getaffinity(0))
-    rows = [(workers, *measure(f"{stamp}-{workers}w", workers, train_args)) for workers in (1, 2)]
-    run = RUNS / f"{stamp}-1w"
+    when = time.strftime("%Y%m%d-%H%M%S")
+    rows = [(workers, *measure(f"{when}-{workers}w", workers, train_args)) for workers in (1, 2)]
+    run = RUNS / f"{when}-1w"
     size, d = parameter_bytes(run), Run(run).config().data
+    print(stamp())
     print(f"`charlm train {' '.join(map(str, train_args))}` per worker ({d.batch_size} x {d.seq_len} characters per "
-          f"step and worker); {platform.machine()}, {cores} cores, Python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d')}; tokens/s of the last epoch. A dist_sync step sends each worker's gradient "
+          f"step and worker); tokens/s of the last epoch. A dist_sync step sends each worker's gradient "
           f"({size / 1e6:.3g} MB of parameters) to the server and receives the sum: {2 * size / 1e6:.3g} MB per step "
           f"and worker.\n")
     print("| workers | kvstore | threads per worker | tokens/s (all workers) | tokens/s per worker | val ppl | "
@@ -72,7 +61,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for workers, last, seconds in rows:
         kvstore = "local" if workers == 1 else "dist_sync, 1 server"
-        threads = ENV.get("OMP_NUM_THREADS") or max(1, cores // workers)  # charlm's and launch-local's defaults
+        threads = ENV.get("OMP_NUM_THREADS") or max(1, cores() // workers)  # charlm's and launch-local's defaults
         per_worker = last["tokens_per_s"] / workers
         traffic = "-" if workers == 1 else f"{2 * size * per_worker / (d.batch_size * d.seq_len) / 1e6:.3g} MB/s"
         print(f"| {workers} | {kvstore} | {threads} | {last['tokens_per_s'] / 1e3:.1f}k | {per_worker / 1e3:.1f}k | "

@@ -1,4 +1,4 @@
-"""Measure charlm's memory: resident set size after each epoch of a run of configs/fixed.yaml (it must stay flat),
+"""Measure charlm's memory, docs/performance.md's "Memory" tables: resident set size after each epoch of a run of configs/fixed.yaml (it must stay flat),
 peak RSS training on a large corpus against the same training on the bundled book, and peak RSS of the
 embedded default's recipe with each of its levers off against the fixed settings.
 
@@ -6,13 +6,12 @@ embedded default's recipe with each of its levers off against the fixed settings
     python scripts/memory.py corpus [--mb 200 --batches 300]
     python scripts/memory.py levers [--repeats 3 --epochs 2]  # the default's recipe, each lever off, the fixed
 
-Prints Markdown tables for docs/performance.md.
+Prints the Markdown tables.
 """
 import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parent.parent
+from timing import ROOT, spread
 BOOK = ROOT / "data" / "timemachine.txt"
 
 
@@ -53,7 +52,7 @@ def epochs(args):
         print(f"| {epoch} | {mb:.1f} |")
     after = [mb for epoch, mb in rows[1:]]
     half = len(after) // 2
-    first, second = statistics.median(after[1:half]), statistics.median(after[half:])
+    first, second = spread(after[1:half])[0], spread(after[half:])[0]
     print(f"\nmedian RSS of epochs 2-{half}: {first:.1f} MB, of epochs {half + 1}-{len(after)}: {second:.1f} MB "
           f"({second - first:+.1f} MB); highest {max(after):.1f} MB")
 
@@ -130,7 +129,7 @@ def levers(args):
           f"{m.weight_drop:g}, EMA {cfg.train.ema:g}), {args.epochs} epochs, {args.repeats} runs each:\n")
     print("| run | peak RSS (MB), median (min–max) |\n|---|---|")
     for name, mbs in peaks.items():
-        print(f"| {name} | {statistics.median(mbs):.0f} ({min(mbs):.0f}–{max(mbs):.0f}) |")
+        print("| {} | {:.0f} ({:.0f}–{:.0f}) |".format(name, *spread(mbs)))
 
 
 def corpus(args):

@@ -1,8 +1,9 @@
-"""Measure the automatic recipe (docs/recipes.md): hand-picked configurations, the fixed settings
+"""Measure the automatic recipe, docs/recipes.md's tables under "The automatic recipe" (run, table, levers,
+study-table) and its speed table by hidden size (speed): hand-picked configurations, the fixed settings
 (configs/fixed.yaml) and `charlm train --data X --time-limit B` with nothing else, each given the same text
 and time budget.
 
-    python scripts/recipes.py run --data ../shared/data/pride_and_prejudice.txt --budget 5m       # every point
+    python scripts/recipes.py run --data pride_and_prejudice.txt --budget 5m       # every point
     python scripts/recipes.py run --data FILE --budget 10m --points auto fixed h2 h3
     python scripts/recipes.py run --budget 5m --custom no-ema '{"train.ema": 0}'  # the recipe but one setting
     python scripts/recipes.py cut --data FILE --chars 100000 -o cut.txt   # the first N characters of a text
@@ -25,8 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
+from timing import ROOT, cores
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from charlm import recipe  # noqa: E402 (no MXNet)
@@ -81,11 +82,7 @@ def run(data, budget, point, sets):
             "first_line": out.splitlines()[0], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
             "epochs": records[-1]["epoch"], "tokens_per_s": sum(r["tokens_per_s"] for r in records) / len(records),
             "wall_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {len(_cpus())} cores"}
-
-
-def _cpus():
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {cores()} cores"}
 
 
 def speed_worker(hidden, seconds, sets):

@@ -1,4 +1,6 @@
-"""Measure the recipes' figures (README, docs/recipes.md) by running their commands: time, perplexity, samples.
+"""Measure the recipes' figures by running their commands (time, perplexity, samples): the tables of
+docs/recipes.md's "The embedded default", "The Gluon tutorial", "d2l" and "Word level", docs/addition.md's,
+and README's front-page figures.
 
     python scripts/targets.py                 # all of the below, one after the other
     python scripts/targets.py default         # only `charlm train` (+ `charlm generate "the time ma"`)
@@ -11,22 +13,11 @@ Runs go to runs/targets/; the table is printed as Markdown. Run nothing else hea
 on 2 cores a second job more than halves the speed of both."""
 import argparse
 import json
-import platform
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from timing import ROOT, charlm, stamp
+
 RUNS = ROOT / "runs" / "targets"
-
-
-def charlm(*args):
-    """Run a charlm command; return (stdout, wall seconds)."""
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "charlm", *map(str, args)], cwd=ROOT, check=True,
-                         stdout=subprocess.PIPE, text=True)
-    return out.stdout, time.perf_counter() - start
 
 
 def metrics(name):
@@ -134,8 +125,7 @@ def main():
                         default="all")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
-    print(f"_{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-          f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}_\n")
+    print(stamp())
     if args.which in ("default", "all"):
         default()
     if args.which in ("tutorial", "all"):

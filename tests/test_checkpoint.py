@@ -58,9 +58,8 @@ def trained(cfg, path, ctx):
     s = train.setup(cfg, ctx, parallel.connect(cfg, ctx))
     run = runs.Run.create(path.parent, path.name)
     run.start(cfg, s.vocab)
-    trainer = train.make_trainer(s)
-    train.fit(s, run, trainer)
-    return s, run, trainer
+    train.fit(s, run)
+    return s, run, s.trainer
 
 
 def states(trainer):

@@ -317,7 +317,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(trained):
 
 
 def test_perplexities_too_large_to_read_print_in_exponent_form():
-    from charlm.cli import _ppl
+    from charlm.terminal import ppl as _ppl
     assert (_ppl(4.1071), _ppl(4.1071, 2), _ppl(123456.7)) == ("4.107", "4.11", "123456.700")
     assert _ppl(8.2e307) == "8.200e+307"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charlm import checkpoint, optim, text, training as train
+from charlm import checkpoint, optim, parallel, text, training as train
 from charlm.cli import main
 from charlm.configs import DataConfig
 from charlm.engine import mx, nd
@@ -34,6 +34,7 @@ class Clock:
 def clock(monkeypatch):
     fake = Clock(tick=0.5)
     monkeypatch.setattr(train, "time", fake)
+    monkeypatch.setattr(parallel, "time", fake)
     return fake
 
 
@@ -59,9 +60,9 @@ class Seen:
 def fit_seen(cfg, clock=None, tick=0.0):
     """fit cfg without a run directory; return (setup, Seen); the fake clock, if any, moves tick per step."""
     s = train.setup(cfg, mx.cpu())
-    seen = Seen(s, train.make_trainer(s))
+    seen = Seen(s, s.trainer)
     advance = SimpleNamespace(on_batch=lambda *a: setattr(clock, "now", clock.now + tick)) if clock else None
-    train.fit(s, None, seen.trainer, callbacks=[seen] + ([advance] if advance else []))
+    train.fit(s, None, callbacks=[seen] + ([advance] if advance else []))
     return s, seen
 
 
@@ -78,6 +79,7 @@ def test_cosine_over_the_epochs_follows_its_formula_with_warmup(tiny_cfg, warmup
 def test_cosine_over_a_time_limit_follows_the_clock_and_stops_there(tiny_cfg, monkeypatch):
     fake = Clock()
     monkeypatch.setattr(train, "time", fake)
+    monkeypatch.setattr(parallel, "time", fake)
     tiny_cfg.train.lr_schedule, tiny_cfg.train.time_limit, tiny_cfg.train.epochs = "cosine", "1m", 100
     _, seen = fit_seen(tiny_cfg, fake, tick=2.0)  # each step takes 2 s of the 60
     assert len(seen.lrs) == 30
@@ -110,7 +112,7 @@ def test_the_average_is_kept_when_better_and_both_losses_are_recorded(tiny_cfg, 
     s = train.setup(tiny_cfg, mx.cpu())
     best = checkpoint.load_model(result, mx.cpu())
     expected = record["val_loss_ema"] if record["val_loss_ema"] < record["val_loss_raw"] else record["val_loss_raw"]
-    assert train._val_loss(s, best) == pytest.approx(expected, rel=1e-6)
+    assert train.val_loss(s, best) == pytest.approx(expected, rel=1e-6)
     assert sorted(p.name for p in result.path.glob("last-*")) == ["last-e1-s0.ema", "last-e1-s0.optim",
                                                                    "last-e1-s0.params"]
 
@@ -134,7 +136,7 @@ def scripted_validation(monkeypatch, losses):
     def fake(s, model):
         kept.append(params(model))
         return next(it)
-    monkeypatch.setattr(train, "_val_loss", fake)
+    monkeypatch.setattr(train, "val_loss", fake)
     return kept
 
 

@@ -116,7 +116,7 @@ def test_stream_decodes_each_block_after_the_last_token_with_text(monkeypatch):
     """A word's spacing depends on the token before it; <bos> has no text, so the one before that counts."""
     vocab = vocabs.WordVocab(["<unk>", "<eos>", "<bos>", "a", "b"])
     blocks = [[3, 2], [4, 1], [3]]  # a <bos> | b <eos> | a
-    monkeypatch.setattr(generate, "_blocks", lambda *args: (nd.array(ids).reshape((-1, 1)) for ids in blocks))
+    monkeypatch.setattr(generate, "id_blocks", lambda *args: (nd.array(ids).reshape((-1, 1)) for ids in blocks))
     pieces = [piece for [piece] in generate.stream(None, vocab, [2, 3], 5, mx.cpu())]
     assert pieces == ["a", " a", " b\n", "a"] and "".join(pieces) == vocab.decode([2, 3, 3, 2, 4, 1, 3])
 
@@ -147,13 +147,13 @@ def test_the_earliest_of_several_stop_sequences_wins(trained):
 
 def test_generation_stops_computing_after_every_sample_has_stopped(trained, monkeypatch):
     stop = greedy_text(trained)[len("the quick"):][:2]  # in the first block
-    expected, made, blocks = greedy_text(trained, 2, stop=[stop]), [], generate._blocks
+    expected, made, blocks = greedy_text(trained, 2, stop=[stop]), [], generate.id_blocks
 
     def counted(*args):
         for block in blocks(*args):
             made.append(block)
             yield block
-    monkeypatch.setattr(generate, "_blocks", counted)
+    monkeypatch.setattr(generate, "id_blocks", counted)
     assert greedy_text(trained, 10_000, stop=[stop]) == expected
     assert len(made) == 2  # the block with the stop and the one queued after it, of 313
 

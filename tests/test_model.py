@@ -44,7 +44,7 @@ def test_weight_drop_trains_on_dropped_scaled_hidden_to_hidden_weights_then_puts
     np.testing.assert_array_equal(layer.parameters.data().asnumpy(), weights)
     # the dropped weights: each h2h weight kept and scaled by 1 / (1 - p), or zero; nothing else touched
     scale = np.ones_like(weights)
-    for name, _, begin, end in layer._spans():
+    for name, _, begin, end in layer.spans():
         kept = dropped[begin:end] != 0
         if name.endswith("h2h_weight"):
             assert 0 < kept.mean() < 1, name

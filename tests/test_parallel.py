@@ -143,13 +143,12 @@ def test_a_two_device_run_checkpointed_mid_epoch_resumes_exactly(tiny_cfg, tmp_p
         s = train.setup(tiny_cfg, ctxs, parallel.connect(tiny_cfg, ctxs))
         path = tmp_path / name
         run = Run(path) if path.exists() else Run.create(tmp_path, name)
-        trainer = train.make_trainer(s)
-        progress = train.restore(s, run, trainer) if (path / "state.json").exists() else None
+        progress = train.restore(s, run) if (path / "state.json").exists() else None
         if progress is None:
             run.start(tiny_cfg, s.vocab)
         seen = []
         try:
-            train.fit(s, run, trainer, progress, callbacks=[SimpleNamespace(on_batch=lambda *a: seen.append(1))],
+            train.fit(s, run, progress, callbacks=[SimpleNamespace(on_batch=lambda *a: seen.append(1))],
                       stop=lambda: len(seen) == stop_after)
         except Interrupted:
             return run

@@ -67,9 +67,8 @@ def one_step(tiny_cfg, clip, reduction="mean"):
     s = train.setup(tiny_cfg, mx.cpu())
     params = [p for p in s.model.collect_params().values() if p.grad_req != "null"]
     X, Y = next(iter(data.RandomBatches(s.train_ids, 4, 8, np.random.default_rng(0))))
-    loop = train.Loop.of(s)
     flat = [[p.grad().reshape((-1,)) for p in params]]
-    _, norm, _ = train.train_step(loop, flat, [(nd.array(X), nd.array(Y))], [s.model.begin_state(4, mx.cpu())])
+    _, norm, _ = train.train_step(s, train.objective_of(s), flat, [(nd.array(X), nd.array(Y))], [s.model.begin_state(4, mx.cpu())])
     return float(norm.asscalar()), grad_norm(params)
 
 
@@ -79,13 +78,13 @@ def test_weight_drop_updates_the_kept_weights_by_the_masked_gradient(tiny_cfg):
     s = train.setup(tiny_cfg, mx.cpu())
     layer = s.model.rnn
     X, Y = next(iter(data.RandomBatches(s.train_ids, 4, 8, np.random.default_rng(0))))
-    loop = train.Loop.of(s)
     before = layer.parameters.data().asnumpy()
     flat = [[p.grad().reshape((-1,)) for p in s.model.collect_params().values() if p.grad_req != "null"]]
     drop = models.WeightDrop.of(s.model, [mx.cpu()])
-    train.train_step(loop, flat, [(nd.array(X), nd.array(Y))], [s.model.begin_state(4, mx.cpu())], drop)
+    train.train_step(s, train.objective_of(s), flat, [(nd.array(X), nd.array(Y))], [s.model.begin_state(4, mx.cpu())],
+                     drop)
     grad = layer.parameters.grad().asnumpy()
-    h2h = np.concatenate([grad[begin:end] for name, _, begin, end in layer._spans() if name.endswith("h2h_weight")])
+    h2h = np.concatenate([grad[begin:end] for name, _, begin, end in layer.spans() if name.endswith("h2h_weight")])
     assert 0.3 < (h2h == 0).mean() < 0.7  # the dropped weights have no gradient
     np.testing.assert_allclose(layer.parameters.data().asnumpy(), before - 0.1 * grad, rtol=1e-5, atol=1e-7)
 
@@ -112,9 +111,9 @@ def test_sequential_training_carries_state_between_batches(tiny_cfg, monkeypatch
     seen = []
     real_step = train.train_step
 
-    def spy(loop, grads, batch, states, drop=None):
+    def spy(s, objective, grads, batch, states, drop=None):
         seen.append(float(sum(abs(h).sum().asscalar() for h in states[0])))
-        return real_step(loop, grads, batch, states, drop)
+        return real_step(s, objective, grads, batch, states, drop)
 
     monkeypatch.setattr(train, "train_step", spy)
     train.fit(s, None)
@@ -166,31 +165,31 @@ def test_a_rollback_keeps_its_halved_learning_rate_in_state_json_before_any_late
     s = train.setup(tiny_cfg, mx.cpu())
     run = Run.create(tmp_path, "r")
     run.start(tiny_cfg, s.vocab)
-    real = train.train_stretch
+    real = train.Sums.end_stretch
 
-    def always_bad(loop, epoch, first, end):
-        done, _ = real(loop, epoch, first, end)
-        return done, first
+    def always_bad(sums, start, first):
+        real(sums, start, first)
+        return first
 
-    monkeypatch.setattr(train, "train_stretch", always_bad)
+    monkeypatch.setattr(train.Sums, "end_stretch", always_bad)
     with pytest.raises(CharlmError, match="diverged"):
         train.fit(s, run)
     assert run.read_state()["lr_scale"] == 0.5 ** train.MAX_ROLLBACKS
-    progress = train.restore(s, run, train.make_trainer(s))
+    progress = train.restore(s, run)
     assert (progress.epoch, progress.step, progress.lr_scale) == (0, 0, 0.5 ** train.MAX_ROLLBACKS)
 
 
 def test_rollback_gives_up_after_three_tries(tiny_cfg, monkeypatch):
     tiny_cfg.train.on_divergence = "rollback"
     s = train.setup(tiny_cfg, mx.cpu())
-    real, tries = train.train_stretch, []
+    real, tries = train.Sums.end_stretch, []
 
-    def always_bad(loop, epoch, first, end):
+    def always_bad(sums, start, first):
         tries.append(1)
-        done, _ = real(loop, epoch, first, end)
-        return done, first
+        real(sums, start, first)
+        return first
 
-    monkeypatch.setattr(train, "train_stretch", always_bad)
+    monkeypatch.setattr(train.Sums, "end_stretch", always_bad)
     with pytest.raises(CharlmError, match="diverged at step 1"):
         train.fit(s, None)
     assert len(tries) == 1 + train.MAX_ROLLBACKS
@@ -201,15 +200,14 @@ def train_in(tiny_cfg, path, stop_after=None):
     from charlm.run import Run
     s = train.setup(tiny_cfg, mx.cpu())
     run = Run.create(path.parent, path.name) if not path.exists() else Run(path)
-    trainer = train.make_trainer(s)
     if path.joinpath("state.json").exists():
-        progress = train.restore(s, run, trainer)
+        progress = train.restore(s, run)
     else:
         run.start(tiny_cfg, s.vocab)
         progress = None
     seen = []
     try:
-        train.fit(s, run, trainer, progress, callbacks=[SimpleNamespace(on_batch=lambda *a: seen.append(1))],
+        train.fit(s, run, progress, callbacks=[SimpleNamespace(on_batch=lambda *a: seen.append(1))],
                   stop=lambda: stop_after is not None and len(seen) == stop_after)
     except Interrupted:
         return run, None
@@ -252,21 +250,21 @@ def test_mid_epoch_checkpoints_do_not_change_training_without_dropout(tiny_cfg, 
 def test_rollback_goes_back_to_a_mid_epoch_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     """A NaN after a mid-epoch checkpoint rolls back to it, not to the start of the epoch."""
     tiny_cfg.train.on_divergence, tiny_cfg.train.checkpoint_every, tiny_cfg.train.epochs = "rollback", 20, 1
-    real, starts = train.train_stretch, []
+    real, starts = train.Sums.end_stretch, []
 
-    def nan_once_at_40(loop, epoch, first, end):
+    def nan_once_at_40(sums, start, first):
         starts.append(first)
-        done, bad = real(loop, epoch, first, end)
-        return done, 45 if first == 40 and starts.count(40) == 1 else bad
+        bad = real(sums, start, first)
+        return 45 if first == 40 and starts.count(40) == 1 else bad
 
-    monkeypatch.setattr(train, "train_stretch", nan_once_at_40)
+    monkeypatch.setattr(train.Sums, "end_stretch", nan_once_at_40)
     run, _ = train_in(tiny_cfg, tmp_path / "r")
     assert starts[:5] == [0, 20, 40, 40, 60]
     assert run.read_state()["lr_scale"] == 0.5 and [r["epoch"] for r in run.metrics()] == [1]
 
 
 def test_sums_add_up_on_the_host_and_find_the_first_non_finite_batch():
-    sums = train.Sums({"nll": 1.5, "grad_norm": 0.5, "tokens": 10, "train_s": 2.0})  # a mid-epoch checkpoint's
+    sums = train.Sums.of({"nll": 1.5, "grad_norm": 0.5, "tokens": 10, "train_s": 2.0})  # a mid-epoch checkpoint's
     batches = [(2.0, 1.0), (3.0, float("nan")), (float("inf"), 2.0), (4.0, 1.0)]
     for total, norm in batches[:2]:
         sums.add(nd.array([total]), nd.array([norm]), 5)
