@@ -336,7 +336,7 @@ def export(output, fmt, force, run_dir, runs_dir):
 @click.option("-o", "--output", required=True, type=click.Path(), help="HTML file to write")
 @RUN
 @RUNS_DIR
-@_user_errors
+@user_errors
 def viz(data_path, text, max_tokens, skip_unknown, output, run_dir, runs_dir):
     """Write one self-contained HTML page of the run's model reading a text: surprisal, top guesses, units."""
     from . import api, viz as report
