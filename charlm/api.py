@@ -149,7 +149,7 @@ def _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop):
 
     cfg = run.config()
     _extend(cfg, epochs, time_limit)
-    done = run.read_state().get("epoch", 0)
+    done = run.resume_state().get("epoch", 0)  # first: a run it refuses keeps its files as they were
     if done >= cfg.train.epochs:
         log.info("%s has trained %d of %d epochs: give --epochs to extend it", run.path, done, cfg.train.epochs)
         return run

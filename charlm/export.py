@@ -109,9 +109,7 @@ def export(out, fmt, run=None, runs_dir="runs", force=False):
         raise CharlmError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _need_onnx()
-    run, out = find(run, runs_dir), Path(out)
-    if (out.exists() or out.is_symlink()) and not force:
-        raise CharlmError(f"{out} already exists: pass --force to replace it")
+    run, out = find(run, runs_dir), _output(out, force)
     vocab, cfg = run.vocab(), run.config()
     if vocab.level != "char":
         raise CharlmError(f"{run.path} is a word-level run: charlm export takes character-level runs (a word "
@@ -120,6 +118,27 @@ def export(out, fmt, run=None, runs_dir="runs", force=False):
     with _staging(out) as tmp:
         write(model, vocab, cfg, tmp, fmt, out.name)
     return out
+
+
+def _output(out, force):
+    """out as a Path, checked to be new, or (with force) an earlier export or an empty directory to replace."""
+    path = Path(out)
+    if path.name in ("", ".", "..") or Path(os.path.abspath(path)) in (Path.cwd(), *Path.cwd().parents):
+        raise CharlmError(f"-o {out}: give a new directory's name (it is written beside, then moved into place)")
+    if not (path.exists() or path.is_symlink()):
+        return path
+    if not force:
+        raise CharlmError(f"{out} already exists: pass --force to replace it")
+    if path.is_symlink() or not path.is_dir():
+        raise CharlmError(f"{out} is not a directory: --force replaces only an earlier export or an empty directory")
+    try:
+        earlier = (path / MANIFEST).is_file() or not any(path.iterdir())
+    except OSError as e:
+        raise CharlmError(f"cannot read {out}: {e.strerror}") from None
+    if not earlier:
+        raise CharlmError(f"{out} holds files but no {MANIFEST}: --force replaces only an earlier export or an empty "
+                          f"directory; remove it yourself or choose another -o")
+    return path
 
 
 def _need_onnx():

@@ -26,6 +26,8 @@ def check_file(path):
             raise CharlmError(f"data file not found: {path}")
         if path.is_dir():
             raise CharlmError(f"data path is a directory, not a text file: {path}")
+        if not path.is_file():  # /dev/zero or a FIFO: a read that never ends, or that waits forever
+            raise CharlmError(f"data path is not a regular file (a device, FIFO or socket): {path}")
     except OSError as e:  # a directory on the way that cannot be searched
         raise CharlmError(f"cannot read data file {path}: {e.strerror}") from None
     return path
