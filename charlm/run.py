@@ -215,6 +215,8 @@ class Run:
 
     def best_params(self):
         """The best parameters' file: params-best.params, or the pending one state.json names (a kill's leftover)."""
+        if not any(self.path.glob(PENDING.format("*"))):  # as almost always: no state.json to read
+            return self.path / BEST
         pending = self.path / PENDING.format(self.read_state().get("best_pending"))
         return pending if pending.is_file() else self.path / BEST
 
