@@ -3,6 +3,7 @@ sockets: charlm says no in one line and loses nothing (issue 33; the one-line er
 import glob
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -10,8 +11,9 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import yaml
 
-from charlm import api, launch, lines
+from charlm import api, configs, launch, lines, recipe
 from charlm.errors import CharlmError
 from charlm.run import BEST, METRICS, PENDING, STATE, Run, write_text
 from bad_input_cases import full_disk_for
@@ -174,3 +176,56 @@ def test_every_socket_of_a_loopback_cluster_listens_on_127_0_0_1_only(tmp_path):
         assert cluster.wait() == (0, None)
     assert len(addresses) == 4  # the scheduler, the server and both workers each listen
     assert all(a.startswith("0100007F:") for a in addresses), addresses  # 127.0.0.1, little-endian hex
+
+
+ODD_VALUES = [None, True, 0, -1, 10**30, -10**400, 1e308, float("inf"), float("nan"), "", "ünïcödé ✓ 中文", "x" * 5000,
+              [], ["a", 1], {}, {"k": None}, "1e-4", "\x00\x07", "lstm", 8, 0.5]
+
+
+def _mutated_config(rng):
+    """The text of a full config file with a few random mutations: values, keys, sections, nesting, aliases."""
+    doc = yaml.safe_load(configs.to_yaml(recipe.fixed(configs.Config())))
+    for _ in range(rng.randrange(1, 4)):
+        section = rng.choice([name for name, values in doc.items() if isinstance(values, dict) and values] or [None])
+        if section is None:
+            break
+        key = rng.choice(list(doc[section]))
+        kind = rng.randrange(6)
+        if kind == 0:
+            doc[section][key] = rng.choice(ODD_VALUES)
+        elif kind == 1:
+            del doc[section][key]
+        elif kind == 2:
+            doc[section][rng.choice(["hiden_size", "", "ü", "1"])] = rng.choice(ODD_VALUES)
+        elif kind == 3:
+            doc[rng.choice(["extra", "", "Data"])] = {key: 1}
+        elif kind == 4:
+            doc[section] = rng.choice(ODD_VALUES)
+        else:
+            doc[section][key] = [[[[rng.choice(ODD_VALUES)]]]]
+    text = yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+    kind = rng.randrange(5)
+    if kind == 0:  # one section an alias of another, and a value that expands nine times per level
+        text = text.replace("data:", "data: &d", 1).replace("model:", "model: *d\nunused:", 1)
+        text += "laughs: &a [1, 2]\nmore: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nmost: [*b, *b, *b, *b, *b, *b]\n"
+    elif kind == 1:
+        depth = rng.choice([10, 50])
+        text = f"train:\n  sample_prefixes: {'[' * depth}{']' * depth}\n" + text
+    elif kind == 2:
+        text = text.replace(":", ": [", 1)
+    elif kind == 3:
+        text = "? [a, b]\n: 1\n" + text  # a key that is a list
+    return text
+
+
+def test_random_config_files_give_a_valid_config_or_one_line(tmp_path):
+    rng = random.Random(33)
+    path = tmp_path / "config.yaml"
+    deep = "train:\n  sample_prefixes: " + "[" * 2000 + "]" * 2000 + "\n"  # past Python's recursion limit
+    for example, text in enumerate([deep] + [_mutated_config(rng) for _ in range(150)]):
+        path.write_text(text, encoding="utf-8")
+        for read in (lambda: configs.resolve([path]), lambda: Run(tmp_path).config()):
+            try:
+                assert isinstance(read(), configs.Config)
+            except CharlmError as e:
+                assert "\n" not in str(e), (example, str(e))
