@@ -18,7 +18,7 @@ from .vocab import vocab_from_json
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
 BEST, LATEST, LOCK = "params-best.params", "latest", ".lock"
 TAG = re.compile(r"e\d+-s\d+")  # a checkpoint's tag, as checkpoint.py names it: e{epoch}-s{step}
-PENDING = "params-best-{}.pending"  # best parameters written, not yet named by state.json (tag, or tag of a limit)
+PENDING = "params-best-{}.pending"  # a new best until state.json names it, by its checkpoint tag: e3-s0
 
 
 def atomic_write(path, write):
@@ -345,6 +345,10 @@ def find(run=None, runs_dir="runs"):
     path = Path(run) if run else Path(runs_dir) / LATEST
     if not run and not path.exists():
         raise CharlmError(f"no runs yet in {runs_dir}/: train one with `charlm train`, or pass --run DIR")
+    if not run and path.is_symlink():
+        target = os.readlink(path)  # charlm writes a run's plain name: a received link may point anywhere
+        if target != Path(target).name or target in (".", ".."):
+            raise CharlmError(f"{path} points at {target}, not at a run in {runs_dir}/: pass --run DIR to use it")
     if not (path / CONFIG).is_file() or not (path / VOCAB).is_file():
         raise CharlmError(f"{path} is not a run directory (no {CONFIG} and {VOCAB})")
     return Run(path.resolve())

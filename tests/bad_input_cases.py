@@ -202,6 +202,15 @@ def _out_of_memory():
     return mock.patch("charlm.training.setup", side_effect=MemoryError(message))
 
 
+def _linked_runs(ws):
+    """A runs directory whose `latest` points at a run outside it."""
+    runs = ws.tmp / "linked-runs"
+    if not runs.exists():
+        runs.mkdir()
+        (runs / "latest").symlink_to(Path("..") / "runs" / ws.run.name)
+    return runs
+
+
 def _fifo(ws):
     path = ws.tmp / "fifo"
     if not path.exists():
@@ -302,6 +311,8 @@ CASES = [
      "m.yaml: line 3 malformed YAML"),
     ("`generate` before any run was trained", lambda ws: ["generate", "the", "--runs-dir", str(ws.tmp / "none")],
      "no runs yet in"),
+    ("`latest` pointing outside its runs directory", lambda ws: ["generate", "the", "--runs-dir", str(_linked_runs(ws))],
+     "latest points at ../runs/good, not at a run in"),
     ("`--run` that is not a run directory", lambda ws: ["generate", "the", "--run", str(ws.tmp)],
      "is not a run directory"),
     ("truncated parameter file", lambda ws: ["generate", "the", "--run", str(ws.damaged_run("cut", _truncate))],
