@@ -189,6 +189,8 @@ def _key_lines(text):
 def apply_yaml(cfg, path):
     """Apply the settings of one YAML file to cfg; unknown keys and wrong types are errors."""
     try:
+        if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+            raise CharlmError(f"cannot read config {path}: not a regular file (a device, FIFO or socket)")
         text = Path(path).read_text(encoding="utf-8")
         doc, lines = yaml.safe_load(text), _key_lines(text)
     except OSError as e:

@@ -2,6 +2,7 @@
 each row; scripts/bad_inputs.py prints docs/reliability.md's table from this same list."""
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -21,13 +22,20 @@ TINY = [*FIXED_FLAGS,
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 20
 
 
+def digest(run):
+    """The SHA-256 of each file of a run directory, by name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.iterdir()) if p.is_file()}
+
+
 class Workspace:
-    """Files the cases need, made in one directory; a trained run is made on first use."""
+    """Files the cases need, made in one directory; a trained run is made on first use, and damaged copies of it
+    (with their digests as damaged, in `damaged`)."""
 
     def __init__(self, tmp):
         self.tmp = Path(tmp)
         self.corpus = self.file("corpus.txt", TEXT.encode())
         self._run = None
+        self.damaged = {}
 
     def file(self, name, content):
         path = self.tmp / name
@@ -49,6 +57,7 @@ class Workspace:
         copy = self.tmp / "runs" / name
         shutil.copytree(self.run, copy)
         damage(copy)
+        self.damaged[copy] = digest(copy)
         return copy
 
 
@@ -463,6 +472,8 @@ CASES = [
     ("a device as `--data`", lambda ws: _train(ws, "--data", "/dev/zero"),
      "data path is not a regular file (a device, FIFO or socket): /dev/zero"),
     ("a FIFO as `--data`", lambda ws: _train(ws, "--data", str(_fifo(ws))), "data path is not a regular file"),
+    ("a FIFO as a config file", lambda ws: _train(ws, "-c", str(_fifo(ws))),
+     "fifo: not a regular file (a device, FIFO or socket)"),
     ("a corpus too large for memory", lambda ws: _train(ws), "is too large to read into this machine's memory"),
     ("memory running out anywhere else", lambda ws: _train(ws),
      "out of memory: Unable to allocate 8.00 GiB for an array"),
