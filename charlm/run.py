@@ -242,15 +242,15 @@ class Run:
 
     def resume_state(self):
         """state.json for a resume: an error, before anything is written, when it cannot say where the run stands."""
-        state, path = self.read_state(), self.path / STATE
+        state, path, records = self.read_state(), self.path / STATE, self.metrics()
         if "epoch" not in state:
-            kept = [name for name, there in ((METRICS, self.metrics()), (BEST, (self.path / BEST).exists()),
+            kept = [name for name, there in ((METRICS, records), (BEST, (self.path / BEST).exists()),
                                              ("last-* checkpoints", any(self.path.glob("last-*")))) if there]
             if kept:
                 raise CharlmError(f"{path} {'has no epoch' if path.exists() else 'is missing'}, but the run has "
                                   f"{', '.join(kept)}: it cannot resume without knowing where it stands (nothing "
                                   f"was changed; put back its state.json, or go on with --init-from {self.path})")
-        ahead = [r["epoch"] for r in self.metrics() if r["epoch"] > state.get("epoch", 0) + 1]
+        ahead = [r["epoch"] for r in records if r["epoch"] > state.get("epoch", 0) + 1]
         if ahead:
             raise CharlmError(f"{self.path / METRICS} has records of epoch {ahead[0]}, past the checkpoint {path} "
                               f"names (epoch {state.get('epoch', 0)}): one of the two is damaged (nothing was changed)")
