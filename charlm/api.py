@@ -166,11 +166,11 @@ def _guarded(workers, work, *args):
 def _train_new(cfg, workers, devices, runs_dir, name, callbacks, stop, chosen, source, corpus):
     """Split the corpus, build the model, create the run directory (rank 0 only) and train."""
     from . import checkpoint, training
-    from .run import BEST, Run
+    from .run import Run
 
     s = training.setup(cfg, devices, workers, corpus=corpus)
     if source:
-        checkpoint.load_params(s.model, source.path / BEST, devices)
+        checkpoint.load_params(s.model, source.best_params(), devices)
     run = None if workers.rank else Run.create(runs_dir, name)  # workers other than rank 0 write nothing
     try:
         if run:
@@ -189,7 +189,7 @@ def _resume(run, epochs, time_limit, devices, kvstore, callbacks, stop):
 
     cfg = run.config()
     _extend(cfg, epochs, time_limit)
-    done = run.read_state().get("epoch", 0)
+    done = run.resume_state().get("epoch", 0)  # first: a run it refuses keeps its files as they were
     if done >= cfg.train.epochs:
         log.info("%s has trained %d of %d epochs: give --epochs to extend it", run.path, done, cfg.train.epochs)
         return run

@@ -5,7 +5,7 @@ import math
 from . import model as models
 from .engine import mx, nd
 from .errors import CharlmError, mxnet_cause
-from .run import BEST, METRICS, STATE, atomic_write, checkpoint_metric
+from .run import BEST, METRICS, PENDING, STATE, atomic_write, checkpoint_metric, remove_files
 
 
 def _last_files(tag):
@@ -16,12 +16,14 @@ def _last_files(tag):
 def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0, best=None, ema=None):
     """At the end of an epoch: save the last checkpoint (with ema, the Average of the weights), the best
     parameters when is_best (those of `best`, the model or its average; default model), a metrics line."""
+    tag = f"e{record['epoch']}-s0"
     if is_best:
-        atomic_write(run.path / BEST, (best or model).save_parameters)
+        atomic_write(run.path / PENDING.format(tag), (best or model).save_parameters)
     run.append_metrics(record)
     best_epoch = record["epoch"] if is_best else run.read_state().get("best_epoch")
     _save_last(run, model, trainer, None, {"epoch": record["epoch"], "step": 0, "best_epoch": best_epoch,
-                                           "lr_scale": lr_scale}, ema)
+                                           "lr_scale": lr_scale, "best_pending": tag if is_best else None}, ema)
+    run.settle_best()
     if record["epoch"] == 1:
         run.point_latest()  # from its first checkpoint on, a run has a model to generate from
 
@@ -29,8 +31,10 @@ def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0, best=None, em
 def save_at_limit(run, record, is_best, best):
     """A time limit's record mid-epoch: a metrics line, and `best`'s parameters (model or average) when is_best."""
     if is_best:
-        atomic_write(run.path / BEST, best.save_parameters)
-        run.write_state({**run.read_state(), "best_epoch": record["epoch"]})
+        tag = f"e{record['epoch']}-s{record['step']}"
+        atomic_write(run.path / PENDING.format(tag), best.save_parameters)
+        run.write_state({**run.read_state(), "best_epoch": record["epoch"], "best_pending": tag})
+        run.settle_best()
     run.append_metrics(record)
     if record["epoch"] == 1:
         run.point_latest()
@@ -57,9 +61,7 @@ def _save_last(run, model, trainer, hidden, state, ema=None):
         atomic_write(run.path / hid, lambda tmp: nd.save(tmp, list(hidden)))
     run.write_state({**state, "status": "running", "last": tag, "optimizer": counters})
     keep = {params, optim, hid, avg}
-    for old in run.path.glob("last-*"):
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
+    remove_files(old for old in run.path.glob("last-*") if old.name not in keep)
 
 
 def _optimizer_state(trainer):
@@ -138,7 +140,7 @@ def load_params(model, path, ctx):
 def load_model(run, ctx):
     """Rebuild the model from the run's config.yaml and vocab.json and load its best parameters."""
     model = models.build(run.config().model, len(run.vocab()), ctx)
-    params = run.path / BEST
+    params = run.best_params()
     if not params.exists():
         raise CharlmError(f"{run.path} has no {BEST}: no epoch of it has been scored yet")
     load_params(model, params, ctx)

@@ -319,10 +319,8 @@ def data_addition(digits, count, seed, base, msd_first, pad, mixed, output):
 def export(output, fmt, force, run_dir, runs_dir):
     """Export the run's best model (one generation step, its states in and out) for runtimes without charlm."""
     from .export import export as write_export
-    from .web import export as write_web
 
-    written = write_web(output, run_dir, runs_dir, force) if fmt == "web" else write_export(output, fmt, run_dir,
-                                                                                             runs_dir, force)
+    written = write_export(output, fmt, run_dir, runs_dir, force)
     click.echo(f"wrote {written}")
 
 

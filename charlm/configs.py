@@ -221,6 +221,8 @@ def read_yaml(path, what):
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise CharlmError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:  # PyYAML composes nodes recursively
+        raise CharlmError(f"{path}: YAML nested too deeply to be a {what.strip() or 'settings file'}") from None
 
 
 def apply_yaml(cfg, path):
@@ -252,7 +254,7 @@ def parse_set(assignment):
         raise CharlmError(f"--set {assignment}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
     try:
         return (section, name), yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise CharlmError(f"--set {assignment}: the value is not valid YAML") from None
 
 

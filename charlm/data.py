@@ -14,9 +14,13 @@ def corpus_of(d, path=None, vocab=None):
     """(vocab, ids) of the text a DataConfig describes, or of all of another file; lines mode adds BOS and EOS."""
     lines, max_chars = d.mode == "lines", 0 if path else d.max_chars
     path = check_file(corpus_path(path or d.path))
-    if d.level == "word":
-        return load_words(d, path, max_chars, vocab, bos=lines)
-    return load_corpus(d, path, max_chars, vocab, BOS + EOS if lines else "")
+    try:
+        if d.level == "word":
+            return load_words(d, path, max_chars, vocab, bos=lines)
+        return load_corpus(d, path, max_chars, vocab, BOS + EOS if lines else "")
+    except MemoryError:
+        raise CharlmError(f"{path} is too large to read into this machine's memory: give --max-chars N to train "
+                          f"on its first N characters") from None
 
 
 def load_corpus(d, path, max_chars, vocab=None, extra=""):

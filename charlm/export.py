@@ -15,7 +15,7 @@ from .model import RNNLM, FusedSteps
 from .run import VOCAB, find
 from .scratch import Unrolled, state_kinds
 
-FORMATS = ("mxnet", "onnx")
+FORMATS = ("mxnet", "onnx", "web")
 MANIFEST = "charlm-export.json"
 OPSET = 13  # stated, not the installed onnx's newest (mx.onnx.export_model writes that, with opset-13 nodes)
 IR_VERSION = 7  # the ONNX IR of opset 13: runtimes older than the onnx that wrote the file load it too
@@ -109,17 +109,44 @@ def export(out, fmt, run=None, runs_dir="runs", force=False):
         raise CharlmError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _need_onnx()
-    run, out = find(run, runs_dir), Path(out)
-    if (out.exists() or out.is_symlink()) and not force:
-        raise CharlmError(f"{out} already exists: pass --force to replace it")
+    run, out = find(run, runs_dir), _output(out, force)
     vocab, cfg = run.vocab(), run.config()
-    if vocab.level != "char":
-        raise CharlmError(f"{run.path} is a word-level run: charlm export takes character-level runs (a word "
-                          f"model's tokenizer and spacing are charlm's own, which the export does not carry)")
+    if vocab.level != "char" and fmt != "web":
+        raise CharlmError(f"{run.path} is a word-level run: --format {fmt} takes character-level runs (a word "
+                          f"model's tokenizer and spacing are charlm's own, which only --format web carries)")
     model = checkpoint.load_model(run, mx.cpu())  # a run without params-best.params: a one-line error
     with _staging(out) as tmp:
-        write(model, vocab, cfg, tmp, fmt, out.name)
+        if fmt == "web":
+            from . import web
+
+            files = web.write(model, vocab, cfg, tmp, run.path.name)
+            (tmp / MANIFEST).write_text(json.dumps(_manifest(model, vocab, cfg, fmt, files), indent=2,
+                                                   ensure_ascii=False) + "\n", encoding="utf-8")
+            (tmp / VOCAB).write_text(vocab.to_json(), encoding="utf-8")
+        else:
+            write(model, vocab, cfg, tmp, fmt, out.name)
     return out
+
+
+def _output(out, force):
+    """out as a Path, checked to be new, or (with force) an earlier export or an empty directory to replace."""
+    path = Path(out)
+    if path.name in ("", ".", "..") or Path(os.path.abspath(path)) in (Path.cwd(), *Path.cwd().parents):
+        raise CharlmError(f"-o {out}: give a new directory's name (it is written beside, then moved into place)")
+    if not (path.exists() or path.is_symlink()):
+        return path
+    if not force:
+        raise CharlmError(f"{out} already exists: pass --force to replace it")
+    if path.is_symlink() or not path.is_dir():
+        raise CharlmError(f"{out} is not a directory: --force replaces only an earlier export or an empty directory")
+    try:
+        earlier = (path / MANIFEST).is_file() or not any(path.iterdir())
+    except OSError as e:
+        raise CharlmError(f"cannot read {out}: {e.strerror}") from None
+    if not earlier:
+        raise CharlmError(f"{out} holds files but no {MANIFEST}: --force replaces only an earlier export or an empty "
+                          f"directory; remove it yourself or choose another -o")
+    return path
 
 
 def _need_onnx():

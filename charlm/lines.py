@@ -5,6 +5,7 @@ import numpy as np
 from .errors import CharlmError
 
 PAD = -1
+LONGEST = 1024  # the largest padded length: a longer line is split, as a stream would be, not padded to its length
 
 
 def split(ids, val_frac, eos):
@@ -18,10 +19,11 @@ def split(ids, val_frac, eos):
 
 
 def auto_buckets(lengths):
-    """Padded lengths, multiples of 8: quartiles, 90th and 99th percentiles, and the longest up to 4x the 99th."""
+    """Padded lengths, multiples of 8: quartiles, 90th and 99th percentiles, and the longest up to 4x the 99th;
+    none past LONGEST."""
     top = np.percentile(lengths, 99)
     cuts = list(np.percentile(lengths, [25, 50, 75, 90, 99])) + [min(lengths.max(), 4 * top)]
-    return sorted({int(-(-c // 8) * 8) for c in cuts})
+    return sorted({min(int(-(-c // 8) * 8), LONGEST) for c in cuts})
 
 
 class LineBatches:

@@ -41,6 +41,10 @@ def user_errors(command):
                 raise
             if isinstance(e, CharlmError):
                 raise click.ClickException(str(e)) from None
+            if isinstance(e, MemoryError):  # numpy's names the allocation: "Unable to allocate 8 GiB for an array..."
+                raise click.ClickException(f"out of memory: {str(e) or 'an allocation failed'}; the text, the model "
+                                           f"or a batch is too large for this machine (`charlm --debug ...` shows "
+                                           f"which)") from None
             if type(e).__name__ != "MXNetError":  # matched by name: MXNet is imported only by commands that need it
                 raise
             # What no check of charlm's foresaw (a resource MXNet cannot get, say): its cause, not its C++ stack.

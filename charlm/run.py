@@ -2,10 +2,13 @@
 file written atomically, and its lock.
 Readable without MXNet (charlm.checkpoint saves and loads the MXNet arrays in it)."""
 import contextlib
+import errno
 import fcntl
 import json
 import math
 import os
+import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -17,6 +20,8 @@ from .vocab import vocab_from_json
 
 CONFIG, VOCAB, STATE, METRICS = "config.yaml", "vocab.json", "state.json", "metrics.jsonl"
 BEST, LATEST, LOCK = "params-best.params", "latest", ".lock"
+TAG = re.compile(r"e\d+-s\d+")  # a checkpoint's tag, as checkpoint.py names it: e{epoch}-s{step}
+PENDING = "params-best-{}.pending"  # a new best until state.json names it, by its checkpoint tag: e3-s0
 
 
 def atomic_write(path, write):
@@ -24,6 +29,7 @@ def atomic_write(path, write):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share it
     try:
+        tmp.unlink(missing_ok=True)  # a link left in a received run: writing through it would write its target
         write(str(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -75,6 +81,45 @@ def checkpoint_metric(record):
     return record.get("val_loss", record["train_loss"])
 
 
+def open_regular(path, flags):
+    """os.open of a regular file, never through a symbolic link (a received run may hold one) nor a device or FIFO."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CharlmError(f"{path} is a symbolic link: charlm writes only regular files in a run directory "
+                              f"(remove it)") from None
+        raise CharlmError(f"cannot open {path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CharlmError(f"{path} is not a regular file: charlm writes only regular files in a run directory "
+                          f"(remove it)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def write_all(fd, data, path):
+    """Write all of data to fd; a one-line error (ENOSPC, say) after cutting the file back to where it was."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)  # no half line: what was there before stays whole
+        raise CharlmError(f"cannot write {path}: {e.strerror}") from None
+
+
+def remove_files(paths):
+    """Unlink the paths that are files or links; directories (which charlm never makes there) stay."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(path.lstat().st_mode):
+                path.unlink()
+
+
 def _pid_in(path):
     try:
         return int(path.read_text().strip())
@@ -116,9 +161,9 @@ class Run:
         path = self.path / LOCK
         while True:
             try:
-                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-            except OSError as e:
-                raise CharlmError(f"cannot lock {self.path} for training: {e.strerror}") from None
+                fd = open_regular(path, os.O_CREAT | os.O_RDWR)
+            except CharlmError as e:
+                raise CharlmError(f"cannot lock {self.path} for training: {e}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -128,14 +173,14 @@ class Run:
                 raise CharlmError(f"{self.path} is being trained by {who} (lock file {path}); wait for it or stop it "
                                   f"first") from None
             with contextlib.suppress(FileNotFoundError):  # a holder releasing it may have removed the file locked
-                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                if os.fstat(fd).st_ino == os.lstat(path).st_ino:
                     break
             os.close(fd)
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())  # for the message a second trainer gets
-            for tmp in self.path.glob(".*.tmp"):  # only a trainer writes here, and it held this lock
-                tmp.unlink(missing_ok=True)
+            write_all(fd, f"{os.getpid()}\n".encode(), path)  # for the message a second trainer gets
+            remove_files(self.path.glob(".*.tmp"))  # only a trainer writes here, and it held this lock
+            self.settle_best()
             yield self
         finally:
             path.unlink(missing_ok=True)  # removed while still held, then released
@@ -165,10 +210,31 @@ class Run:
 
     def append_metrics(self, record):
         """Append one record to metrics.jsonl, on disk when this returns."""
-        with open(self.path / METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        path = self.path / METRICS
+        fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            write_all(fd, (json.dumps(record) + "\n").encode(), path)
+        finally:
+            os.close(fd)
+
+    def settle_best(self):
+        """Finish or drop a best-parameter file a kill left pending: kept when state.json names it, else removed."""
+        named = self.read_state().get("best_pending")
+        for pending in self.path.glob(PENDING.format("*")):
+            if pending.name == PENDING.format(named) and not pending.is_symlink():
+                try:
+                    os.replace(pending, self.path / BEST)
+                except OSError as e:
+                    raise CharlmError(f"cannot move {pending.name} to {self.path / BEST}: {e.strerror}") from None
+            else:
+                remove_files([pending])
+
+    def best_params(self):
+        """The best parameters' file: params-best.params, or the pending one state.json names (a kill's leftover)."""
+        if not any(self.path.glob(PENDING.format("*"))):  # as almost always: no state.json to read
+            return self.path / BEST
+        pending = self.path / PENDING.format(self.read_state().get("best_pending"))
+        return pending if pending.is_file() else self.path / BEST
 
     def finish(self):
         """Mark the run finished in state.json."""
@@ -185,20 +251,49 @@ class Run:
         for key, kind in kinds.items():
             if key in state and not isinstance(state[key], kind):
                 raise CharlmError(f"{path} is damaged ({key} is {state[key]!r})")
+        for key in ("last", "best_pending"):  # names joined into file names: a checkpoint tag and nothing else
+            if state.get(key) is not None and not (isinstance(state[key], str) and TAG.fullmatch(state[key])):
+                raise CharlmError(f"{path} is damaged ({key} is {state[key]!r}, not a checkpoint tag such as e3-s0)")
+        return state
+
+    def resume_state(self):
+        """state.json for a resume: an error, before anything is written, when it cannot say where the run stands."""
+        state, path, records = self.read_state(), self.path / STATE, self.metrics()
+        if "epoch" not in state:
+            kept = [name for name, there in ((METRICS, records), (BEST, (self.path / BEST).exists()),
+                                             ("last-* checkpoints", any(self.path.glob("last-*")))) if there]
+            if kept:
+                raise CharlmError(f"{path} {'has no epoch' if path.exists() else 'is missing'}, but the run has "
+                                  f"{', '.join(kept)}: it cannot resume without knowing where it stands (nothing "
+                                  f"was changed; put back its state.json, or go on with --init-from {self.path})")
+        ahead = [r["epoch"] for r in records if r["epoch"] > state.get("epoch", 0) + 1]
+        if ahead:
+            raise CharlmError(f"{self.path / METRICS} has records of epoch {ahead[0]}, past the checkpoint {path} "
+                              f"names (epoch {state.get('epoch', 0)}): one of the two is damaged (nothing was changed)")
         return state
 
     def metrics(self):
-        """The metrics.jsonl records, skipping a line a crash cut short; a clear error for JSON that is no record."""
+        """The metrics.jsonl records, skipping a last line a crash cut short (no line end); a clear error naming
+        every other line that is not an epoch's record."""
         path = self.path / METRICS
-        records = []
-        for n, line in enumerate(read_utf8(path).splitlines() if path.exists() else [], 1):
+        text = read_utf8(path) if path.exists() else ""
+        lines = text.split("\n")  # the piece after the last line end: "" or a line cut short
+        records, bad = [], []
+        for n, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                if n < len(lines):
+                    bad.append(n)
                 continue
             if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
-                raise CharlmError(f"{path} is damaged (line {n} is not an epoch's record)")
+                bad.append(n)
+                continue
             records.append(record)
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise CharlmError(f"{path} is damaged (line{'s' if len(bad) > 1 else ''} {shown} "
+                              f"{'are' if len(bad) > 1 else 'is'} not an epoch's record)")
         return records
 
     def best(self, records=None, metric=None, goal="minimize"):
@@ -215,7 +310,15 @@ class Run:
 
     def config(self):
         """The run's resolved config."""
-        return configs.resolve([self.path / CONFIG])  # a setting it lacks (made before it existed): the default
+        path = self.path / CONFIG
+        cfg = configs.resolve([path])  # a setting it lacks (made before it existed): the default
+        doc = configs.read_yaml(path, "config ")[0] or {}
+        for key in configs.unset(cfg):
+            section, name = key.split(".")
+            if name in (doc.get(section) or {}):  # there but null: a hand edit, as a run records every setting
+                raise CharlmError(f"{path}: {key} is null; a run's config.yaml holds every setting it trained "
+                                  f"with: give it a value")
+        return cfg
 
     def vocab(self):
         """The run's vocabulary."""
@@ -265,6 +368,10 @@ def find(run=None, runs_dir="runs"):
     path = Path(run) if run else Path(runs_dir) / LATEST
     if not run and not path.exists():
         raise CharlmError(f"no runs yet in {runs_dir}/: train one with `charlm train`, or pass --run DIR")
+    if not run and path.is_symlink():
+        target = os.readlink(path)  # charlm writes a run's plain name: a received link may point anywhere
+        if target != Path(target).name or target in (".", ".."):
+            raise CharlmError(f"{path} points at {target}, not at a run in {runs_dir}/: pass --run DIR to use it")
     if not (path / CONFIG).is_file() or not (path / VOCAB).is_file():
         raise CharlmError(f"{path} is not a run directory (no {CONFIG} and {VOCAB})")
     return Run(path.resolve())

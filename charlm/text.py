@@ -26,6 +26,8 @@ def check_file(path):
             raise CharlmError(f"data file not found: {path}")
         if path.is_dir():
             raise CharlmError(f"data path is a directory, not a text file: {path}")
+        if not path.is_file():  # /dev/zero or a FIFO: a read that never ends, or that waits forever
+            raise CharlmError(f"data path is not a regular file (a device, FIFO or socket): {path}")
     except OSError as e:  # a directory on the way that cannot be searched
         raise CharlmError(f"cannot read data file {path}: {e.strerror}") from None
     return path
@@ -82,6 +84,8 @@ def decode_utf8(raw, name):
 def read_utf8(path, what=""):
     """A small UTF-8 file's whole text (a config, a run's file, a prefix; `what` names its kind in errors)."""
     try:
+        if Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):  # a read that may never end
+            raise CharlmError(f"cannot read {what}{path}: not a regular file (a device, FIFO or socket)")
         raw = Path(path).read_bytes()
     except OSError as e:
         raise CharlmError(f"cannot read {what}{path}: {e.strerror}") from None

@@ -2,14 +2,9 @@
 (generation and the "look inside" view), its weights embedded as base64 float32 in weights.js."""
 import base64
 import html
-import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 
-from .errors import CharlmError
-from .run import find
 from .text import lowercases
 from .trace import weights
 from .viz import asset, script_json
@@ -72,33 +67,8 @@ text (what <code>charlm generate</code> prints).</p>
 
 
 def write(model, vocab, cfg, out, name):
-    """Write index.html and weights.js of a built model into the existing directory out."""
+    """Write index.html and weights.js of a built model into the existing directory out; {role: file name}."""
     (out / WEIGHTS).write_text(f"var CHARLM_MODEL = {script_json(manifest(model, vocab, cfg, name))};\n",
                                encoding="utf-8")
     (out / INDEX).write_text(page(name), encoding="utf-8")
-
-
-def export(out, run=None, runs_dir="runs", force=False):
-    """Export the best model of a run (default: the latest in runs_dir) as a web page in the directory out."""
-    from . import checkpoint
-    from .engine import mx
-
-    run, out = find(run, runs_dir), Path(out)
-    if (out.exists() or out.is_symlink()) and not force:
-        raise CharlmError(f"{out} already exists: pass --force to replace it")
-    model = checkpoint.load_model(run, mx.cpu())
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write(model, run.vocab(), run.config(), tmp, run.path.name)
-        if out.is_dir() and not out.is_symlink():
-            shutil.rmtree(out)  # --force: the new page is whole before the old one goes
-        elif out.exists() or out.is_symlink():
-            out.unlink()
-        os.replace(tmp, out)
-    except OSError as e:
-        raise CharlmError(f"cannot write {out}: {e.strerror}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return {"page": INDEX, "weights": WEIGHTS}

@@ -2,6 +2,7 @@
 each row; scripts/bad_inputs.py prints docs/reliability.md's table from this same list."""
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -21,13 +22,20 @@ TINY = [*FIXED_FLAGS,
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 20
 
 
+def digest(run):
+    """The SHA-256 of each file of a run directory, by name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.iterdir()) if p.is_file()}
+
+
 class Workspace:
-    """Files the cases need, made in one directory; a trained run is made on first use."""
+    """Files the cases need, made in one directory; a trained run is made on first use, and damaged copies of it
+    (with their digests as damaged, in `damaged`)."""
 
     def __init__(self, tmp):
         self.tmp = Path(tmp)
         self.corpus = self.file("corpus.txt", TEXT.encode())
         self._run = None
+        self.damaged = {}
 
     def file(self, name, content):
         path = self.tmp / name
@@ -49,6 +57,7 @@ class Workspace:
         copy = self.tmp / "runs" / name
         shutil.copytree(self.run, copy)
         damage(copy)
+        self.damaged[copy] = digest(copy)
         return copy
 
 
@@ -95,6 +104,40 @@ def _damage_metrics_line(run):
 
 def _delete_metrics(run):
     (run / "metrics.jsonl").unlink()
+
+
+def _metrics_line_not_json(run):
+    metrics = run / "metrics.jsonl"
+    metrics.write_text("not json\n" + metrics.read_text())
+
+
+def _no_state(run):
+    (run / "state.json").unlink()
+
+
+def _state_without_epoch(run):
+    state = run / "state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "epoch"}))
+
+
+def _state_with(key, value):
+    def damage(run):
+        state = run / "state.json"
+        state.write_text(json.dumps({**json.loads(state.read_text()), key: value}))
+    return damage
+
+
+def _lock_linked_to(victim):
+    def damage(run):
+        (run / ".lock").symlink_to(victim)
+    return damage
+
+
+def _null_in_config(key):
+    def damage(run):
+        config = run / "config.yaml"
+        config.write_text(config.read_text().replace(f"  {key}: ", f"  {key}: null # ", 1))
+    return damage
 
 
 def _unfinished(run):
@@ -146,6 +189,42 @@ def _no_tensorboardx():
 
 def _no_cluster():
     return mock.patch.dict(os.environ, {name: "" for name in DMLC_ENV})  # empty counts as unset
+
+
+def full_disk_for(suffix):
+    """os.write failing with ENOSPC on the files whose names end with suffix."""
+    real = os.write
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(suffix):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+    return lambda: mock.patch("charlm.run.os.write", write)
+
+
+def _corpus_too_large():
+    return mock.patch("charlm.data.load_corpus", side_effect=MemoryError())
+
+
+def _out_of_memory():
+    message = "Unable to allocate 8.00 GiB for an array with shape (1073741824,) and data type int64"
+    return mock.patch("charlm.training.setup", side_effect=MemoryError(message))
+
+
+def _linked_runs(ws):
+    """A runs directory whose `latest` points at a run outside it."""
+    runs = ws.tmp / "linked-runs"
+    if not runs.exists():
+        runs.mkdir()
+        (runs / "latest").symlink_to(Path("..") / "runs" / ws.run.name)
+    return runs
+
+
+def _fifo(ws):
+    path = ws.tmp / "fifo"
+    if not path.exists():
+        os.mkfifo(path)
+    return path
 
 
 def _train(ws, *args):
@@ -241,6 +320,8 @@ CASES = [
      "m.yaml: line 3 malformed YAML"),
     ("`generate` before any run was trained", lambda ws: ["generate", "the", "--runs-dir", str(ws.tmp / "none")],
      "no runs yet in"),
+    ("`latest` pointing outside its runs directory", lambda ws: ["generate", "the", "--runs-dir", str(_linked_runs(ws))],
+     "latest points at ../runs/good, not at a run in"),
     ("`--run` that is not a run directory", lambda ws: ["generate", "the", "--run", str(ws.tmp)],
      "is not a run directory"),
     ("truncated parameter file", lambda ws: ["generate", "the", "--run", str(ws.damaged_run("cut", _truncate))],
@@ -339,7 +420,7 @@ CASES = [
      'needs the onnx package: pip install "charlm[onnx]"'),
     ("`export` of a word-level run",
      lambda ws: ["export", "--run", str(ws.damaged_run("words", _word_level)), "-o", str(ws.tmp / "e"),
-                 "--format", "mxnet"], "is a word-level run: charlm export takes character-level runs"),
+                 "--format", "mxnet"], "is a word-level run: --format mxnet takes character-level runs"),
     ("`--gpu` with no GPU visible", lambda ws: _train(ws, "--gpu"), "--gpu: MXNet sees no GPU"),
     ("`--gpus` with no GPU visible", lambda ws: _train(ws, "--gpus", "0,1"), "--gpus: MXNet sees no GPU"),
     ("`--ctx` that is not a device list", lambda ws: _train(ws, "--ctx", "cpu0"),
@@ -361,9 +442,56 @@ CASES = [
     ("output directory not writable", lambda ws: _train(ws, "--runs-dir", str(ws.corpus / "runs")),
      "cannot create a run directory"),
     ("disk full while saving", lambda ws: _train(ws, "--name", "full"), "No space left on device"),
+    ("disk full while writing the lock, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("fulllock", lambda run: None)), "--epochs", "2"],
+     ".lock: No space left on device"),
+    ("`.lock` a symbolic link to another file, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("linkedlock", _lock_linked_to(ws.corpus))), "--epochs",
+                 "2"], ".lock is a symbolic link: charlm writes only regular files in a run directory"),
+    ("`state.json` missing from a run with checkpoints, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("nostate", _no_state)), "--epochs", "2"],
+     "state.json is missing, but the run has metrics.jsonl, params-best.params, last-* checkpoints"),
+    ("`state.json` without an epoch, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("noepoch", _state_without_epoch)), "--epochs", "2"],
+     "state.json has no epoch, but the run has"),
+    ("`state.json` behind `metrics.jsonl`, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("behind", _state_with("epoch", -1))), "--epochs", "2"],
+     "has records of epoch 1, past the checkpoint"),
+    ("a path as the last checkpoint's tag in `state.json`, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("tagpath", _state_with("last", "a/../../x"))),
+                 "--epochs", "2"], "state.json is damaged (last is 'a/../../x', not a checkpoint tag such as e3-s0)"),
+    ("a metrics line that is not JSON, before others, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("notjson", _metrics_line_not_json)), "--epochs", "2"],
+     "metrics.jsonl is damaged (line 1 is not an epoch's record)"),
+    *[(f"`{key}: null` in a run's config.yaml, on `{command[0]}`",
+       lambda ws, key=key, command=command: [*command, "--run" if command[0] != "train" else "--resume",
+                                             str(ws.damaged_run(f"null-{key}", _null_in_config(key)))],
+       f"config.yaml: {section}.{key} is null; a run's config.yaml holds every setting")
+      for section, key, command in (("model", "hidden_size", ["generate", "the"]), ("train", "lr", ["train"]),
+                                    ("train", "epochs", ["eval"]))],
+    ("a device as `--data`", lambda ws: _train(ws, "--data", "/dev/zero"),
+     "data path is not a regular file (a device, FIFO or socket): /dev/zero"),
+    ("a FIFO as `--data`", lambda ws: _train(ws, "--data", str(_fifo(ws))), "data path is not a regular file"),
+    ("a FIFO as a config file", lambda ws: _train(ws, "-c", str(_fifo(ws))),
+     "fifo: not a regular file (a device, FIFO or socket)"),
+    ("a corpus too large for memory", lambda ws: _train(ws), "is too large to read into this machine's memory"),
+    ("memory running out anywhere else", lambda ws: _train(ws),
+     "out of memory: Unable to allocate 8.00 GiB for an array"),
+    ("`export -o .`", lambda ws: ["export", "--run", str(ws.run), "-o", ".", "--format", "mxnet", "--force"],
+     "-o .: give a new directory's name"),
+    ("`export -o /`", lambda ws: ["export", "--run", str(ws.run), "-o", "/", "--format", "mxnet", "--force"],
+     "-o /: give a new directory's name"),
+    ("`export --force` onto a directory that is not an export",
+     lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.tmp / "runs"), "--format", "mxnet", "--force"],
+     "holds files but no charlm-export.json: --force replaces only an earlier export or an empty directory"),
+    ("`export --force` onto a file",
+     lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.corpus), "--format", "mxnet", "--force"],
+     "is not a directory: --force replaces only an earlier export or an empty directory"),
 ]
 # Cases that need the machine to misbehave, or the environment of a cluster's worker.
 PATCHES = {"disk full while saving": _disk_full, "dist kvstore without a cluster": _no_cluster,
+           "disk full while writing the lock, on `--resume`": full_disk_for(".lock"),
+           "a corpus too large for memory": _corpus_too_large, "memory running out anywhere else": _out_of_memory,
            "run directory this user may not write in, on `--resume`": _unlockable_run,
            "data file this user may not read": _unreadable_data,
            "`export --format onnx` without the onnx package": _no_onnx,

@@ -1,19 +1,14 @@
 """Each bad input gets its one-line error, exit status 1, no traceback, and leaves saved runs as they were."""
-import hashlib
 from pathlib import Path
 
 import pytest
 
-from bad_input_cases import CASES, Workspace, invoke
+from bad_input_cases import CASES, Workspace, digest, invoke
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     return Workspace(tmp_path_factory.mktemp("bad"))
-
-
-def digest(run):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.iterdir()) if p.is_file()}
 
 
 @pytest.mark.parametrize("what, args, message", CASES, ids=[c[0] for c in CASES])
@@ -24,6 +19,7 @@ def test_bad_input_is_one_clear_line(ws, what, args, message):
     assert result.exit_code == 1, result.output
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
     assert digest(ws.run) == before  # nothing already saved is touched
+    assert {copy: digest(copy) for copy in ws.damaged} == ws.damaged  # nor a damaged run the case refused
     new_runs = ws.tmp / "new-runs"
     assert not (new_runs.exists() and any(new_runs.iterdir()))  # a run that could not start leaves nothing
 

@@ -8,7 +8,7 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from charlm import api, configs, recipe, trace, viz, web
+from charlm import api, configs, export, recipe, trace, viz
 from charlm.engine import nd
 from conftest import TEXT
 from selenium import webdriver
@@ -67,7 +67,7 @@ def pages(lms, tmp_path_factory):
     made = {}
     for name, lm in lms.items():
         report = viz.write_report(lm, out / f"{name}.html", TEXT[:300])
-        made[name] = (report, web.export(out / f"{name}-web", lm.run.path))
+        made[name] = (report, export.export(out / f"{name}-web", "web", lm.run.path))
     return made
 
 

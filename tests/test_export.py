@@ -145,6 +145,7 @@ def test_export_that_fails_leaves_nothing_behind(random_run, tmp_path):
 def test_export_force_replaces_the_old_export(random_run, tmp_path):
     out = tmp_path / "exported"
     out.mkdir()
+    (out / "charlm-export.json").write_text("{}")  # an earlier export's, which --force may replace
     (out / "stale.txt").write_text("old")
     result = CliRunner().invoke(main, ["export", "--run", str(random_run), "-o", str(out), "--format", "mxnet",
                                        "--force"])

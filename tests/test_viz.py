@@ -83,7 +83,7 @@ def test_web_export_writes_the_page_and_its_weights(run_dir, tmp_path):
     out = tmp_path / "web"
     result = CliRunner().invoke(main, ["export", "--format", "web", "--run", str(run_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "weights.js"]
+    assert sorted(p.name for p in out.iterdir()) == ["charlm-export.json", "index.html", "vocab.json", "weights.js"]
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", (out / "index.html").read_text(encoding="utf-8"))
 
 
@@ -95,7 +95,17 @@ def test_web_export_keeps_an_existing_directory_without_force(run_dir, tmp_path)
     assert result.exit_code == 1 and "already exists: pass --force" in result.output
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     result = CliRunner().invoke(main, ["export", "--format", "web", "--run", str(run_dir), "-o", str(out), "--force"])
-    assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["index.html", "weights.js"]
+    assert result.exit_code == 1 and "--force replaces only an earlier export" in result.output
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_web_export_force_replaces_an_earlier_export(run_dir, tmp_path):
+    out = tmp_path / "web"
+    args = ["export", "--format", "web", "--run", str(run_dir), "-o", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (out / "index.html").write_text("old", encoding="utf-8")
+    result = CliRunner().invoke(main, args + ["--force"])
+    assert result.exit_code == 0 and (out / "index.html").read_text(encoding="utf-8") != "old"
 
 
 def test_web_export_of_a_run_without_parameters_writes_nothing(run_dir, tmp_path):
