@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 from . import __version__, configs
 from .errors import CharlmError, Interrupted, mxnet_cause
-from .launch import KVSTORES
+from .launch import KVSTORES, MAX_PROCESSES
 
 RUNS_DIR = click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
                         help="directory that holds run directories and the `latest` pointer")
@@ -157,26 +157,45 @@ def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, *
 
     typed = _typed_flags(kwargs)
     devices = {"gpu": gpu, "gpus": gpus, "ctx": ctx, "kvstore": kvstore}
-    bar, stop = _ProgressBar(), _StopRequest()
-    callbacks = [bar, _EpochLines(bar)]
+    bar, stop, trial = _ProgressBar(), _StopRequest(), _sweep_trial()
+    callbacks = [bar, _EpochLines(bar)] + ([trial] if trial else [])
+    requested = (lambda: stop.requested() or trial.stop()) if trial else stop.requested
     try:
         if resume is None:
             cfg = configs.resolve(config_files, typed, sets)
-            run = api.train(cfg, runs_dir=runs_dir, name=name, callbacks=callbacks, stop=stop.requested, **devices)
+            run = api.train(cfg, runs_dir=runs_dir, name=name, callbacks=callbacks, stop=requested, **devices)
         else:
             if config_files or sets or name or set(typed) - {("train", "epochs"), ("train", "time_limit")}:
                 raise CharlmError("--resume continues a run with its own config.yaml: only --epochs and --time-limit "
                                   "may be given")
             run = api.train(resume=resume or True, runs_dir=runs_dir, epochs=typed.get(("train", "epochs")),
                             time_limit=typed.get(("train", "time_limit")), callbacks=callbacks,
-                            stop=stop.requested, **devices)
+                            stop=requested, **devices)
     except Interrupted:
         bar.close()
+        if trial:
+            trial.interrupted()
+        if trial and trial.pruned:
+            click.echo(f"pruned by the sweep's early_terminate; the checkpoint is saved. Resume with: charlm train "
+                       f"--resume {callbacks[1].run.path}")
+            return
         _stopped(stop, callbacks[1].run)
     finally:
         stop.restore()
     if run is not None and callbacks[1].run:  # rank 0, and it trained
+        if trial:
+            trial.finished(run)
         _done(run)
+
+
+def _sweep_trial():
+    """The trial of a sweep's study this trainer runs (the sweep sets it in the environment), or None."""
+    import os
+    if "CHARLM_TRIAL" not in os.environ:
+        return None
+    from .study import Reporter
+
+    return Reporter.from_env()
 
 
 def _stopped(stop, run):
@@ -247,8 +266,9 @@ def _ppl(value, decimals=3):
 
 
 @main.command("launch-local", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("-n", "--num-workers", type=click.IntRange(1), required=True, help="worker processes")
-@click.option("-s", "--num-servers", type=click.IntRange(1), default=1, show_default=True,
+@click.option("-n", "--num-workers", type=click.IntRange(1, MAX_PROCESSES), required=True,
+              help="worker processes (at most 64: each trains a model of its own on this machine)")
+@click.option("-s", "--num-servers", type=click.IntRange(1, MAX_PROCESSES), default=1, show_default=True,
               help="parameter-server processes")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @_user_errors
@@ -304,38 +324,47 @@ def config_show(config_files, sets, **kwargs):
 @main.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="list the planned runs and their status, then exit")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, MAX_PROCESSES),
               help="runs at once (each gets cores/jobs threads; on 2 cores one at a time is usually right)")
+@click.option("--storage", default=None, metavar="URL",
+              help="the study's database, any SQLAlchemy URL shared by the sweep's workers on other machines  "
+                   "[default: sqlite:///RUNS_DIR/NAME/study.db, for bayes and early_terminate]")
 @RUNS_DIR
 @_user_errors
-def sweep(sweep_file, dry_run, jobs, runs_dir):
-    """Run a grid or random sweep of configs; re-running resumes it."""
-    from . import sweep as sweeps
+def sweep(sweep_file, dry_run, jobs, storage, runs_dir):
+    """Run a grid, random or bayes sweep of configs; re-running resumes it, and workers share one --storage."""
+    from . import study, sweep as sweeps
 
     plan = sweeps.load(sweep_file)
     sweep_dir = Path(runs_dir) / plan.name
+    on_study = plan.uses_study or storage is not None
     if dry_run:
-        failures = sweeps.recorded_failures(sweep_dir)
-        for name, _ in sweeps.plan(plan):
-            click.echo(f"{sweeps.status(sweep_dir / name, failures):12} {sweep_dir / name}")
+        for state, run in (study.dry_run(plan, sweep_dir, storage) if on_study else sweeps.dry_run(plan, sweep_dir)):
+            click.echo(f"{state:12} {run}")
         return
     finished = []
 
-    def done(row, rows):
+    def done(row):
         finished.append(row["run"])
         best = row.get(f"best_{plan.metric}")
-        result = f"best {plan.metric} {best:.4g} at epoch {row['best_epoch']}" if best is not None else row["error"]
-        click.echo(f"[{len(finished)}] {row['run']}: {row['status']} | {result}")
-        fixed = {k for k in plan.parameters if len({repr(r[k]) for r in rows}) == 1}  # summary.csv keeps them
-        click.echo(_table(rows, [c for c in sweeps.columns(rows) if c not in fixed]) + "\n")
+        result = f"best {plan.metric} {best:.4g} at epoch {row['best_epoch']}" if best is not None else ""
+        click.echo(f"[{len(finished)}] {row['run']}: {row['state']}" + (f" | {result}" if result else "")
+                   + (f" | {row['error']}" if row["error"] else ""))
 
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        sweeps.execute(plan, sweep_dir, jobs, on_done=done)
-    except KeyboardInterrupt:
+        rows = (study.execute(plan, sweep_dir, storage, jobs, on_done=done) if on_study
+                else sweeps.execute(plan, sweep_dir, jobs, on_done=done))
+    except (KeyboardInterrupt, SystemExit) as e:
         click.echo(f"sweep stopped; its runs keep their checkpoints. Resume with: charlm sweep {sweep_file}"
-                   + (f" --runs-dir {runs_dir}" if runs_dir != "runs" else ""), err=True)
-        sys.exit(130)
-    click.echo(f"summary: {sweep_dir / 'summary.csv'}")
+                   + (f" --runs-dir {runs_dir}" if runs_dir != "runs" else "")
+                   + (" --storage URL" if storage else ""), err=True)
+        sys.exit(130 if isinstance(e, KeyboardInterrupt) else e.code)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    best = sweeps.best_command(plan, rows)
+    click.echo(f"summary: {sweep_dir / 'summary.csv'}" + (f"\nbest: {best}" if best else ""))
 
 
 def _table(rows, names):
@@ -358,6 +387,11 @@ def plot(paths, output):
 
     output = output or str(Path(paths[0] if len(paths) == 1 else ".") / "ppl.png")
     click.echo(draw(paths, output))
+    if len(paths) == 1:  # a sweep on a study: its search too
+        from .study import plot as draw_study
+
+        for path in draw_study(paths[0], Path(output).parent) or []:
+            click.echo(path)
 
 
 class _StopRequest:

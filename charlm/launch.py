@@ -13,6 +13,9 @@ KVSTORES = ("local", "device", "dist_sync", "dist_async")
 DMLC_ENV = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")
 HOST = "127.0.0.1"  # MXNet's own `--launcher local` picks a non-loopback address, which can hang
 SERVE = [sys.executable, "-c", "import mxnet"]  # with DMLC_ROLE scheduler or server, importing MXNet serves
+# sweep --jobs and launch-local -n: each process trains a model of its own (some hundred MB, a core or more), so
+# past this many on one machine they only share the cores and exhaust the memory: a larger count is a slip.
+MAX_PROCESSES = 64
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
 
 

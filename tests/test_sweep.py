@@ -137,9 +137,12 @@ def test_sweep_runs_records_failures_and_sorts_by_metric(tiny_sweep):
     ppls = [float(r["best_val_ppl"]) for r in rows[:2]]
     assert ppls == sorted(ppls)
     assert "model.hidden_size: expected int" in rows[2]["error"]
-    table = result.stdout.splitlines()[-6:-2]  # the last printed table: a header and a line per run
-    assert table[0].split()[:3] == ["run", "model.hidden_size", "best_val_ppl"]
-    assert [line.split()[0] for line in table[1:]] == [r["run"] for r in rows]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5  # a line per finished run, not a table each time; the summary; the best command
+    assert sorted(line.split()[1].rstrip(":") for line in lines[:3]) == sorted(r["run"] for r in rows)
+    assert [r["state"] for r in rows] == ["complete", "complete", "failed"]
+    assert lines[4] == f"best: charlm train -c {ROOT / 'configs' / 'fixed.yaml'} -c {path.parent / 'base.yaml'} " \
+                       f"--set model.hidden_size={rows[0]['model.hidden_size']}"
     assert json.loads((runs / "tiny" / "failures.json").read_text()) == {"002-hidden_size=big": rows[2]["error"]}
 
 
