@@ -26,7 +26,8 @@ def _optuna():
         raise CharlmError(f"sweeps with method bayes, early_terminate or --storage need Optuna: {sweeps.EXTRA}"
                           ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", module="optuna")  # experimental-API notes, and heartbeats outside optimize()
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, PED-ANOVA
+    warnings.filterwarnings("ignore", message="Heartbeat of storage")  # charlm's sweep records them, not optimize()
     return optuna
 
 
@@ -48,13 +49,16 @@ def storage(url, create=True):
     """The database at url (any SQLAlchemy URL), with heartbeats; an unreachable or non-database one is one line."""
     optuna = _optuna()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT,
-                                          grace_period=GRACE, heartbeat_stale_trial_callback=_retry_dead,
-                                          skip_table_creation=not create)
-    except Exception as e:  # SQLAlchemy's errors, a missing driver, a file that is no database: the first line
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CharlmError(f"cannot open the study storage {shown(url)}: {cause}") from None
+    for attempt in range(3):  # workers starting together race to create the tables: the loser finds them made
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT,
+                                              grace_period=GRACE, heartbeat_stale_trial_callback=_retry_dead,
+                                              skip_table_creation=not create)
+        except Exception as e:  # SQLAlchemy's errors, a missing driver, a file that is no database: the first line
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if "already exists" not in cause or attempt == 2:
+                raise CharlmError(f"cannot open the study storage {shown(url)}: {cause}") from None
+            time.sleep(0.5)
 
 
 def pruner(early_terminate):
@@ -340,7 +344,7 @@ def dry_run(sweep, sweep_dir, url=None):
         _check_same(study, sweep, url or default_storage(sweep_dir))
         rows = summary(sweep, sweep_dir, study)
     else:
-        rows = [{"state": "new", "run": name} for name, _ in _first_points(sweep) if name]
+        rows = [{"state": "new", "run": name} for name, _, _ in _first_points(sweep) if name]
     listed = [(r["state"], Path(sweep_dir) / r["run"]) for r in rows]
     points = len(_originals(study.get_trials(deepcopy=False))) if study is not None else len(rows)
     if sweep.method == "bayes" and points < sweep.run_cap:
