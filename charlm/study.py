@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import configs, sweep as sweeps
 from .errors import CharlmError
-from .run import CONFIG, Run, read_json, write_text
+from .run import Run, read_json, write_text
 
 DB = "study.db"  # the default storage, in the sweep directory
 POINTER = "study.json"  # which storage and study a sweep directory's trials live in, for `charlm plot`
@@ -55,8 +55,9 @@ def storage(url, create=True):
                                               grace_period=GRACE, heartbeat_stale_trial_callback=_retry_dead,
                                               skip_table_creation=not create)
         except Exception as e:  # SQLAlchemy's errors, a missing driver, a file that is no database: the first line
-            cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            if "already exists" not in cause or attempt == 2:
+            cause = (str(e.__cause__ if isinstance(e, ImportError) and e.__cause__ else e).strip().splitlines()
+                     or [type(e).__name__])[0]  # a missing driver: which module, not Optuna's "install one"
+            if isinstance(e, ImportError) or attempt == 2:
                 raise CharlmError(f"cannot open the study storage {shown(url)}: {cause}") from None
             time.sleep(0.5)
 

@@ -122,7 +122,7 @@ def _early_terminate(spec, path):
 
 def _need_optuna(what, path):
     try:
-        import optuna  # noqa: F401
+        import optuna  # noqa: F401 (only whether it is there)
     except ImportError:
         raise CharlmError(f"{path}: {what} needs Optuna: {EXTRA}") from None
 
