@@ -347,3 +347,15 @@ def test_sweep_file_fuzz_gives_a_plan_or_one_line(tmp_path):
         if result.exit_code == 1:
             assert result.output.startswith("Error: ") and result.output.count("\n") == 1, (text, result.output)
     assert 0 in outcomes and 1 in outcomes  # the mutations reach both valid plans and errors
+
+
+@pytest.mark.parametrize("change, what", [({"method": "bayes"}, "method: bayes"),
+                                          ({"early_terminate": {"type": "hyperband", "min_iter": 1}}, "early_terminate")])
+def test_without_optuna_bayes_and_early_terminate_name_the_extra(tmp_path, monkeypatch, change, what):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    path = sweep_file(tmp_path, {**RANDOM, "parameters": ONE_PARAM, **change})
+    result = CliRunner().invoke(main, ["sweep", "--dry-run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and result.output == f"Error: {path}: {what} needs Optuna: pip install 'charlm[sweep]'\n"
+    plain = sweep_file(tmp_path, {**RANDOM, "parameters": ONE_PARAM}, "plain")
+    result = CliRunner().invoke(main, ["sweep", "--dry-run", str(plain), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0 and [line.split()[0] for line in result.output.splitlines()] == ["new", "new"]
