@@ -2,6 +2,7 @@
 import contextlib
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -58,7 +59,7 @@ def assert_whole(trials, run_cap):
     assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
 
 
-def test_bayes_sweep_with_hyperband_prunes_resumably_and_sorts_its_summary(tmp_path):
+def test_bayes_sweep_with_hyperband_prunes_resumably_sorts_and_plots(tmp_path):
     path, runs = bayes_file(tmp_path, run_cap=5), tmp_path / "runs"
     result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs)])
     assert result.exit_code == 0, result.output
@@ -79,19 +80,11 @@ def test_bayes_sweep_with_hyperband_prunes_resumably_and_sorts_its_summary(tmp_p
     resumed = CliRunner().invoke(main, ["train", "--resume", str(run)])
     assert resumed.exit_code == 0, resumed.output
     assert [r["epoch"] for r in epoch_records(Run(run).metrics())] == [1, 2, 3]
-
-
-def test_plot_of_a_study_draws_history_and_importances(tmp_path):
-    pytest.importorskip("matplotlib")
-    path, runs = bayes_file(tmp_path, run_cap=3, early_terminate=None), tmp_path / "runs"
-    doc = yaml.safe_load(path.read_text())
-    doc["parameters"]["train.epochs"] = {"value": 1}
-    path.write_text(yaml.safe_dump(doc))
-    assert CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs)]).exit_code == 0
-    result = CliRunner().invoke(main, ["plot", str(runs / "b")])
-    assert result.exit_code == 0, result.output
-    for name in ("ppl", "history", "importance"):
-        assert (runs / "b" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if importlib.util.find_spec("matplotlib"):
+        drawn = CliRunner().invoke(main, ["plot", str(runs / "b")])
+        assert drawn.exit_code == 0, drawn.output
+        for name in ("ppl", "history", "importance"):
+            assert (runs / "b" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_recipes_choice_is_the_first_trial(tmp_path):
@@ -236,7 +229,7 @@ def test_a_study_of_another_sweep_file_is_refused_unchanged(tmp_path):
 
 def test_a_grid_with_early_terminate_runs_its_plan_on_a_study(tmp_path):
     path = bayes_file(tmp_path, method="grid", run_cap=None,
-                      parameters={"model.hidden_size": {"values": [2, 24, 3]}, "train.epochs": {"value": 2}})
+                      parameters={"model.hidden_size": {"values": [2, 24, 3]}, "train.epochs": {"value": 1}})
     runs = tmp_path / "runs"
     planned = [name for name, _ in sweeps.plan(sweeps.load(path))]
     dry = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs), "--dry-run"])
