@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -190,8 +191,7 @@ def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, *
 
 def _sweep_trial():
     """The trial of a sweep's study this trainer runs (the sweep sets it in the environment), or None."""
-    import os
-    if "CHARLM_TRIAL" not in os.environ:
+    if "CHARLM_TRIAL" not in os.environ:  # no Optuna import for a plain run
         return None
     from .study import Reporter
 
@@ -365,15 +365,6 @@ def sweep(sweep_file, dry_run, jobs, storage, runs_dir):
             signal.signal(sig, handler)
     best = sweeps.best_command(plan, rows)
     click.echo(f"summary: {sweep_dir / 'summary.csv'}" + (f"\nbest: {best}" if best else ""))
-
-
-def _table(rows, names):
-    """Rows as an aligned text table, floats to 4 significant digits."""
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    cells = [names] + [[cell(r.get(n, "")) for n in names] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(names))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
 
 
 @main.command()

@@ -49,7 +49,7 @@ def storage(url, create=True):
     """The database at url (any SQLAlchemy URL), with heartbeats; an unreachable or non-database one is one line."""
     optuna = _optuna()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(3):  # workers starting together race to create the tables: the loser finds them made
+    for attempt in range(3):  # workers starting together race to create the tables: a second try finds them made
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT,
                                               grace_period=GRACE, heartbeat_stale_trial_callback=_retry_dead,
@@ -99,9 +99,8 @@ def open_study(sweep, sweep_dir, url):
     optuna = _optuna()
     _check_values(sweep)
     store = storage(url)
-    direction = sweep.goal
     try:
-        study = optuna.create_study(study_name=sweep.name, storage=store, direction=direction,
+        study = optuna.create_study(study_name=sweep.name, storage=store, direction=sweep.goal,
                                     pruner=pruner(sweep.early_terminate))
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=sweep.name, storage=store, pruner=pruner(sweep.early_terminate))

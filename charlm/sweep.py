@@ -271,6 +271,7 @@ def command(sweep, sweep_dir, name, point, state):
 
 
 def last_error(log):
+    """The error a trainer's log ends with: its last `Error:` line, else its last line."""
     lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     return (errors or lines or ["exited without output"])[-1].removeprefix("Error: ")
