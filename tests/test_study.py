@@ -227,14 +227,21 @@ def test_a_study_of_another_sweep_file_is_refused_unchanged(tmp_path):
     assert digest(runs) == before
 
 
-def test_a_grid_with_early_terminate_runs_its_plan_on_a_study(tmp_path):
+def test_a_grid_with_early_terminate_runs_its_plan_and_retries_a_failure_once(tmp_path):
     path = bayes_file(tmp_path, method="grid", run_cap=None,
-                      parameters={"model.hidden_size": {"values": [2, 24, 3]}, "train.epochs": {"value": 1}})
+                      parameters={"model.hidden_size": {"values": [2, "big", 3]}, "train.epochs": {"value": 1}})
     runs = tmp_path / "runs"
     planned = [name for name, _ in sweeps.plan(sweeps.load(path))]
     dry = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs), "--dry-run"])
     assert [line.split()[0] for line in dry.stdout.splitlines()] == ["new"] * 3 and not runs.exists()
-    assert CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs)]).exit_code == 0
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
     trials = trials_of(path, runs)
-    assert [t.user_attrs["run"] for t in trials] == planned
-    assert_whole(trials, 3)
+    assert [t.user_attrs["run"] for t in trials[:3]] == planned
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs["run"] for t in failed] == [planned[1]] * 2  # the point and its one retry
+    assert "model.hidden_size: expected int" in failed[1].user_attrs["error"]
+    assert {t.user_attrs["run"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE} == {planned[0],
+                                                                                                planned[2]}
+    with open(runs / "b" / "summary.csv", newline="") as f:
+        assert [r["state"] for r in csv.DictReader(f)] == ["complete", "complete", "failed"]
