@@ -80,10 +80,11 @@ def _sampler(sweep, number):
 
 
 def signature(sweep):
-    """What makes a study this sweep's: everything but run_cap, which a re-run may raise."""
+    """What makes a study this sweep's: everything but a bayes sweep's run_cap, which a re-run may raise (a grid's
+    or random sweep's points are all enqueued when the study is made)."""
     return json.dumps({"base": sweep.base, "method": sweep.method, "metric": sweep.metric, "goal": sweep.goal,
-                       "seed": sweep.seed, "parameters": sweep.parameters, "early_terminate": sweep.early_terminate},
-                      sort_keys=True, default=str)
+                       "seed": sweep.seed, "parameters": sweep.parameters, "early_terminate": sweep.early_terminate,
+                       "run_cap": None if sweep.method == "bayes" else sweep.run_cap}, sort_keys=True, default=str)
 
 
 def _check_values(sweep):
@@ -123,8 +124,8 @@ def _check_same(study, sweep, url):
         time.sleep(0.5)
     if study.user_attrs["sweep"] != signature(sweep):
         raise CharlmError(f"the study {sweep.name} in {shown(url)} belongs to another sweep file under the same "
-                          f"name (its base, method, metric, seed, parameters or early_terminate differ): rename this "
-                          f"file or give another --storage")
+                          f"name (its base, method, metric, seed, parameters, early_terminate or run_cap differ): "
+                          f"rename this file or give another --storage")
     if study.direction.name.lower() != sweep.goal:
         raise CharlmError(f"the study {sweep.name} in {shown(url)} goes the other way ({study.direction.name})")
 
