@@ -193,7 +193,7 @@ def _sweep_trial():
     """The trial of a sweep's study this trainer runs (the sweep sets it in the environment), or None."""
     if "CHARLM_TRIAL" not in os.environ:  # no Optuna import for a plain run
         return None
-    from .study import Reporter
+    from .trial import Reporter
 
     return Reporter.from_env()
 

@@ -1,8 +1,7 @@
 """Sweeps on an Optuna study: TPE sampling (bayes), successive-halving early termination, and the study in a SQL
-database that several sweep processes share; each trainer reports its epochs to its trial."""
+database that several sweep processes share, each running trials as `charlm train` processes (trial.py)."""
 import contextlib
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -13,13 +12,13 @@ from .run import Run, read_json, write_text
 
 DB = "study.db"  # the default storage, in the sweep directory
 POINTER = "study.json"  # which storage and study a sweep directory's trials live in, for `charlm plot`
-TRIAL_ENV = "CHARLM_TRIAL"  # how a sweep tells its trainer which trial it is
+TRIAL_ENV = "CHARLM_TRIAL"  # how a sweep tells its trainer which trial it is (trial.py)
 HEARTBEAT, GRACE = 5, 60  # seconds: a running trial whose sweep has written nothing for GRACE s is taken as dead
 RETRIES = 1  # a point whose trainer died is run again this many times (resumed from its checkpoint)
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
-def _optuna():
+def optuna_module():
     try:
         import optuna
     except ImportError:
@@ -47,7 +46,7 @@ def shown(url):
 
 def storage(url, create=True):
     """The database at url (any SQLAlchemy URL), with heartbeats; an unreachable or non-database one is one line."""
-    optuna = _optuna()
+    optuna = optuna_module()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(3):  # workers starting together race to create the tables: a second try finds them made
         try:
@@ -65,7 +64,7 @@ def storage(url, create=True):
 def pruner(early_terminate):
     """W&B's hyperband as Optuna's asynchronous successive halving: at epochs min_iter * eta**k a run goes on only
     if it is in the best 1/eta of the runs that reached that epoch."""
-    optuna = _optuna()
+    optuna = optuna_module()
     if early_terminate is None:
         return optuna.pruners.NopPruner()
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=early_terminate["min_iter"],
@@ -74,7 +73,7 @@ def pruner(early_terminate):
 
 def _sampler(sweep, number):
     """TPE seeded by the sweep's seed and the trial's number: reproducible, and workers drawing at once differ."""
-    optuna = _optuna()
+    optuna = optuna_module()
     startup = max(2, min(10, (sweep.run_cap or 0) // 3))  # random draws before TPE models; a third of a small cap
     return optuna.samplers.TPESampler(seed=(sweep.seed * 1_000_003 + number) % 2**32, n_startup_trials=startup)
 
@@ -97,7 +96,7 @@ def _check_values(sweep):
 def open_study(sweep, sweep_dir, url):
     """Create the sweep's study at url (its grid or random points, or the recipe's choice, enqueued first) or load
     it; a study of another sweep file under the same name is an error that changes nothing."""
-    optuna = _optuna()
+    optuna = optuna_module()
     _check_values(sweep)
     store = storage(url)
     try:
@@ -170,7 +169,7 @@ def _originals(trials):
 def ask(study, sweep):
     """The next trial for this worker as (trial, run name, point), or None: a waiting one first, then (bayes) a new
     draw while fewer than run_cap points exist. A draw another worker's raced past run_cap is marked surplus."""
-    optuna = _optuna()
+    optuna = optuna_module()
     trials = study.get_trials(deepcopy=False)
     waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
     fresh = [t for t in _originals(trials) if not t.user_attrs.get("surplus")]
@@ -205,9 +204,9 @@ def _retry_dead(study, frozen):
         retry(study, frozen, crashed=True)
 
 
-def _tell(study, trial_id, **kwargs):
+def tell(study, trial_id, **kwargs):
     """Tell a trial's end; False when it already has one (another worker found it dead first)."""
-    optuna = _optuna()
+    optuna = optuna_module()
     try:
         study.tell(trial_id_to_number(study, trial_id), **kwargs)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
@@ -229,24 +228,24 @@ def best_value(sweep, run):
 
 def settle(study, sweep, sweep_dir, trial_id, log, stopped=False):
     """After a trainer exits: a trial it left running is complete (its run finished), or failed and retried."""
-    optuna = _optuna()
+    optuna = optuna_module()
     frozen = study._storage.get_trial(trial_id)
     if frozen.state != optuna.trial.TrialState.RUNNING:
         return
     run_dir = Path(sweep_dir) / frozen.user_attrs["run"]
     value = best_value(sweep, Run(run_dir)) if sweeps.status(run_dir, {}) == "finished" else None
     if value is not None:
-        _tell(study, trial_id, values=value)
+        tell(study, trial_id, values=value)
         return
     error = "stopped with the sweep" if stopped else sweeps.last_error(log) if log.exists() else "never started"
     study._storage.set_trial_user_attr(trial_id, "error", error)
-    if _tell(study, trial_id, state=optuna.trial.TrialState.FAIL):
+    if tell(study, trial_id, state=optuna.trial.TrialState.FAIL):
         retry(study, study._storage.get_trial(trial_id), crashed=not stopped)
 
 
 def _done(study, sweep):
     """Whether no trial is waiting or running and, for bayes, run_cap points exist."""
-    optuna = _optuna()
+    optuna = optuna_module()
     trials = study.get_trials(deepcopy=False)
     busy = any(t.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING) for t in trials)
     points = [t for t in _originals(trials) if not t.user_attrs.get("surplus")]
@@ -256,7 +255,7 @@ def _done(study, sweep):
 def execute(sweep, sweep_dir, url=None, jobs=1, on_done=None):
     """Run trials of the sweep's study, `jobs` at a time, until it is done (run_cap points, none waiting or running
     in any worker); after each, on_done(its row). Return the summary rows."""
-    optuna = _optuna()
+    optuna = optuna_module()
     sweeps.check_jobs(jobs)
     sweeps.prepare(sweep_dir)
     url = url or default_storage(sweep_dir)
@@ -322,9 +321,9 @@ def summary(sweep, sweep_dir, study):
     return sweeps.ordered(sweep, [_row(study, sweep, sweep_dir, t) for t in latest.values()])
 
 
-def _load(name, url):
+def load(name, url):
     """The study `name` at url, or None; nothing is created."""
-    optuna = _optuna()
+    optuna = optuna_module()
     store = storage(url, create=False)
     try:
         return optuna.load_study(study_name=name, storage=store)
@@ -340,7 +339,7 @@ def dry_run(sweep, sweep_dir, url=None):
     sweeps.check_writable(sweep_dir)
     _check_values(sweep)
     exists = url is not None or (Path(sweep_dir) / DB).exists()
-    study = _load(sweep.name, url or default_storage(sweep_dir)) if exists else None
+    study = load(sweep.name, url or default_storage(sweep_dir)) if exists else None
     if study is not None:
         _check_same(study, sweep, url or default_storage(sweep_dir))
         rows = summary(sweep, sweep_dir, study)
@@ -353,56 +352,6 @@ def dry_run(sweep, sweep_dir, url=None):
     return listed
 
 
-class Reporter:
-    """A sweep's trainer's link to its trial: a callback that reports each epoch's metric and asks the pruner,
-    stop() once it said prune, and the trial's end."""
-
-    def __init__(self, spec):
-        optuna = _optuna()
-        self.metric, self.trial_id, self.pruned, self.lost = spec["metric"], spec["trial_id"], False, False
-        self.study = optuna.load_study(study_name=spec["study"], storage=storage(spec["storage"], False),
-                                       pruner=pruner(spec["early_terminate"]))
-        self.trial = optuna.trial.Trial(self.study, self.trial_id)
-
-    @classmethod
-    def from_env(cls):
-        """The reporter of the trial a sweep started this process for, or None."""
-        spec = os.environ.pop(TRIAL_ENV, None)  # popped: a process this one starts is no trial of its own
-        return cls(json.loads(spec)) if spec else None
-
-    def on_epoch(self, record, samples):
-        if self.metric not in record or "step" in record:  # a time limit's mid-epoch score is no epoch's
-            return
-        try:
-            self.trial.report(record[self.metric], record["epoch"])
-            self.pruned = self.trial.should_prune()
-        except (_optuna().exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
-            self.lost = True  # another worker took the trial for dead: it resumes the run from this checkpoint
-
-    def stop(self):
-        """Whether the pruner stopped the trial (or it is no longer this process's)."""
-        return self.pruned or self.lost
-
-    def interrupted(self):
-        """Tell the trial pruned, or (a stop by signal) failed with its point enqueued to resume."""
-        optuna = _optuna()
-        if self.lost:
-            return
-        if self.pruned:
-            _tell(self.study, self.trial_id, state=optuna.trial.TrialState.PRUNED)
-            return
-        self.study._storage.set_trial_user_attr(self.trial_id, "error", "stopped")
-        if _tell(self.study, self.trial_id, state=optuna.trial.TrialState.FAIL):
-            retry(self.study, self.study._storage.get_trial(self.trial_id), crashed=False)
-
-    def finished(self, run):
-        """Tell the trial complete with the run's best value (left running without one: the sweep fails it)."""
-        values = [r[self.metric] for r in run.metrics() if self.metric in r and "step" not in r]
-        if values and not self.lost:
-            best = min if self.study.direction == _optuna().study.StudyDirection.MINIMIZE else max
-            _tell(self.study, self.trial_id, values=best(values))
-
-
 def plot(sweep_dir, output_dir):
     """Draw the study's optimisation history and (with two complete trials) parameter importances as PNGs in
     output_dir; return their paths. None when the sweep directory has no study."""
@@ -411,10 +360,10 @@ def plot(sweep_dir, output_dir):
     pointer = Path(sweep_dir) / POINTER
     if not pointer.is_file():
         return None
-    optuna, where = _optuna(), read_json(pointer)
+    optuna, where = optuna_module(), read_json(pointer)
     if not isinstance(where, dict) or not isinstance(where.get("storage"), str):
         raise CharlmError(f"{pointer} is damaged (no storage URL)")
-    study = _load(str(where.get("study")), where["storage"])
+    study = load(str(where.get("study")), where["storage"])
     if study is None:
         raise CharlmError(f"{pointer} names the study {where.get('study')!r}, which {shown(where['storage'])} lacks")
     import matplotlib.pyplot as plt

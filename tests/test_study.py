@@ -45,7 +45,7 @@ def sweep_cmd(path, runs, *args):
 
 def trials_of(path, runs, url=None):
     sweep = sweeps.load(path)
-    return studies._load(sweep.name, url or studies.default_storage(runs / sweep.name)).get_trials()
+    return studies.load(sweep.name, url or studies.default_storage(runs / sweep.name)).get_trials()
 
 
 def assert_whole(trials, run_cap):
