@@ -74,9 +74,10 @@ def test_bayes_sweep_with_hyperband_prunes_resumably_sorts_and_plots(tmp_path):
     assert complete == sorted(complete) and float(rows[0]["best_val_ppl"]) == min(
         t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert len(result.stdout.splitlines()) == 5 + 2  # a line per trial, the summary, the best command
+    for t in pruned:  # each stopped at the end of its last reported epoch, with that epoch's checkpoint
+        state = json.loads((runs / "b" / t.user_attrs["run"] / "state.json").read_text())
+        assert state["epoch"] == max(t.intermediate_values) < 3 and state["last"] and not state.get("step")
     run = runs / "b" / pruned[0].user_attrs["run"]
-    stopped_at = max(pruned[0].intermediate_values)
-    assert json.loads((run / "state.json").read_text())["epoch"] == stopped_at < 3  # at that epoch's end
     resumed = CliRunner().invoke(main, ["train", "--resume", str(run)])
     assert resumed.exit_code == 0, resumed.output
     assert [r["epoch"] for r in epoch_records(Run(run).metrics())] == [1, 2, 3]
