@@ -19,6 +19,7 @@ STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING
 
 
 def optuna_module():
+    """Optuna, quietened; without it a one-line error that names the extra."""
     try:
         import optuna
     except ImportError:
