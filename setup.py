@@ -27,11 +27,15 @@ setup(
         # onnx 1.19 removed it. 1.16.2 is the release the export is checked with (it has cp311 wheels).
         "onnx": ["onnx==1.16.2"],
         "tensorboard": ["tensorboardX>=2.5"],  # train --tensorboard DIR
+        # sweeps with method bayes, early_terminate or --storage: Optuna's TPE, pruners and SQL studies (4.0: the
+        # PED-ANOVA importances of `charlm plot`); a PostgreSQL or MySQL --storage also needs that server's driver
+        "sweep": ["optuna>=4.0"],
         # matplotlib: the plot test runs too; wheel: the packaging test builds the wheel without isolation;
         # onnx and onnxruntime: the export tests run the ONNX model in a real runtime (opset 13, IR 7);
-        # selenium: the viz and web pages are tested in Debian's chromium (which .ci/run installs)
+        # selenium: the viz and web pages are tested in Debian's chromium (which .ci/run installs);
+        # optuna and psycopg2-binary: the study sweeps run, one of them on the PostgreSQL server CI starts
         "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "wheel", "onnx==1.16.2", "onnxruntime>=1.16",
-                 "tensorboardX>=2.5", "selenium>=4.10"],
+                 "tensorboardX>=2.5", "selenium>=4.10", "optuna>=4.0", "psycopg2-binary>=2.9"],
     },
     entry_points={"console_scripts": ["charlm = charlm.cli:main"]},
 )

@@ -4,6 +4,7 @@ The only module that talks to the terminal.
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from . import __version__, configs
 from .errors import CharlmError, Interrupted
 from .options import (CONFIG, CTX, GPU, GPUS, KVSTORE, RUN, RUNS_DIR, SET, Group, Grouped, config_options,
                       typed_flags, user_errors)
-from .terminal import Echo, EpochLines, ProgressBar, StopRequest, echo_samples, ppl, table
+from .terminal import Echo, EpochLines, ProgressBar, StopRequest, echo_samples, ppl
+from .launch import MAX_PROCESSES, exiting_on
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="charlm")
@@ -46,22 +48,33 @@ def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, *
 
     typed = typed_flags(kwargs)
     devices = {"gpu": gpu, "gpus": gpus, "ctx": ctx, "kvstore": kvstore}
-    bar, stop = ProgressBar(), StopRequest()
-    callbacks = [bar, EpochLines(bar)]
+    from .trial import Reporter
+
+    bar, stop, trial = ProgressBar(), StopRequest(), Reporter.from_env()  # a sweep's trainer reports to its trial
+    callbacks = [bar, EpochLines(bar)] + ([trial] if trial else [])
+    requested = (lambda: stop.requested() or trial.stop()) if trial else stop.requested
     try:
         if resume is None:
             cfg = configs.resolve(config_files, typed, sets, check=False)  # api.train checks it
-            run = api.train(cfg, runs_dir=runs_dir, name=name, callbacks=callbacks, stop=stop.requested, **devices)
+            run = api.train(cfg, runs_dir=runs_dir, name=name, callbacks=callbacks, stop=requested, **devices)
         else:
             epochs, time_limit = api.resume_settings(typed, config_files, sets, name)
             run = api.train(resume=resume or True, runs_dir=runs_dir, epochs=epochs, time_limit=time_limit,
-                            callbacks=callbacks, stop=stop.requested, **devices)
+                            callbacks=callbacks, stop=requested, **devices)
     except Interrupted:
         bar.close()
+        if trial:
+            trial.interrupted()
+        if trial and trial.pruned:
+            click.echo(f"pruned by the sweep's early_terminate; the checkpoint is saved. Resume with: charlm train "
+                       f"--resume {callbacks[1].run.path}")
+            return
         _stopped(stop, callbacks[1].run)
     finally:
         stop.restore()
     if run is not None and callbacks[1].run:  # rank 0, and it trained
+        if trial:
+            trial.finished(run)
         _done(run)
 
 
@@ -93,8 +106,9 @@ def _done(run):
 
 
 @main.command("launch-local", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("-n", "--num-workers", type=click.IntRange(1), required=True, help="worker processes")
-@click.option("-s", "--num-servers", type=click.IntRange(1), default=1, show_default=True,
+@click.option("-n", "--num-workers", type=click.IntRange(1, MAX_PROCESSES), required=True,
+              help="worker processes (at most 64: each trains a model of its own on this machine)")
+@click.option("-s", "--num-servers", type=click.IntRange(1, MAX_PROCESSES), default=1, show_default=True,
               help="parameter-server processes")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @user_errors
@@ -143,38 +157,44 @@ def config_show(config_files, sets, **kwargs):
 @main.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="list the planned runs and their status, then exit")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, MAX_PROCESSES),
               help="runs at once (each gets cores/jobs threads; on 2 cores one at a time is usually right)")
+@click.option("--storage", default=None, metavar="URL",
+              help="the study's database, any SQLAlchemy URL shared by the sweep's workers on other machines  "
+                   "[default: sqlite:///RUNS_DIR/NAME/study.db, for bayes and early_terminate]")
 @RUNS_DIR
 @user_errors
-def sweep(sweep_file, dry_run, jobs, runs_dir):
-    """Run a grid or random sweep of configs; re-running resumes it."""
-    from . import sweep as sweeps
+def sweep(sweep_file, dry_run, jobs, storage, runs_dir):
+    """Run a grid, random or bayes sweep of configs; re-running resumes it, and workers share one --storage."""
+    from . import study, sweep as sweeps
 
     plan = sweeps.load(sweep_file)
     sweep_dir = Path(runs_dir) / plan.name
+    on_study = plan.uses_study or storage is not None
     if dry_run:
-        failures = sweeps.recorded_failures(sweep_dir)
-        for name, _ in sweeps.plan(plan):
-            click.echo(f"{sweeps.status(sweep_dir / name, failures):12} {sweep_dir / name}")
+        for state, run in (study.dry_run(plan, sweep_dir, storage) if on_study else sweeps.dry_run(plan, sweep_dir)):
+            click.echo(f"{state:12} {run}")
         return
     finished = []
 
-    def done(row, rows):
+    def done(row):
         finished.append(row["run"])
         best = row.get(f"best_{plan.metric}")
-        result = f"best {plan.metric} {best:.4g} at epoch {row['best_epoch']}" if best is not None else row["error"]
-        click.echo(f"[{len(finished)}] {row['run']}: {row['status']} | {result}")
-        fixed = set(plan.parameters) - set(configs.differing(rows, plan.parameters))  # summary.csv keeps them
-        click.echo(table(rows, [c for c in sweeps.columns(rows) if c not in fixed]) + "\n")
+        result = f"best {plan.metric} {best:.4g} at epoch {row['best_epoch']}" if best is not None else ""
+        click.echo(f"[{len(finished)}] {row['run']}: {row['state']}" + (f" | {result}" if result else "")
+                   + (f" | {row['error']}" if row["error"] else ""))
 
     try:
-        sweeps.execute(plan, sweep_dir, jobs, on_done=done)
-    except KeyboardInterrupt:
+        with exiting_on(signal.SIGTERM, signal.SIGHUP):
+            rows = (study.execute(plan, sweep_dir, storage, jobs, on_done=done) if on_study
+                    else sweeps.execute(plan, sweep_dir, jobs, on_done=done))
+    except (KeyboardInterrupt, SystemExit) as e:
         click.echo(f"sweep stopped; its runs keep their checkpoints. Resume with: charlm sweep {sweep_file}"
-                   + (f" --runs-dir {runs_dir}" if runs_dir != "runs" else ""), err=True)
-        sys.exit(130)
-    click.echo(f"summary: {sweep_dir / 'summary.csv'}")
+                   + (f" --runs-dir {runs_dir}" if runs_dir != "runs" else "")
+                   + (" --storage URL" if storage else ""), err=True)
+        sys.exit(130 if isinstance(e, KeyboardInterrupt) else e.code)
+    best = sweeps.best_command(plan, rows)
+    click.echo(f"summary: {sweep_dir / 'summary.csv'}" + (f"\nbest: {best}" if best else ""))
 
 
 @main.command()
@@ -188,6 +208,11 @@ def plot(paths, output):
 
     output = output or str(Path(paths[0] if len(paths) == 1 else ".") / "ppl.png")
     click.echo(draw(paths, output))
+    if len(paths) == 1:  # a sweep on a study: its search too
+        from .study import plot as draw_study
+
+        for path in draw_study(paths[0], Path(output).parent) or []:
+            click.echo(path)
 
 
 @main.command()

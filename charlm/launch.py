@@ -13,6 +13,9 @@ KVSTORES = ("local", "device", "dist_sync", "dist_async")
 DMLC_ENV = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")
 HOST = "127.0.0.1"  # MXNet's own `--launcher local` picks a non-loopback address, which can hang
 SERVE = [sys.executable, "-c", "import mxnet"]  # with DMLC_ROLE scheduler or server, importing MXNet serves
+# sweep --jobs and launch-local -n: each process trains a model of its own (some hundred MB, a core or more), so
+# past this many on one machine they only share the cores and exhaust the memory: a larger count is a slip.
+MAX_PROCESSES = 64
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
 
 
@@ -100,20 +103,28 @@ def loopback(num_workers, num_servers, worker_argv, grace=3.0):
 
 
 def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through the cluster's cleanup
+    raise SystemExit(128 + signum)  # unwinds through the cleanup of whatever is running
+
+
+@contextlib.contextmanager
+def exiting_on(*signals):
+    """Within the block, these signals raise SystemExit(128 + signal) so that cleanup runs; then as before."""
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_local(num_workers, num_servers, worker_argv, started=None):
     """Run a loopback cluster until every worker is done or a process fails, then stop every process: the exit
     status and the failed process's name (None), or 130 and "interrupted" after Ctrl-C; SIGTERM stops it too.
     started(cluster) is called once it runs."""
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        with loopback(num_workers, num_servers, worker_argv) as cluster:
+        with exiting_on(signal.SIGTERM), loopback(num_workers, num_servers, worker_argv) as cluster:
             if started:
                 started(cluster)
             return cluster.wait()
     except KeyboardInterrupt:
         return 130, "interrupted"
-    finally:
-        signal.signal(signal.SIGTERM, previous)

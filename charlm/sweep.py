@@ -1,11 +1,15 @@
 """Config sweeps: a W&B-style sweep file expanded into runs (grid or random), run as `charlm train`
-processes, resumed when re-run, and summarised by the chosen metric."""
+processes, resumed when re-run, and summarised by the chosen metric; bayes and early_terminate live in study.py."""
 import csv
+import ctypes
 import io
 import itertools
 import json
 import math
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -17,14 +21,18 @@ import yaml
 
 from . import configs
 from .errors import CharlmError
-from .launch import CPUS
+from .launch import CPUS, MAX_PROCESSES
 from .run import CONFIG, Run, epoch_records, read_json, write_text
 
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
+METHODS = ("grid", "random", "bayes")
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
 FAILURES = "failures.json"
 MAX_RUNS = 10_000  # each run is a training process: a larger run_cap is a slip, and its plan would not fit in memory
 MAX_BOUND = 2**53  # distribution bounds: beyond, floats skip integers and the draws overflow
+MAX_NAME = 255  # bytes in a file name on Linux and macOS file systems: a run's name is a directory
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a run's name, a terminal line or a --set argument
+EXTRA = "pip install 'charlm[sweep]'"
 
 
 @dataclass
@@ -38,6 +46,12 @@ class Sweep:
     run_cap: int
     seed: int
     parameters: dict  # "section.key" -> spec
+    early_terminate: dict = None  # {"min_iter": m, "eta": e}, the first epoch that may stop a run and the cut
+
+    @property
+    def uses_study(self):
+        """Whether the sweep needs an Optuna study (bayes sampling or early termination)."""
+        return self.method == "bayes" or self.early_terminate is not None
 
 
 def _check_spec(key, spec, method, path):
@@ -49,6 +63,8 @@ def _check_spec(key, spec, method, path):
     if "values" in spec:
         if not isinstance(spec["values"], list) or not spec["values"]:
             raise CharlmError(f"{where}.values must be a non-empty list")
+        for value in spec["values"]:
+            _check_text(value, where)
         return {"values": spec["values"]}
     if method == "grid":
         raise CharlmError(f"{where}: a grid sweep takes only values, not a distribution (use method: random)")
@@ -66,28 +82,74 @@ def _check_spec(key, spec, method, path):
     return {"distribution": dist, "min": low, "max": high}
 
 
+def _check_text(value, where):
+    """Refuse NUL and control characters in a value: they would go into a directory name and a command line."""
+    if isinstance(value, str) and CONTROL.search(value):
+        raise CharlmError(f"{where}: value {value!r} holds a control character (NUL, tab, line break ...)")
+    for item in (list(value) + list(value.values()) if isinstance(value, dict)
+                 else value if isinstance(value, list) else ()):
+        _check_text(item, where)
+
+
+def _early_terminate(spec, path):
+    """W&B's hyperband keys as the first epoch that may stop a run (min_iter) and the reduction factor eta."""
+    where = f"{path}: early_terminate"
+    if not isinstance(spec, dict) or spec.get("type") != "hyperband":
+        got = spec.get("type") if isinstance(spec, dict) else spec
+        raise CharlmError(f"{where}.type must be hyperband, got {got!r}")
+    keys = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
+    if set(spec) - keys:
+        raise CharlmError(f"{where}: unknown key {sorted(set(spec) - keys, key=str)[0]!r}; valid keys: "
+                          f"{', '.join(sorted(keys))}")
+
+    def whole(key, low, default=None):
+        value = spec.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_RUNS:
+            raise CharlmError(f"{where}.{key} must be an integer from {low} to {MAX_RUNS}, got {value!r}")
+        return value
+    eta = whole("eta", 2, 3)
+    if "min_iter" in spec:
+        if "max_iter" in spec or "s" in spec:
+            raise CharlmError(f"{where}: give min_iter, or max_iter and s, not both")
+        return {"min_iter": whole("min_iter", 1), "eta": eta}
+    if "max_iter" not in spec or "s" not in spec:
+        raise CharlmError(f"{where} needs min_iter, or max_iter and s")
+    max_iter, s = whole("max_iter", 1), whole("s", 0)
+    if eta ** s > max_iter:
+        raise CharlmError(f"{where}: max_iter / eta**s must be at least 1 epoch, got {max_iter} / {eta}**{s}")
+    return {"min_iter": max_iter // eta ** s, "eta": eta}
+
+
+def _need_optuna(what, path):
+    try:
+        import optuna  # noqa: F401 (only whether it is there)
+    except ImportError:
+        raise CharlmError(f"{path}: {what} needs Optuna: {EXTRA}") from None
+
+
 def load(path):
     """Read and check a sweep file; its name is the file's stem."""
     path = Path(path)
     doc, _ = configs.read_yaml(path, "sweep file ")
     if not isinstance(doc, dict):
         raise CharlmError(f"{path}: a sweep file is a mapping with base, method, metric and parameters")
-    known = {"base", "method", "metric", "run_cap", "seed", "parameters"}
+    known = {"base", "method", "metric", "run_cap", "seed", "parameters", "early_terminate"}
     if set(doc) - known:
         unknown = sorted(set(doc) - known, key=str)[0]  # YAML keys need not be strings
         raise CharlmError(f"{path}: unknown key {unknown!r}; valid keys: {', '.join(sorted(known))}")
     method = doc.get("method", "grid")
-    if method not in ("grid", "random"):
-        raise CharlmError(f"{path}: method must be grid or random, got {method!r}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise CharlmError(f"{path}: method must be one of {', '.join(METHODS)}, got {method!r}")
     metric = {} if doc.get("metric") is None else doc["metric"]
     if not isinstance(metric, dict):
         raise CharlmError(f"{path}: metric must be a mapping like {{name: val_ppl, goal: minimize}}, got {metric!r}")
     name, goal = metric.get("name", "val_ppl"), metric.get("goal", "minimize")
-    if name not in METRICS or goal not in ("minimize", "maximize"):
+    if not isinstance(name, str) or not isinstance(goal, str) or name not in METRICS \
+            or goal not in ("minimize", "maximize"):
         raise CharlmError(f"{path}: metric needs name in {', '.join(METRICS)} and goal minimize or maximize")
     run_cap = doc.get("run_cap")
-    if run_cap is None and method == "random":
-        raise CharlmError(f"{path}: a random sweep needs run_cap (how many runs to draw)")
+    if run_cap is None and method != "grid":
+        raise CharlmError(f"{path}: a {method} sweep needs run_cap (how many runs to draw)")
     if run_cap is not None and (not isinstance(run_cap, int) or isinstance(run_cap, bool)
                                 or not 1 <= run_cap <= MAX_RUNS):
         raise CharlmError(f"{path}: run_cap must be an integer from 1 to {MAX_RUNS}, got {run_cap!r}")
@@ -108,8 +170,43 @@ def load(path):
     for file in base:
         if not Path(file).is_file():
             raise CharlmError(f"{path}: base config {file} not found (paths are relative to the current directory)")
-    return Sweep(path.stem, base, method, name, goal, run_cap, seed,
-                 {k: _check_spec(k, v, method, path) for k, v in params.items()})
+    early = None if doc.get("early_terminate") is None else _early_terminate(doc["early_terminate"], path)
+    sweep = Sweep(path.stem, base, method, name, goal, run_cap, seed,
+                  {k: _check_spec(k, v, method, path) for k, v in params.items()}, early)
+    if method == "bayes":
+        _need_optuna("method: bayes", path)
+    if early:
+        _need_optuna("early_terminate", path)
+    _check_size(sweep, path)
+    return sweep
+
+
+def size(sweep):
+    """How many runs the sweep plans, counted without building them."""
+    if sweep.method != "grid":
+        return sweep.run_cap
+    count = math.prod(len(spec["values"]) for spec in sweep.parameters.values())
+    return count if sweep.run_cap is None else min(count, sweep.run_cap)
+
+
+def _check_size(sweep, path):
+    """Refuse a grid of more than MAX_RUNS runs, and names longer than a file name may be, before any is made."""
+    if size(sweep) > MAX_RUNS:
+        raise CharlmError(f"{path}: the grid has {size(sweep):,} points, more than {MAX_RUNS:,} runs; "
+                          f"give run_cap or fewer values")
+    widest = {k: max(len(_fmt(v).encode()) for v in (spec["values"] if "values" in spec
+                                                    else (spec["min"], spec["max"], -1.23e-45)))
+              for k, spec in sweep.parameters.items()}
+    longest = len(f"{size(sweep):03d}-") + sum(len(k.split(".")[-1]) + 2 + n for k, n in widest.items()
+                                                if k in varying(sweep))
+    if longest > MAX_NAME:
+        raise CharlmError(f"{path}: run names would reach {longest} bytes, more than a file name's {MAX_NAME}; "
+                          f"sweep fewer keys or shorter values")
+
+
+def varying(sweep):
+    """The swept keys that take more than one value: run names show these."""
+    return [k for k, spec in sweep.parameters.items() if len(spec.get("values", [0, 1])) > 1]
 
 
 def _draw(spec, rng):
@@ -129,7 +226,7 @@ def _fmt(value):
 
 
 def plan(sweep):
-    """The sweep's runs in order, as [(run name, {key: value})]."""
+    """The runs of a grid or random sweep in order, as [(run name, {key: value})]."""
     keys = list(sweep.parameters)
     if sweep.method == "grid":
         points = itertools.product(*(sweep.parameters[k]["values"] for k in keys))
@@ -137,9 +234,12 @@ def plan(sweep):
     else:
         rng = np.random.default_rng(sweep.seed)
         points = [{k: _draw(sweep.parameters[k], rng) for k in keys} for _ in range(sweep.run_cap)]
-    varying = [k for k in keys if len(sweep.parameters[k].get("values", [0, 1])) > 1]  # names show what varies
-    return [(f"{i:03d}-" + ",".join(f"{k.split('.')[-1]}={_fmt(p[k])}" for k in varying), p)
-            for i, p in enumerate(points)]
+    return [(run_name(sweep, i, p), p) for i, p in enumerate(points)]
+
+
+def run_name(sweep, number, point):
+    """The directory name of the sweep's run `number` at point."""
+    return f"{number:03d}-" + ",".join(f"{k.split('.')[-1]}={_fmt(point[k])}" for k in varying(sweep))
 
 
 def status(run_dir, failures):
@@ -164,18 +264,76 @@ def command(sweep, sweep_dir, name, point, state):
     return [sys.executable, "-m", "charlm", "train", *files, *sets, "--runs-dir", str(sweep_dir), "--name", name]
 
 
-def _last_error(log):
+def last_error(log):
+    """The error a trainer's log ends with: its last `Error:` line, else its last line."""
     lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     return (errors or lines or ["exited without output"])[-1].removeprefix("Error: ")
 
 
-def execute(sweep, sweep_dir, jobs=1, on_done=None):
-    """Run every unfinished planned run, `jobs` at a time, recording failures; after each, on_done(row, rows)."""
-    (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
+def _stop_with_parent():
+    # in each child before exec: should the sweep be killed outright, its trainers stop (and checkpoint) too
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def check_writable(sweep_dir):
+    """Refuse a sweep directory that could not be made or written, before anything runs (--dry-run too)."""
+    there = Path(sweep_dir)
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        raise CharlmError(f"cannot write the sweep directory {sweep_dir}: {there} is not a directory")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise CharlmError(f"cannot write the sweep directory {sweep_dir}: {there} is not writable")
+
+
+def dry_run(sweep, sweep_dir):
+    """[(status, run directory)] of a grid or random sweep's planned runs; nothing is written."""
+    check_writable(sweep_dir)
     failures = recorded_failures(sweep_dir)
-    todo = [(n, p, s) for n, p in plan(sweep) if (s := status(sweep_dir / n, {})) != "finished"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, CPUS // jobs))}
+    return [(status(sweep_dir / name, failures), sweep_dir / name) for name, _ in plan(sweep)]
+
+
+def prepare(sweep_dir):
+    """Make the sweep directory and its logs directory; a runs directory that cannot be written is one line."""
+    check_writable(sweep_dir)
+    try:
+        (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharlmError(f"cannot write the sweep directory {sweep_dir}: {e.strerror}") from None
+
+
+def launch(cmd, log, jobs, env=None):
+    """Start one trainer with its output in log, in a session of its own: the sweep alone decides when it stops."""
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(max(1, CPUS // jobs))}
+    with open(log, "a", encoding="utf-8") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_stop_with_parent)
+
+
+def stop(procs):
+    """Ask trainers to stop (each saves a checkpoint at its next batch) and wait for them."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait()
+
+
+def check_jobs(jobs):
+    """Refuse more jobs than MAX_PROCESSES."""
+    if not 1 <= jobs <= MAX_PROCESSES:
+        raise CharlmError(f"--jobs must be from 1 to {MAX_PROCESSES}, got {jobs}")
+
+
+def execute(sweep, sweep_dir, jobs=1, on_done=None):
+    """Run every unfinished planned run, `jobs` at a time, recording failures; after each, on_done(its row)."""
+    check_jobs(jobs)
+    prepare(sweep_dir)
+    failures = recorded_failures(sweep_dir)
+    planned = plan(sweep)
+    rows = {name: row(sweep, sweep_dir, name, point, failures) for name, point in planned}
+    todo = [(n, p, s) for n, p in planned if (s := status(sweep_dir / n, {})) != "finished"]
     running = []
     try:
         while todo or running:
@@ -183,28 +341,25 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
                 name, point, state = todo.pop(0)
                 failures.pop(name, None)  # a re-run retries failed runs
                 log = sweep_dir / "logs" / f"{name}.log"
-                with open(log, "a", encoding="utf-8") as out:
-                    proc = subprocess.Popen(command(sweep, sweep_dir, name, point, state), stdout=out,
-                                            stderr=subprocess.STDOUT, env=env)
-                running.append((proc, name, log))
+                running.append((launch(command(sweep, sweep_dir, name, point, state), log, jobs), name, point, log))
             done = next((job for job in running if job[0].poll() is not None), None)
             if done is None:
                 time.sleep(0.2)
                 continue
             running.remove(done)
-            proc, name, log = done
+            proc, name, point, log = done
             if proc.returncode != 0:
-                failures[name] = _last_error(log)
+                failures[name] = last_error(log)
             write_text(sweep_dir / FAILURES, json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
-            rows = summary(sweep, sweep_dir)
-            write_summary(rows, sweep_dir)
+            rows[name] = row(sweep, sweep_dir, name, point, failures)
+            write_summary(ordered(sweep, rows.values()), sweep_dir)
             if on_done:
-                on_done(next(r for r in rows if r["run"] == name), rows)
-    finally:
-        for proc, _, _ in running:  # interrupted: stop the runs so they checkpoint; a re-run resumes them
-            proc.terminate()
-            proc.wait()
-    return summary(sweep, sweep_dir)
+                on_done(rows[name])
+    finally:  # interrupted: stop the runs so they checkpoint; a re-run resumes them
+        stop([proc for proc, *_ in running])
+    rows = ordered(sweep, rows.values())
+    write_summary(rows, sweep_dir)
+    return rows
 
 
 def recorded_failures(sweep_dir):
@@ -216,32 +371,53 @@ def recorded_failures(sweep_dir):
     return failures
 
 
+STATES = {"finished": "complete", "failed": "failed", "interrupted": "waiting", "new": "waiting"}
+
+
 def summary(sweep, sweep_dir):
     """One row per planned run, best first by the sweep's metric; unfinished and failed runs last."""
     failures = recorded_failures(sweep_dir)
-    rows = []
-    for name, point in plan(sweep):
-        run_dir = sweep_dir / name
-        state = status(run_dir, failures)
-        row = {"run": name, **point, "status": state, "error": failures.get(name, "") if state == "failed" else ""}
-        records = [r for r in Run(run_dir).metrics() if sweep.metric in r]
-        if records:
-            best, ends = Run(run_dir).best(records, sweep.metric, sweep.goal), epoch_records(records)
-            row.update({f"best_{sweep.metric}": best[sweep.metric], "best_epoch": best["epoch"],
-                        "train_ppl": best["train_ppl"],
-                        "tokens_per_s": sum(r["tokens_per_s"] for r in ends) / len(ends),
-                        "wall_s": records[-1]["elapsed_s"]})
-        rows.append(row)
-    sign = 1 if sweep.goal == "minimize" else -1
-    return sorted(rows, key=lambda r: (f"best_{sweep.metric}" not in r, sign * r.get(f"best_{sweep.metric}", 0)))
+    return ordered(sweep, [row(sweep, sweep_dir, name, point, failures) for name, point in plan(sweep)])
+
+
+def row(sweep, sweep_dir, name, point, failures, state=None):
+    """The summary row of one run: its point, its best record by the sweep's metric, its state and error."""
+    run_dir = sweep_dir / name
+    status_ = status(run_dir, failures)
+    out = {"run": name, **point, "state": state or STATES[status_], "status": status_,
+           "error": failures.get(name, "") if status_ == "failed" or state == "failed" else ""}
+    records = [r for r in Run(run_dir).metrics() if sweep.metric in r] if (run_dir / CONFIG).exists() else []
+    if records:
+        best, ends = Run(run_dir).best(records, sweep.metric, sweep.goal), epoch_records(records)
+        out.update({f"best_{sweep.metric}": best[sweep.metric], "best_epoch": best["epoch"],
+                    "train_ppl": best["train_ppl"], "tokens_per_s": sum(r["tokens_per_s"] for r in ends) / len(ends),
+                    "wall_s": records[-1]["elapsed_s"]})
+    return out
+
+
+def ordered(sweep, rows):
+    """Rows best first by the sweep's metric, complete runs before pruned ones, rows without the metric last."""
+    sign, key = (1 if sweep.goal == "minimize" else -1), f"best_{sweep.metric}"
+    rank = {"complete": 0, "pruned": 1}
+    return sorted(rows, key=lambda r: (key not in r, rank.get(r["state"], 2), sign * r.get(key, 0)))
+
+
+def best_command(sweep, rows):
+    """The `charlm train` command line that repeats the best complete run of rows, or None."""
+    best = next((r for r in rows if r["state"] == "complete" and f"best_{sweep.metric}" in r), None)
+    if best is None:
+        return None
+    files = [arg for f in sweep.base for arg in ("-c", f)]
+    sets = [arg for k in sweep.parameters for arg in ("--set", f"{k}={_yaml_value(best[k])}")]
+    return shlex.join(["charlm", "train", *files, *sets])
 
 
 def columns(rows):
     """Column names of summary rows, in a stable order."""
     names = []
-    for row in rows:
-        names += [k for k in row if k not in names]
-    tail = ["status", "error"]
+    for r in rows:
+        names += [k for k in r if k not in names]
+    tail = ["state", "status", "error"]
     return [n for n in names if n not in tail] + tail
 
 

@@ -118,11 +118,3 @@ def echo_samples(pieces, live):
             click.echo(f"--- sample {k} ---")
         click.echo("" if live and k == 1 else "".join(text))
 
-
-def table(rows, names):
-    """Rows as an aligned text table, floats to 4 significant digits."""
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    cells = [names] + [[cell(r.get(n, "")) for n in names] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(names))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from charlm import configs as config, sweep as sweeps
 from charlm.cli import main
 from charlm.errors import CharlmError
+from charlm.run import Run
 from conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,9 +138,12 @@ def test_sweep_runs_records_failures_and_sorts_by_metric(tiny_sweep):
     ppls = [float(r["best_val_ppl"]) for r in rows[:2]]
     assert ppls == sorted(ppls)
     assert "model.hidden_size: expected int" in rows[2]["error"]
-    table = result.stdout.splitlines()[-6:-2]  # the last printed table: a header and a line per run
-    assert table[0].split()[:3] == ["run", "model.hidden_size", "best_val_ppl"]
-    assert [line.split()[0] for line in table[1:]] == [r["run"] for r in rows]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5  # a line per finished run, not a table each time; the summary; the best command
+    assert sorted(line.split()[1].rstrip(":") for line in lines[:3]) == sorted(r["run"] for r in rows)
+    assert [r["state"] for r in rows] == ["complete", "complete", "failed"]
+    assert lines[4] == f"best: charlm train -c {ROOT / 'configs' / 'fixed.yaml'} -c {path.parent / 'base.yaml'} " \
+                       f"--set model.hidden_size={rows[0]['model.hidden_size']}"
     assert json.loads((runs / "tiny" / "failures.json").read_text()) == {"002-hidden_size=big": rows[2]["error"]}
 
 
@@ -211,7 +215,8 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "pip install 'charlm[plot]'" in result.output
 
 
-def test_interrupted_sweep_stops_its_runs_and_resumes_on_rerun(tiny_sweep):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_interrupted_sweep_stops_its_runs_and_resumes_on_rerun(tiny_sweep, sig):
     path, runs = tiny_sweep
     doc = yaml.safe_load(path.read_text())
     doc["parameters"] = {"model.hidden_size": {"values": [4, 16]}, "train.epochs": {"value": 100000}}
@@ -222,7 +227,7 @@ def test_interrupted_sweep_stops_its_runs_and_resumes_on_rerun(tiny_sweep):
     try:
         metrics = runs / "tiny" / "000-hidden_size=4" / "metrics.jsonl"
         wait_until(metrics.exists, 60, f"the sweep's first epoch in {metrics}")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         try:
@@ -230,7 +235,10 @@ def test_interrupted_sweep_stops_its_runs_and_resumes_on_rerun(tiny_sweep):
         except ProcessLookupError:
             pass
         proc.wait()
-    assert proc.returncode == 130 and f"Resume with: charlm sweep {path}" in err
+    assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig)
+    assert f"Resume with: charlm sweep {path}" in err
+    with Run(runs / "tiny" / "000-hidden_size=4").lock():  # the trainer stopped with the sweep: its lock is free
+        pass
     state = json.loads((runs / "tiny" / "000-hidden_size=4" / "state.json").read_text())
     assert state["status"] == "running" and state["epoch"] >= 1  # stopped, resumable, not failed
     assert not (runs / "tiny" / "failures.json").exists()  # no run finished, and none counts as failed
@@ -256,3 +264,102 @@ def test_a_damaged_failures_file_is_a_clear_error(tmp_path, text, message):
     (tmp_path / sweeps.FAILURES).write_text(text)
     with pytest.raises(CharlmError, match=message.replace("(", r"\(").replace(")", r"\)")):
         sweeps.recorded_failures(tmp_path)
+
+
+def test_a_grid_is_counted_before_it_is_built(tmp_path):
+    doc = {"parameters": {f"model.{k}": {"values": list(range(1, 31))}
+                          for k in ("hidden_size", "embed_size", "num_layers", "dropout")}}
+    with pytest.raises(CharlmError, match="the grid has 810,000 points, more than 10,000 runs"):
+        sweeps.load(sweep_file(tmp_path, doc))
+    assert len(sweeps.plan(sweeps.load(sweep_file(tmp_path, {**doc, "run_cap": 3})))) == 3
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"parameters": {"model.cell": {"values": ["a\x00b"]}}}, "holds a control character"),
+    ({"parameters": {"model.cell": {"values": ["ok", "line\nbreak"]}}}, "holds a control character"),
+    ({"parameters": {"model.cell": {"values": ["x" * 300, "y"]}}}, "more than a file name's 255"),
+])
+def test_values_that_cannot_make_a_run_name_are_one_line_errors(tmp_path, doc, message):
+    path = sweep_file(tmp_path, doc)
+    for args in ([], ["--dry-run"]):
+        result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"), *args])
+        assert result.exit_code == 1 and result.output.count("\n") == 1 and message in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_runs_dir_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    path, blocker = sweep_file(tmp_path, {"parameters": ONE_PARAM}), tmp_path / "file"
+    blocker.write_text("x")
+    for args in ([], ["--dry-run"]):
+        result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(blocker / "runs"), *args])
+        assert result.exit_code == 1 and result.output.count("\n") == 1
+        assert f"the sweep directory {blocker / 'runs' / 's'}: {blocker} is not a directory" in result.output
+
+
+@pytest.mark.parametrize("args", [["sweep", "s.yaml", "--jobs", "65"], ["launch-local", "-n", "65", "--", "train"]])
+def test_process_counts_have_an_upper_bound(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "is not in the range 1<=x<=64" in result.output
+
+
+def _mutations(rng):
+    """Values a careless or hostile sweep file holds: wrong types, nulls, huge numbers, unicode, deep nesting."""
+    deep = {}
+    for _ in range(60):
+        deep = {"a": deep}
+    return ["bayes", "grid", None, True, -1, 0, 10**30, 1e308, float("nan"), "", "ü\u202e", "x" * 400, "\x00", [],
+            [[[]]], {}, deep, [None], {"values": None}, {"values": [1, [2]]},
+            {"distribution": "uniform", "min": "a", "max": 1},
+            {"distribution": "int_uniform", "min": 1, "max": 10**6}, {"type": "hyperband", "min_iter": 0},
+            {"type": "hyperband", "max_iter": 10**9, "s": 40}, rng.random()]
+
+
+def test_sweep_file_fuzz_gives_a_plan_or_one_line(tmp_path):
+    """Random YAML mutations of a valid sweep file (and YAML aliases) never raise past the one-line error."""
+    import random
+
+    rng = random.Random(35)
+    values = _mutations(rng)
+    valid = {"method": "random", "run_cap": 2, "metric": {"name": "val_ppl", "goal": "minimize"},
+             "parameters": {"model.hidden_size": {"values": [4, 8]},
+                            "train.lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}}}
+    paths = ["method", "run_cap", "seed", "metric", "metric.name", "parameters", "parameters.model.hidden_size",
+             "parameters.train.lr", "parameters.train.lr.min", "parameters.model.hidden_size.values", "base",
+             "early_terminate", "extra"]
+    outcomes = []
+    for case in range(150):
+        doc = json.loads(json.dumps(valid))
+        for _ in range(rng.randint(1, 3)):
+            *parents, last = rng.choice(paths).replace("model.hidden_size", "model:hidden_size") \
+                .replace("train.lr", "train:lr").split(".")
+            node = doc
+            for key in parents:
+                key = key.replace(":", ".")
+                node = node.setdefault(key, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict):
+                node[last.replace(":", ".")] = rng.choice(values)
+        aliased = "a: &x [1, 2]\nparameters: {model.hidden_size: {values: *x}}\n"  # YAML anchors and aliases
+        text = yaml.safe_dump(doc, allow_unicode=True) if case % 10 else aliased
+        path = tmp_path / f"f{case}.yaml"
+        path.write_text(text, encoding="utf-8")
+        result = CliRunner().invoke(main, ["sweep", str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+        assert result.exit_code in (0, 1), (text, result.output)
+        assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), text
+        outcomes.append(result.exit_code)
+        if result.exit_code == 1:
+            assert result.output.startswith("Error: ") and result.output.count("\n") == 1, (text, result.output)
+    assert 0 in outcomes and 1 in outcomes  # the mutations reach both valid plans and errors
+
+
+@pytest.mark.parametrize("change, what", [
+    ({"method": "bayes"}, "method: bayes"),
+    ({"early_terminate": {"type": "hyperband", "min_iter": 1}}, "early_terminate")])
+def test_without_optuna_bayes_and_early_terminate_name_the_extra(tmp_path, monkeypatch, change, what):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    path = sweep_file(tmp_path, {**RANDOM, "parameters": ONE_PARAM, **change})
+    result = CliRunner().invoke(main, ["sweep", "--dry-run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {path}: {what} needs Optuna: pip install 'charlm[sweep]'\n"
+    plain = sweep_file(tmp_path, {**RANDOM, "parameters": ONE_PARAM}, "plain")
+    result = CliRunner().invoke(main, ["sweep", "--dry-run", str(plain), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0 and [line.split()[0] for line in result.output.splitlines()] == ["new", "new"]
