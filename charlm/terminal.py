@@ -1,5 +1,5 @@
 """What charlm shows on the terminal, for cli.py: log lines, the run's first line and a line per epoch, the
-progress bar, generated samples, tables; and the signals that stop a run at a batch boundary."""
+progress bar and generated samples; and the signals that stop a run at a batch boundary."""
 import logging
 import math
 import signal

@@ -9,17 +9,11 @@ Sweeps go to runs/sweep-bench/. Run nothing else heavy at the same time: on 2 co
 wall times (the perplexities do not depend on it)."""
 import argparse
 import csv
-import os
-import platform
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import yaml
+from timing import ROOT, charlm, stamp
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "sweep-bench"
 SPACE = {"model.hidden_size": {"distribution": "int_uniform", "min": 32, "max": 384},
          "model.num_layers": {"values": [1, 2]},
@@ -47,10 +41,7 @@ def measure(method, seed, args):
     path = sweep_file(method, seed, args)
     out = RUNS / "sweeps"
     shutil.rmtree(out / path.stem, ignore_errors=True)  # from scratch: a re-run would resume the last one
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "charlm", "sweep", str(path), "--runs-dir", str(out)], cwd=ROOT,
-                   check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
-    wall = time.perf_counter() - start
+    _, wall = charlm("sweep", path, "--runs-dir", out, quiet=True)
     with open(out / path.stem / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     best = min((float(r["best_val_ppl"]) for r in rows if r.get("best_val_ppl")), default=float("nan"))
@@ -65,9 +56,7 @@ def main():
     parser.add_argument("--max-chars", type=int, default=0, help="the first N characters of the book (0: all)")
     args = parser.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
-    print(f"`python scripts/sweep_bench.py --run-cap {args.run_cap} --epochs {args.epochs} --seeds {args.seeds}"
-          f"{f' --max-chars {args.max_chars}' if args.max_chars else ''}`, {time.strftime('%Y-%m-%d')}, "
-          f"{platform.machine()} with {os.cpu_count()} cores\n")
+    print(stamp())
     print("| method | seed | wall s | completed | pruned | best val ppl |\n|---|---|---|---|---|---|")
     for method in ("random", "bayes"):
         results = []
