@@ -166,7 +166,7 @@ def config_show(config_files, sets, **kwargs):
 @user_errors
 def sweep(sweep_file, dry_run, jobs, storage, runs_dir):
     """Run a grid, random or bayes sweep of configs; re-running resumes it, and workers share one --storage."""
-    from . import study, sweep as sweeps
+    from . import study, summary as summaries, sweep as sweeps
 
     plan = sweeps.load(sweep_file)
     sweep_dir = Path(runs_dir) / plan.name
@@ -193,7 +193,7 @@ def sweep(sweep_file, dry_run, jobs, storage, runs_dir):
                    + (f" --runs-dir {runs_dir}" if runs_dir != "runs" else "")
                    + (" --storage URL" if storage else ""), err=True)
         sys.exit(130 if isinstance(e, KeyboardInterrupt) else e.code)
-    best = sweeps.best_command(plan, rows)
+    best = summaries.best_command(plan, rows)
     click.echo(f"summary: {sweep_dir / 'summary.csv'}" + (f"\nbest: {best}" if best else ""))
 
 

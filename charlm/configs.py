@@ -244,6 +244,11 @@ def apply_yaml(cfg, path):
     return cfg
 
 
+def set_arg(key, value):
+    """`section.key=value` for --set, the value written as YAML (parse_set reads it back)."""
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+
 def parse_set(assignment):
     """`section.key=value` to ((section, key), value), the value parsed as YAML."""
     key, eq, text = assignment.partition("=")

@@ -6,7 +6,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import configs, sweep as sweeps
+from . import configs, summary as summaries, sweep as sweeps
 from .errors import CharlmError
 from .run import Run, read_json, write_text
 
@@ -222,9 +222,8 @@ def trial_id_to_number(study, trial_id):
 
 def best_value(sweep, run):
     """The run's best value of the sweep's metric, or None."""
-    values = [r[sweep.metric] for r in run.metrics() if sweep.metric in r and "step" not in r]
-    pick = min if sweep.goal == "minimize" else max
-    return pick(values) if values else None
+    best = run.best([r for r in run.metrics() if "step" not in r], sweep.metric, sweep.goal)  # whole epochs only
+    return best[sweep.metric] if best else None
 
 
 def settle(study, sweep, sweep_dir, trial_id, log, stopped=False):
@@ -286,7 +285,7 @@ def execute(sweep, sweep_dir, url=None, jobs=1, on_done=None):
         for trial_id, (_, log) in running.items():
             settle(study, sweep, sweep_dir, trial_id, log, stopped=True)
     rows = summary(sweep, sweep_dir, study)
-    sweeps.write_summary(rows, sweep_dir)
+    summaries.write(rows, sweep_dir)
     return rows
 
 
@@ -319,7 +318,7 @@ def summary(sweep, sweep_dir, study):
     for t in study.get_trials(deepcopy=False):
         if "run" in t.user_attrs and not t.user_attrs.get("surplus"):
             latest[t.user_attrs["run"]] = t  # in number order: a point's retry replaces its failed trial
-    return sweeps.ordered(sweep, [_row(study, sweep, sweep_dir, t) for t in latest.values()])
+    return summaries.ordered(sweep, [_row(study, sweep, sweep_dir, t) for t in latest.values()])
 
 
 def load(name, url):

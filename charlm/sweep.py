@@ -1,14 +1,11 @@
 """Config sweeps: a W&B-style sweep file expanded into runs (grid or random), run as `charlm train`
 processes, resumed when re-run, and summarised by the chosen metric; bayes and early_terminate live in study.py."""
-import csv
 import ctypes
-import io
 import itertools
 import json
 import math
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -17,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from . import configs
+from . import configs, summary as summaries
 from .errors import CharlmError
 from .launch import CPUS, MAX_PROCESSES
-from .run import CONFIG, Run, epoch_records, read_json, write_text
+from .run import CONFIG, Run, read_json, write_text
 
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
 METHODS = ("grid", "random", "bayes")
@@ -251,15 +247,11 @@ def status(run_dir, failures):
     return "interrupted" if (run_dir / CONFIG).exists() else "new"
 
 
-def _yaml_value(value):
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
 def command(sweep, sweep_dir, name, point, state):
     """The `charlm train` command line of one run: a new run, or --resume of an interrupted one."""
     if state == "interrupted":
         return [sys.executable, "-m", "charlm", "train", "--resume", str(sweep_dir / name)]
-    sets = [arg for k, v in point.items() for arg in ("--set", f"{k}={_yaml_value(v)}")]
+    sets = [arg for k, v in point.items() for arg in ("--set", configs.set_arg(k, v))]
     files = [arg for f in sweep.base for arg in ("-c", f)]
     return [sys.executable, "-m", "charlm", "train", *files, *sets, "--runs-dir", str(sweep_dir), "--name", name]
 
@@ -352,13 +344,13 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
                 failures[name] = last_error(log)
             write_text(sweep_dir / FAILURES, json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
             rows[name] = row(sweep, sweep_dir, name, point, failures)
-            write_summary(ordered(sweep, rows.values()), sweep_dir)
+            summaries.write(summaries.ordered(sweep, rows.values()), sweep_dir)
             if on_done:
                 on_done(rows[name])
     finally:  # interrupted: stop the runs so they checkpoint; a re-run resumes them
         stop([proc for proc, *_ in running])
-    rows = ordered(sweep, rows.values())
-    write_summary(rows, sweep_dir)
+    rows = summaries.ordered(sweep, rows.values())
+    summaries.write(rows, sweep_dir)
     return rows
 
 
@@ -371,60 +363,13 @@ def recorded_failures(sweep_dir):
     return failures
 
 
-STATES = {"finished": "complete", "failed": "failed", "interrupted": "waiting", "new": "waiting"}
-
-
 def summary(sweep, sweep_dir):
     """One row per planned run, best first by the sweep's metric; unfinished and failed runs last."""
     failures = recorded_failures(sweep_dir)
-    return ordered(sweep, [row(sweep, sweep_dir, name, point, failures) for name, point in plan(sweep)])
+    return summaries.ordered(sweep, [row(sweep, sweep_dir, name, point, failures) for name, point in plan(sweep)])
 
 
 def row(sweep, sweep_dir, name, point, failures, state=None):
-    """The summary row of one run: its point, its best record by the sweep's metric, its state and error."""
-    run_dir = sweep_dir / name
-    status_ = status(run_dir, failures)
-    out = {"run": name, **point, "state": state or STATES[status_], "status": status_,
-           "error": failures.get(name, "") if status_ == "failed" or state == "failed" else ""}
-    records = [r for r in Run(run_dir).metrics() if sweep.metric in r] if (run_dir / CONFIG).exists() else []
-    if records:
-        best, ends = Run(run_dir).best(records, sweep.metric, sweep.goal), epoch_records(records)
-        out.update({f"best_{sweep.metric}": best[sweep.metric], "best_epoch": best["epoch"],
-                    "train_ppl": best["train_ppl"], "tokens_per_s": sum(r["tokens_per_s"] for r in ends) / len(ends),
-                    "wall_s": records[-1]["elapsed_s"]})
-    return out
-
-
-def ordered(sweep, rows):
-    """Rows best first by the sweep's metric, complete runs before pruned ones, rows without the metric last."""
-    sign, key = (1 if sweep.goal == "minimize" else -1), f"best_{sweep.metric}"
-    rank = {"complete": 0, "pruned": 1}
-    return sorted(rows, key=lambda r: (key not in r, rank.get(r["state"], 2), sign * r.get(key, 0)))
-
-
-def best_command(sweep, rows):
-    """The `charlm train` command line that repeats the best complete run of rows, or None."""
-    best = next((r for r in rows if r["state"] == "complete" and f"best_{sweep.metric}" in r), None)
-    if best is None:
-        return None
-    files = [arg for f in sweep.base for arg in ("-c", f)]
-    sets = [arg for k in sweep.parameters for arg in ("--set", f"{k}={_yaml_value(best[k])}")]
-    return shlex.join(["charlm", "train", *files, *sets])
-
-
-def columns(rows):
-    """Column names of summary rows, in a stable order."""
-    names = []
-    for r in rows:
-        names += [k for k in r if k not in names]
-    tail = ["state", "status", "error"]
-    return [n for n in names if n not in tail] + tail
-
-
-def write_summary(rows, sweep_dir):
-    """Write summary.csv atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns(rows))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(sweep_dir / "summary.csv", buf.getvalue())
+    """The summary row of the sweep's run `name` at point (state: the study's word for it, if any)."""
+    return summaries.row(sweep, sweep_dir / name, point, status(sweep_dir / name, failures), failures.get(name, ""),
+                         state)

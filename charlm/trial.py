@@ -50,7 +50,7 @@ class Reporter:
 
     def finished(self, run):
         """Tell the trial complete with the run's best value (left running without one: the sweep fails it)."""
-        values = [r[self.metric] for r in run.metrics() if self.metric in r and "step" not in r]
-        if values and not self.lost:
-            best = min if self.study.direction == optuna_module().study.StudyDirection.MINIMIZE else max
-            tell(self.study, self.trial_id, values=best(values))
+        goal = "minimize" if self.study.direction == optuna_module().study.StudyDirection.MINIMIZE else "maximize"
+        best = run.best([r for r in run.metrics() if "step" not in r], self.metric, goal)  # whole epochs only
+        if best and not self.lost:
+            tell(self.study, self.trial_id, values=best[self.metric])

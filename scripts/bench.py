@@ -1,5 +1,5 @@
 """Training speed of charlm against the tutorial-style loop and PyTorch, on the same text and shapes, and the
-other speed tables of docs/performance.md:
+other speed tables of docs/results.md (docs/performance.md explains them):
 
     python scripts/bench.py                        # "Training speed against the tutorial loop and PyTorch":
                                                    # tm-lstm, -rnn, -gru: charlm, its scratch cells, the tutorial loop
@@ -9,7 +9,7 @@ other speed tables of docs/performance.md:
     python scripts/bench.py --extras               # "Generation and start-up": generation, `charlm --help`,
                                                    # `import charlm`, a 100 MB corpus
     python scripts/bench.py --denormals RUN        # "Subnormal floats": a run's model, subnormals flushed and kept
-    python scripts/bench.py --host-time            # "Where the time goes": ms and host CPU ms per tm step
+    python scripts/bench.py --host-time            # ms and host CPU ms per tm step (performance.md, "Where the time goes")
                                                    # (--cells, --busy MS, --profile for MXNet's per-op profile)
     python scripts/bench.py --json results.json    # also write every measurement as JSON
 

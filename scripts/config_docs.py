@@ -1,5 +1,5 @@
 """Print docs/config.md, every config key with its flag, default and meaning, from charlm/configs.py's dataclasses
-(their defaults and metadata); tests/test_config.py checks that the file is current.
+(their defaults and metadata); tests/test_configs.py checks that the file is current.
 
     python scripts/config_docs.py            # print it
     python scripts/config_docs.py --write    # write docs/config.md

@@ -1,6 +1,6 @@
 """Measure data-parallel training on this machine: tokens/s of one worker (kvstore local) against two workers
 (dist_sync through a scheduler and a server on 127.0.0.1, started by `charlm launch-local`), each worker with
-the same config, and the bytes each worker sends and receives per step. Prints docs/distributed.md's table:
+the same config, and the bytes each worker sends and receives per step. Prints docs/results.md's "Parameter-server workers" table:
 
     python scripts/dist_bench.py                     # the default model, 3 epochs of 200k characters
     python scripts/dist_bench.py --epochs 2 --max-chars 20000 -- --hidden-size 16   # a quick check that it runs

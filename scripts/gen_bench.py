@@ -1,4 +1,4 @@
-"""Generation speed, docs/performance.md's tables "Streaming and batches of samples" and "Exported model:
+"""Generation speed, docs/results.md's tables "Streaming and batches of samples" and "Exported model:
 greedy generation":
 
     python scripts/gen_bench.py [--length 1000] [--repeats 5]

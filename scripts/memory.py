@@ -1,4 +1,4 @@
-"""Measure charlm's memory, docs/performance.md's "Memory" tables: resident set size after each epoch of a run of configs/fixed.yaml (it must stay flat),
+"""Measure charlm's memory, docs/results.md's "Memory" tables: resident set size after each epoch of a run of configs/fixed.yaml (it must stay flat),
 peak RSS training on a large corpus against the same training on the bundled book, and peak RSS of the
 embedded default's recipe with each of its levers off against the fixed settings.
 

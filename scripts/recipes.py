@@ -1,4 +1,4 @@
-"""Measure the automatic recipe, docs/recipes.md's tables under "The automatic recipe" (run, table, levers,
+"""Measure the automatic recipe, docs/results.md's tables under "The automatic recipe" (run, table, levers,
 study-table) and its speed table by hidden size (speed): hand-picked configurations, the fixed settings
 (configs/fixed.yaml) and `charlm train --data X --time-limit B` with nothing else, each given the same text
 and time budget.

@@ -1,6 +1,7 @@
 """Measure what bayes sampling with hyperband early termination buys over random search on the bundled book: per
 method and seed, the sweep's wall time, its runs completed and pruned, and the best validation perplexity. The
-same search space, epochs and run_cap for both. Prints a Markdown table:
+same search space, epochs and run_cap for both. Prints docs/results.md's "Sweeps: random against bayes with
+hyperband" table:
 
     python scripts/sweep_bench.py                                        # run_cap 16, 3-epoch trials, 3 seeds
     python scripts/sweep_bench.py --run-cap 3 --epochs 2 --seeds 1 --max-chars 5000   # a quick check that it runs

@@ -1,6 +1,6 @@
 """Measure the recipes' figures by running their commands (time, perplexity, samples): the tables of
-docs/recipes.md's "The embedded default", "The Gluon tutorial", "d2l" and "Word level", docs/addition.md's,
-and README's front-page figures.
+docs/results.md's "The embedded default", "The Gluon tutorial", "d2l", "Word level" and "Addition", and
+README's front-page figures.
 
     python scripts/targets.py                 # all of the below, one after the other
     python scripts/targets.py default         # only `charlm train` (+ `charlm generate "the time ma"`)

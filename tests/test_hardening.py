@@ -5,7 +5,6 @@ import json
 import os
 import random
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -17,6 +16,7 @@ from charlm import api, configs, launch, lines, recipe
 from charlm.errors import CharlmError
 from charlm.run import BEST, METRICS, PENDING, STATE, Run, write_text
 from bad_input_cases import full_disk_for
+from conftest import wait_until
 
 
 @pytest.fixture
@@ -167,10 +167,11 @@ def test_every_socket_of_a_loopback_cluster_listens_on_127_0_0_1_only(tmp_path):
               f"while not os.path.exists({str(stop)!r}):\n"
               "    time.sleep(0.05)\n"]
     with launch.loopback(2, 1, worker) as cluster:
-        deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("ready*"))) < 2 and time.monotonic() < deadline:
+        def ready():
             assert all(proc.poll() is None for _, proc in cluster.procs)
-            time.sleep(0.05)
+            return len(list(tmp_path.glob("ready*"))) == 2
+
+        wait_until(ready, 120, "both workers' kvstores")
         addresses = _listening([proc.pid for _, proc in cluster.procs])
         stop.touch()
         assert cluster.wait() == (0, None)

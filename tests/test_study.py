@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from click.testing import CliRunner
 from charlm import study as studies, sweep as sweeps
 from charlm.cli import main
 from charlm.run import Run, epoch_records
+from conftest import wait_until
 
 optuna = pytest.importorskip("optuna")
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,9 +135,7 @@ def test_a_sweep_killed_mid_way_completes_on_rerun(tmp_path):
     proc = subprocess.Popen(sweep_cmd(path, runs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list((runs / "b").glob("001-*/metrics.jsonl")):
-            time.sleep(0.05)
+        wait_until(lambda: list((runs / "b").glob("001-*/metrics.jsonl")), 120, "the second trial's first epoch")
         proc.kill()  # the sweep alone: its trainers stop with it and tell their trials
         proc.wait()
         rerun = subprocess.run(sweep_cmd(path, runs), capture_output=True, text=True, timeout=300)
