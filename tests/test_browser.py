@@ -24,6 +24,7 @@ RUNS = CELLS + ["word", "lines"]
 PREFIX = {"char": "the quick", "word": "the quick brown", "lines": "pack my"}
 EXTRA = ("word", "lines")  # LSTM runs at word level, and in lines mode (each line its own sequence)
 LENGTH = 200
+MARKUP = "the quick <!--<script> brown </script> fox & dog"  # words that would end or hide a page's <script>
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def _train(name, runs):
     """A tiny run trained a few epochs: its greedy text has no near-ties for float rounding to flip."""
     cfg = recipe.fixed(configs.Config())
     d, m = cfg.data, cfg.model
-    d.path, d.seq_len, d.batch_size, d.lowercase = str(runs / "tiny.txt"), 16, 4, True
+    text = runs / ("markup.txt" if name == "word" else "tiny.txt")
+    d.path, d.seq_len, d.batch_size, d.lowercase = str(text), 16, 4, True
     m.cell, m.hidden_size, m.embed_size, m.num_layers, m.dropout = ("lstm" if name in EXTRA else name), 16, 8, 2, 0.0
     d.level = "word" if name == "word" else "char"
     d.mode = "lines" if name == "lines" else "stream"
@@ -57,6 +59,7 @@ def _train(name, runs):
 def lms(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     (runs / "tiny.txt").write_text(TEXT, encoding="utf-8")
+    (runs / "markup.txt").write_text(TEXT + MARKUP + "\n", encoding="utf-8")
     return {name: _train(name, runs) for name in RUNS}
 
 
@@ -101,6 +104,22 @@ def test_report_shows_the_api_scores(driver, lms, pages, name):
     assert _text(driver, "#token-count") == str(tr.count)
     assert _text(driver, "#mean-bits") == f"{tr.mean_bits:.3f}"
     assert _text(driver, "#perplexity") == f"{tr.perplexity:.3f}"
+    _no_console_errors(driver)
+
+
+def test_report_of_words_like_markup_keeps_its_scripts(driver, lms, tmp_path):
+    lm = lms["word"]
+    tr = lm.trace(MARKUP)
+    assert {"<!--<script>", "</script>"} <= {t.strip() for t in tr.tokens}
+    report = viz.write_report(lm, tmp_path / "markup.html", MARKUP)
+    data = re.search(r'<script type="application/json" id="data">(.*?)</script>', report.read_text(encoding="utf-8"),
+                     re.S).group(1)
+    assert "<" not in data and ">" not in data
+    _open(driver, report)
+    assert driver.execute_script("return document.scripts.length") == 3
+    assert _text(driver, "#token-count") == str(tr.count)
+    spans = driver.find_elements("css selector", ".tok")
+    assert [s.get_attribute("textContent") for s in spans] == tr.tokens
     _no_console_errors(driver)
 
 
