@@ -24,7 +24,8 @@ RUNS = CELLS + ["word", "lines"]
 PREFIX = {"char": "the quick", "word": "the quick brown", "lines": "pack my"}
 EXTRA = ("word", "lines")  # LSTM runs at word level, and in lines mode (each line its own sequence)
 LENGTH = 200
-MARKUP = "the quick <!--<script> brown </script> fox & dog"  # words that would end or hide a page's <script>
+# words that would end or hide a page's <script>, and one with a "(" that no regular expression compiles
+MARKUP = "the quick <!--<script> (brown) </script> fox & the lazy dog jumps over the dog"
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +66,20 @@ def lms(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pages(lms, tmp_path_factory):
-    """{run: (report.html, web export dir)}, made by the library's writers."""
+    """{run: (report.html, web export dir)}, made by the library's writers; "markup": the word run's report of
+    MARKUP."""
     out = tmp_path_factory.mktemp("pages")
     made = {}
     for name, lm in lms.items():
         report = viz.write_report(lm, out / f"{name}.html", TEXT[:300])
         made[name] = (report, export.export(out / f"{name}-web", "web", lm.run.path))
+    made["markup"] = (viz.write_report(lms["word"], out / "markup.html", MARKUP), made["word"][1])
     return made
+
+
+def _read(lms, name):
+    """(LM, text) of a report in pages."""
+    return (lms["word"], MARKUP) if name == "markup" else (lms[name], TEXT[:300])
 
 
 def _open(driver, path, query=None):
@@ -107,15 +115,14 @@ def test_report_shows_the_api_scores(driver, lms, pages, name):
     _no_console_errors(driver)
 
 
-def test_report_of_words_like_markup_keeps_its_scripts(driver, lms, tmp_path):
-    lm = lms["word"]
-    tr = lm.trace(MARKUP)
+def test_report_of_words_like_markup_keeps_its_scripts(driver, lms, pages):
+    lm, text = _read(lms, "markup")
+    tr = lm.trace(text)
     assert {"<!--<script>", "</script>"} <= {t.strip() for t in tr.tokens}
-    report = viz.write_report(lm, tmp_path / "markup.html", MARKUP)
-    data = re.search(r'<script type="application/json" id="data">(.*?)</script>', report.read_text(encoding="utf-8"),
-                     re.S).group(1)
+    page = pages["markup"][0].read_text(encoding="utf-8")
+    data = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1)
     assert "<" not in data and ">" not in data
-    _open(driver, report)
+    _open(driver, pages["markup"][0])
     assert driver.execute_script("return document.scripts.length") == 3
     assert _text(driver, "#token-count") == str(tr.count)
     spans = driver.find_elements("css selector", ".tok")
@@ -158,27 +165,41 @@ def test_report_unit_recolours_with_the_api_activations(driver, lms, pages, name
     _no_console_errors(driver)
 
 
-@pytest.mark.parametrize(("name", "pattern"), [("lstm", "o"), ("word", r"\n")])
-def test_report_finds_units_as_the_api_ranks_them(driver, lms, pages, name, pattern):
-    tr = lms[name].trace(TEXT[:300])
-    expected = trace.find_units(tr, pattern)
-    _open(driver, pages[name][0])
+def _found(driver, pattern, literal=False):
+    """Search the open page's units for pattern: [(name, unit, score)] as listed, and the list's buttons."""
     driver.find_element("id", "pattern").send_keys(pattern)
+    if literal:
+        driver.find_element("id", "literal").click()
     driver.find_element("id", "find").click()
-    items = driver.find_elements("css selector", "#found li")
-    shown = [(i.find_element("css selector", "button").get_attribute("data-name"),
-              int(i.find_element("css selector", "button").get_attribute("data-unit")),
-              float(i.find_element("css selector", ".score").text)) for i in items]
+    buttons = driver.find_elements("css selector", "#found li button")
+    return [(b.get_attribute("data-name"), int(b.get_attribute("data-unit")),
+             float(b.find_element("xpath", "following-sibling::span[@class='score']").text)) for b in buttons], buttons
+
+
+def _ranked_as_the_api(tr, pattern, literal, shown):
+    """Assert the page's ranking is find_units's, as far as activations held 1/127.5 apart allow: each score is
+    the API's to 0.01, and the order is the API's but for units whose API scores lie within 0.01 of each other."""
+    expected = trace.find_units(tr, pattern, literal=literal)
     assert len(shown) == len(expected) == 10
-    # The page ranks activations held 1/127.5 apart: each score is the API's to 0.01, and the ranking is the
-    # API's but for units whose API scores lie within 0.01 of each other.
-    api_r = {(n, u): r for n, rs in trace.correlations(tr.activations, trace.inside(tr.tokens, pattern)).items()
-             for u, r in enumerate(rs)}
+    api_r = {(n, u): r for n, rs in trace.correlations(tr.activations, trace.inside(tr.tokens, pattern, literal))
+             .items() for u, r in enumerate(rs)}
     assert all(abs(r - api_r[(n, u)]) < 0.01 for n, u, r in shown)
     ranked = [abs(api_r[(n, u)]) for n, u, _ in shown]
     assert all(a > b - 0.01 for a, b in zip(ranked, ranked[1:]))
     assert {(n, u) for n, u, r in expected if abs(r) > ranked[-1] + 0.01} <= {(n, u) for n, u, _ in shown}
-    items[0].find_element("css selector", "button").click()
+
+
+# a regular expression; "." forced literal (the dots, not every character); "(brown" taken literally, as no
+# regular expression compiles it
+@pytest.mark.parametrize(("name", "pattern", "literal"), [("lstm", "o", False), ("word", r"\n", False),
+                                                          ("word", ".", True), ("markup", "(brown", False)])
+def test_report_finds_units_as_the_api_ranks_them(driver, lms, pages, name, pattern, literal):
+    lm, text = _read(lms, name)
+    tr = lm.trace(text)
+    _open(driver, pages[name][0])
+    shown, buttons = _found(driver, pattern, literal)
+    _ranked_as_the_api(tr, pattern, literal, shown)
+    buttons[0].click()
     assert Select(driver.find_element("id", "colour-by")).first_selected_option.text.startswith(
         f"layer {shown[0][0][1]}")
     _no_console_errors(driver)
