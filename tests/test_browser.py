@@ -230,15 +230,32 @@ def test_web_step_matches_mxnet(driver, lms, pages, name):
     _no_console_errors(driver)
 
 
+def _look_inside(driver, pages, name, text):
+    """Open the web page of a run and look inside text."""
+    _open(driver, pages[name][1] / "index.html")
+    driver.execute_script("document.getElementById('inside-text').value = arguments[0]", text)
+    driver.find_element("id", "inspect").click()
+
+
 @pytest.mark.parametrize("name", ["gru", "word"])
 def test_web_look_inside_shows_the_api_scores(driver, lms, pages, name):
     text = "the lazy dog jumps over the quick brown fox"
     tr = lms[name].trace(text)
-    _open(driver, pages[name][1] / "index.html")
-    driver.find_element("id", "inside-text").send_keys(text)
-    driver.find_element("id", "inspect").click()
+    _look_inside(driver, pages, name, text)
     assert _text(driver, "#token-count") == str(tr.count)
     assert _text(driver, "#mean-bits") == f"{tr.mean_bits:.3f}"
+    assert driver.find_elements("id", "cap-note") == []
+    _no_console_errors(driver)
+
+
+def test_web_look_inside_caps_a_long_text_and_says_so(driver, lms, pages):
+    tr = lms["gru"].trace(TEXT, max_tokens=trace.MAX_TOKENS)
+    assert tr.capped
+    _look_inside(driver, pages, "gru", TEXT)
+    assert len(driver.find_elements("css selector", ".tok")) == trace.MAX_TOKENS
+    assert _text(driver, "#token-count") == str(tr.count)
+    assert _text(driver, "#mean-bits") == f"{tr.mean_bits:.3f}"
+    assert f"cut after its first {trace.MAX_TOKENS:,} tokens" in _text(driver, "#cap-note")
     _no_console_errors(driver)
 
 
