@@ -13,6 +13,7 @@ from charlm.engine import nd
 from conftest import TEXT
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -130,27 +131,42 @@ def test_report_of_words_like_markup_keeps_its_scripts(driver, lms, pages):
     _no_console_errors(driver)
 
 
-@pytest.mark.parametrize("name", ["gru", "word"])
-def test_report_top5_at_a_position_is_the_api_s(driver, lms, pages, name):
-    lm, at = lms[name], 7
-    tr = lm.trace(TEXT[:300])
-    _open(driver, pages[name][0])
-    driver.find_element("css selector", f'.tok[data-i="{at}"]').click()
+def _point(driver, at, how):
+    """Show the panel of position `at` as a visitor would: hover, click, or keyboard focus."""
+    span = driver.find_element("css selector", f'.tok[data-i="{at}"]')
+    if how == "hover":
+        ActionChains(driver).move_to_element(span).perform()
+    elif how == "click":
+        span.click()
+    else:
+        driver.execute_script("arguments[0].focus()", span)
+
+
+def _top5_is_the_api_s(driver, lm, tr, at):
     rows = driver.find_elements("css selector", "#top5 .guess")
     shown = [(r.get_attribute("data-token"), r.find_element("css selector", ".g-prob").text) for r in rows]
-    expected = [(lm.vocab.tokens[i], f"{np.exp(lp):.3f}") for i, lp in zip(tr.top_ids[at], tr.top_logprob[at])]
-    assert shown == expected
+    assert _text(driver, "#panel").startswith(f"position {at}:")
+    assert shown == [(lm.vocab.tokens[i], f"{np.exp(lp):.3f}") for i, lp in zip(tr.top_ids[at], tr.top_logprob[at])]
+
+
+@pytest.mark.parametrize(("name", "how", "at"), [("gru", "click", 7), ("word", "hover", 9), ("gru", "focus", 11)])
+def test_report_top5_at_a_position_is_the_api_s(driver, lms, pages, name, how, at):
+    lm = lms[name]
+    tr = lm.trace(TEXT[:300])
+    _open(driver, pages[name][0])
+    _point(driver, at, how)
+    _top5_is_the_api_s(driver, lm, tr, at)
     _no_console_errors(driver)
 
 
-@pytest.mark.parametrize("name", ["scratch-lstm", "rnn"])
-def test_report_unit_recolours_with_the_api_activations(driver, lms, pages, name):
-    tr = lms[name].trace(TEXT[:300])
+def _recolours_with_the_api_activations(driver, tr, exact):
+    """Colour the open page by the last group's (for an LSTM a gate) next-to-last unit; assert each token's
+    colour is that of the API's activation: each channel within 1, or 2 where the page holds activations
+    1/127.5 apart (not exact)."""
     units = tr.units()
-    group = len(units) - 1  # the last layer's last kind: a gate for the LSTM
+    group = len(units) - 1
     layer, kind, size = units[group]
     unit = size - 2
-    _open(driver, pages[name][0])
     Select(driver.find_element("id", "colour-by")).select_by_value(str(group))
     box = driver.find_element("id", "unit")
     box.clear()
@@ -160,8 +176,14 @@ def test_report_unit_recolours_with_the_api_activations(driver, lms, pages, name
     acts = tr.activations[f"l{layer}.{kind}"][:, unit]
     expected = [_diverging(2 * a - 1 if kind in "ifozr" else a) for a in acts]
     assert len(colours) == len(expected)
-    # the page holds activations 1/127.5 apart: each channel within 2 of the exact colour
-    assert np.abs(np.array([_rgb(c) for c in colours]) - np.array(expected)).max() <= 2
+    assert np.abs(np.array([_rgb(c) for c in colours]) - np.array(expected)).max() <= (1 if exact else 2)
+
+
+@pytest.mark.parametrize("name", ["scratch-lstm", "rnn"])
+def test_report_unit_recolours_with_the_api_activations(driver, lms, pages, name):
+    tr = lms[name].trace(TEXT[:300])
+    _open(driver, pages[name][0])
+    _recolours_with_the_api_activations(driver, tr, exact=False)
     _no_console_errors(driver)
 
 
@@ -240,11 +262,15 @@ def _look_inside(driver, pages, name, text):
 @pytest.mark.parametrize("name", ["gru", "word"])
 def test_web_look_inside_shows_the_api_scores(driver, lms, pages, name):
     text = "the lazy dog jumps over the quick brown fox"
-    tr = lms[name].trace(text)
+    lm = lms[name]
+    tr = lm.trace(text)
     _look_inside(driver, pages, name, text)
     assert _text(driver, "#token-count") == str(tr.count)
     assert _text(driver, "#mean-bits") == f"{tr.mean_bits:.3f}"
     assert driver.find_elements("id", "cap-note") == []
+    _point(driver, 5, "click")
+    _top5_is_the_api_s(driver, lm, tr, 5)
+    _recolours_with_the_api_activations(driver, tr, exact=True)
     _no_console_errors(driver)
 
 
