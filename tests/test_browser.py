@@ -268,6 +268,8 @@ def test_web_look_inside_shows_the_api_scores(driver, lms, pages, name):
     assert _text(driver, "#token-count") == str(tr.count)
     assert _text(driver, "#mean-bits") == f"{tr.mean_bits:.3f}"
     assert driver.find_elements("id", "cap-note") == []
+    scale = max(1, int(np.ceil(np.percentile(tr.surprisal[1:], 98))))  # the report's legend top
+    assert f"{scale}+ bits" in _text(driver, "#legend")
     _point(driver, 5, "click")
     _top5_is_the_api_s(driver, lm, tr, 5)
     _recolours_with_the_api_activations(driver, tr, exact=True)

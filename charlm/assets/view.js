@@ -166,7 +166,7 @@ var charlmView = (function () {
           s.title = i === 0 ? "" : data.bits[i].toFixed(2) + " bits";
         });
         legendBar([surprisalColour(0, 1), surprisalColour(1, 1)], ["0 bits", data.scale + "+ bits",
-                  "(white: expected, red: surprising)"]);
+                  "(white: expected, orange: surprising)"]);
         return;
       }
       var g = +by.value, u = data.units[g], j = Math.min(Math.max(0, +unit.value || 0), u.size - 1);
