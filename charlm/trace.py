@@ -167,12 +167,20 @@ def trace(w, vocab, ids, top_k=5, max_tokens=None):
     return Trace(tokens_of(vocab, ids), ids, logprob, top_ids, top_lp, acts, capped)
 
 
-def inside(tokens, pattern):
-    """(T,) 1.0 where a token's text lies in a match of the regular expression pattern in the joined text."""
-    try:
-        regex = re.compile(pattern)
-    except re.error as e:
-        raise CharlmError(f"pattern {pattern!r} is not a regular expression: {e}") from None
+def compile_pattern(pattern, literal=False):
+    """The regular expression of a unit search's pattern: the pattern itself, or its characters taken literally
+    when literal or when it is not a regular expression (as `(` is); the page's view.js applies the same rule."""
+    if not literal:
+        try:
+            return re.compile(pattern)
+        except re.error:
+            pass
+    return re.compile(re.escape(pattern))
+
+
+def inside(tokens, pattern, literal=False):
+    """(T,) 1.0 where a token's text lies in a match of pattern (compile_pattern's rule) in the joined text."""
+    regex = compile_pattern(pattern, literal)
     text = "".join(tokens)
     marked = np.zeros(len(text) + 1, dtype=bool)
     for m in regex.finditer(text):
@@ -192,10 +200,11 @@ def correlations(activations, target):
     return out
 
 
-def find_units(tr, pattern, top=10):
+def find_units(tr, pattern, top=10, literal=False):
     """The `top` units whose activation follows "inside a match of pattern" best: [(name, unit, correlation)],
-    ranked by |correlation|."""
-    target = inside(tr.tokens, pattern)
+    ranked by |correlation|. pattern is a regular expression, or plain characters if literal or if it does not
+    compile as one."""
+    target = inside(tr.tokens, pattern, literal)
     if target.min() == target.max():
         raise CharlmError(f"pattern {pattern!r} matches {'every' if target[0] else 'no'} token of the text: "
                           f"nothing to correlate")

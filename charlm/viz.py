@@ -15,6 +15,9 @@ from .text import check_file, decoded_chunks
 from .trace import MAX_TOKENS
 
 SAMPLE_LENGTH = 200
+# What JSON inside a <script> must not hold literally: "<!--" and "<script" switch the HTML parser into its
+# escaped modes, "</script" ends the element; U+2028/U+2029 end a line in older JavaScript.
+SCRIPT_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
 CURVE_W, CURVE_H, MARGIN = 520, 220, 44
 
 
@@ -24,8 +27,8 @@ def asset(name):
 
 
 def script_json(value):
-    """JSON safe inside an HTML <script> element."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside an HTML <script> element (and as JavaScript): <, >, &, U+2028, U+2029 as \\u escapes."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(SCRIPT_ESCAPES)
 
 
 def quantize(a):

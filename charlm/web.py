@@ -6,7 +6,7 @@ import html
 import numpy as np
 
 from .text import lowercases
-from .trace import weights
+from .trace import MAX_TOKENS, weights
 from .viz import asset, script_json
 
 INDEX, WEIGHTS = "index.html", "weights.js"
@@ -54,10 +54,11 @@ text (what <code>charlm generate</code> prints).</p>
 <p id="error" class="error" role="alert"></p>
 <div id="output" aria-live="polite"></div>
 <h2>Look inside</h2>
-<p class="note">Type a text to see how surprised the model is at each token, its guesses, and its units.</p>
+<p class="note">Type a text to see how surprised the model is at each token, its guesses, and its units (the
+first {MAX_TOKENS:,} tokens).</p>
 <p><textarea id="inside-text" rows="4" cols="70"></textarea><br>
 <button id="inspect" type="button">Look inside</button> <span id="inside-error" class="error"></span></p>
-<div id="view"></div>
+<div id="view" data-max-tokens="{MAX_TOKENS}"></div>
 <script src="{WEIGHTS}"></script>
 <script>{asset("view.js")}</script>
 <script>{asset("model.js")}</script>

@@ -79,3 +79,15 @@ def test_find_units_refuses_a_pattern_matching_all_or_nothing(pattern):
     tr = trace.Trace(list("abc"), np.zeros(3), None, None, None, {"l0.h": np.ones((3, 2), np.float32)})
     with pytest.raises(trace.CharlmError, match="nothing to correlate"):
         trace.find_units(tr, pattern)
+
+
+@pytest.mark.parametrize(("pattern", "literal", "marked"), [
+    (".", False, "a(b.c"),  # a regular expression
+    (".", True, "."),  # forced literal
+    ("(b", False, "(b"),  # no regular expression: taken literally
+    ("[bc]", False, "bc"),
+    ("[bc]", True, ""),
+])
+def test_inside_takes_a_pattern_as_a_regex_or_literally(pattern, literal, marked):
+    tokens = list("a(b.c")
+    assert trace.inside(tokens, pattern, literal).tolist() == [float(t in marked) for t in tokens]

@@ -8,18 +8,18 @@ from click.testing import CliRunner
 
 from charlm import api, configs, recipe
 from charlm.cli import main
-from conftest import TEXT
+from conftest import TEXT, TINY
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A tiny character run of one epoch."""
+    """A tiny character run of one epoch: conftest's TINY sizes on its TEXT."""
     tmp = tmp_path_factory.mktemp("viz")
     (tmp / "tiny.txt").write_text(TEXT, encoding="utf-8")
-    cfg = recipe.fixed(configs.Config())
-    cfg.data.path, cfg.data.seq_len, cfg.data.batch_size, cfg.data.lowercase = str(tmp / "tiny.txt"), 8, 4, True
-    cfg.model.hidden_size, cfg.model.embed_size, cfg.model.num_layers = 8, 4, 1
-    cfg.train.epochs, cfg.train.sample_every = 1, 0
+    settings = {**TINY, "data.path": str(tmp / "tiny.txt"), "data.lowercase": True, "train.epochs": 1,
+                "train.sample_every": 0}
+    # the fixed settings, not the recipe's: it would time this machine to choose them
+    cfg = recipe.fixed(configs.resolve(flags={tuple(key.split(".")): value for key, value in settings.items()}))
     return api.train(cfg, runs_dir=tmp / "runs", name="r").path
 
 

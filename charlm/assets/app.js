@@ -56,7 +56,10 @@
     try {
       var ids = encode($("inside-text").value, "the text's");
       if (ids.length < 2) throw new Error("give at least two tokens to look inside");
-      charlmView.render($("view"), model.trace(ids, 5));
+      var max = Number($("view").dataset.maxTokens), data = model.trace(ids.slice(0, max), 5);
+      if (ids.length > max) data.note = "The text is cut after its first " + max.toLocaleString("en-US") +
+                                        " tokens: the page holds every unit's value at every token.";
+      charlmView.render($("view"), data);
     } catch (e) {
       $("inside-error").textContent = e.message;
     }

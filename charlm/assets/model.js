@@ -13,6 +13,12 @@ var charlmModel = (function () {
     return new Float32Array(bytes.buffer);
   }
 
+  // The q-quantile of values, interpolating between the two nearest, as numpy.percentile does (the report's scale).
+  function percentile(values, q) {
+    var s = values.slice().sort(function (a, b) { return a - b; }), at = q * (s.length - 1), lo = Math.floor(at);
+    return lo + 1 < s.length ? s[lo] + (s[lo + 1] - s[lo]) * (at - lo) : s[lo];
+  }
+
   function sigmoid(x) { return 1 / (1 + Math.exp(-x)); }
 
   // out += x · W, W (n, m) row-major
@@ -215,10 +221,9 @@ var charlmModel = (function () {
       prev = self.step(state, id);
       prev.acts.forEach(function (a, g) { acts[g].set(a, t * self.H); });
     });
-    var scored = bits.slice(1).sort(function (a, b) { return a - b; });
     return { tokens: tokens, bits: bits, top: top, count: T - 1, meanBits: nll / (T - 1) / Math.LN2,
              perplexity: Math.exp(nll / (T - 1)), units: this.units, acts: acts, note: "",
-             scale: Math.max(1, Math.ceil(scored[Math.floor(0.98 * (scored.length - 1))])) };
+             scale: Math.max(1, Math.ceil(percentile(bits.slice(1), 0.98))) };
   };
 
   return { Model: Model };

@@ -30,9 +30,18 @@ var charlmView = (function () {
     return e;
   }
 
-  // Whether each token lies (in part) in a match of the regular expression, in the joined text.
-  function inside(tokens, pattern) {
-    var text = tokens.join(""), re = new RegExp(pattern, "g"), m;
+  // The pattern as a regular expression, or its characters taken literally when asked or when it is not one
+  // (as "(" is): charlm.trace.compile_pattern's rule.
+  function compilePattern(pattern, literal) {
+    if (!literal) {
+      try { return new RegExp(pattern, "g"); } catch (e) { /* not a regular expression: plain characters */ }
+    }
+    return new RegExp(pattern.replace(/[.*+?^${}()|[\]\\\/-]/g, "\\$&"), "g");
+  }
+
+  // Whether each token lies (in part) in a match of the pattern, in the joined text.
+  function inside(tokens, pattern, literal) {
+    var text = tokens.join(""), re = compilePattern(pattern, literal), m;
     var units = Array.from(text), offsets = [], at = 0; // code points, as Python's str indexes
     units.forEach(function (ch) { offsets.push(at); at += ch.length; });
     var point = new Map(); offsets.forEach(function (o, i) { point.set(o, i); }); point.set(at, units.length);
@@ -99,10 +108,13 @@ var charlmView = (function () {
     var find = el("div", { "class": "find" });
     var pattern = el("input", { id: "pattern", type: "text", placeholder: "a pattern, e.g. \" or \\n or [aeiou]",
                                 "aria-label": "pattern" });
+    var literal = el("input", { id: "literal", type: "checkbox" });
+    var plain = el("label", { title: "find these characters, not a regular expression" }, " plain text ");
+    plain.prepend(literal);
     var go = el("button", { id: "find", type: "button" }, "Find a unit");
     var error = el("span", { id: "find-error", "class": "error" });
     var found = el("ol", { id: "found" });
-    find.append(pattern, go, error, found);
+    find.append(pattern, plain, go, error, found);
     root.append(find);
 
     var panel = el("aside", { id: "panel", "aria-live": "polite" }, "Hover over, click or tab to a token to see " +
@@ -154,7 +166,7 @@ var charlmView = (function () {
           s.title = i === 0 ? "" : data.bits[i].toFixed(2) + " bits";
         });
         legendBar([surprisalColour(0, 1), surprisalColour(1, 1)], ["0 bits", data.scale + "+ bits",
-                  "(white: expected, red: surprising)"]);
+                  "(white: expected, orange: surprising)"]);
         return;
       }
       var g = +by.value, u = data.units[g], j = Math.min(Math.max(0, +unit.value || 0), u.size - 1);
@@ -178,10 +190,7 @@ var charlmView = (function () {
     function search() {
       error.textContent = "";
       found.textContent = "";
-      var target;
-      try { target = inside(data.tokens, pattern.value); } catch (e) {
-        error.textContent = "not a regular expression: " + e.message; return;
-      }
+      var target = inside(data.tokens, pattern.value, literal.checked);
       var hits = target.reduce(function (a, b) { return a + b; }, 0);
       if (hits === 0 || hits === T) {
         error.textContent = "the pattern matches " + (hits ? "every" : "no") + " token: nothing to correlate";
