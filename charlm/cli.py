@@ -1,5 +1,5 @@
 """The command line: train, launch-local, generate, eval, config, sweep, plot, export and viz.
-The only module that talks to the terminal.
+With options.py (the flags) and terminal.py (what is shown), the only modules that talk to the terminal.
 
 MXNet is imported inside the commands that need it, so `charlm --help` stays instant."""
 import json
@@ -14,8 +14,9 @@ from . import __version__, configs
 from .errors import CharlmError, Interrupted
 from .options import (CONFIG, CTX, GPU, GPUS, KVSTORE, RUN, RUNS_DIR, SET, Group, Grouped, config_options,
                       typed_flags, user_errors)
-from .terminal import Echo, EpochLines, ProgressBar, StopRequest, echo_samples, ppl
 from .launch import MAX_PROCESSES, exiting_on
+from .terminal import Echo, EpochLines, ProgressBar, StopRequest, echo_samples, ppl
+
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="charlm")
@@ -45,11 +46,10 @@ def main(debug):
 def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, **kwargs):
     """Train a model; defaults train an LSTM on the bundled Time Machine."""
     from . import api
+    from .trial import Reporter
 
     typed = typed_flags(kwargs)
     devices = {"gpu": gpu, "gpus": gpus, "ctx": ctx, "kvstore": kvstore}
-    from .trial import Reporter
-
     bar, stop, trial = ProgressBar(), StopRequest(), Reporter.from_env()  # a sweep's trainer reports to its trial
     callbacks = [bar, EpochLines(bar)] + ([trial] if trial else [])
     requested = (lambda: stop.requested() or trial.stop()) if trial else stop.requested
@@ -365,10 +365,6 @@ def viz(data_path, text, max_tokens, skip_unknown, output, run_dir, runs_dir):
     from . import api, viz as report
     from .trace import MAX_TOKENS
 
-    if (data_path is None) == (text is None):
-        raise CharlmError("give the text to read: --data FILE or --text TEXT (one of them)")
     lm = api.load(run_dir, runs_dir)
-    max_tokens = max_tokens or MAX_TOKENS
-    if data_path is not None:
-        text = report.read_text(data_path, lm.config.data, max_tokens)
-    click.echo(f"wrote {report.write_report(lm, output, text, max_tokens, skip_unknown)}")
+    written = report.write_report(lm, output, text, max_tokens or MAX_TOKENS, skip_unknown, data_path)
+    click.echo(f"wrote {written}")

@@ -159,8 +159,13 @@ charlmView.render(document.getElementById("view"), DATA);
 """
 
 
-def write_report(lm, out, text, max_tokens=MAX_TOKENS, skip_unknown=False):
-    """Write the report to out (atomically: a failure leaves nothing behind); return its Path."""
+def write_report(lm, out, text=None, max_tokens=MAX_TOKENS, skip_unknown=False, path=None):
+    """Write the report of text, or of the file at path, to out (atomically: a failure leaves nothing behind);
+    return its Path."""
+    if (path is None) == (text is None):
+        raise CharlmError("give the text to read: --data FILE or --text TEXT (one of them)")
+    if path is not None:
+        text = read_text(path, lm.config.data, max_tokens)
     page = report(lm, text, max_tokens, skip_unknown)
     write_text(out, page)
     return Path(out)
