@@ -264,7 +264,7 @@ def end_epoch(s, state, run, clock, done, total):
     record["elapsed_s"] = clock.elapsed()
     if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
         raise TrainingDiverged(f"training diverged in epoch {number} (validation loss {record.get('val_loss')}); "
-                          f"the best and last good checkpoints are kept: lower --lr or set --grad-clip")
+                               f"the best and last good checkpoints are kept: lower --lr or set --grad-clip")
     better = checkpoint_metric(record) < state.best
     if done < total:
         record["step"] = done
@@ -288,9 +288,9 @@ def recover(s, state, run, step):
     at half the rate; the State to go on from."""
     epoch = state.epoch + 1
     if s.cfg.train.on_divergence == "stop" or state.rollbacks == MAX_ROLLBACKS:
-        raise TrainingDiverged(f"training diverged at step {step} (epoch {epoch}): the loss or gradient norm is not "
-                          f"finite; the best and last good checkpoints are kept: lower --lr, set --grad-clip, "
-                          f"or use --on-divergence rollback")
+        raise TrainingDiverged(f"training diverged at step {step} (epoch {epoch}): the loss or gradient norm is "
+                               f"not finite; the best and last good checkpoints are kept: lower --lr, set "
+                               f"--grad-clip, or use --on-divergence rollback")
     rollbacks, lr_scale = state.rollbacks + 1, state.lr_scale / 2
     log.warning("diverged at step %d (epoch %d): back to the last checkpoint, learning rate x%g (rollback %d of %d)",
                 step, epoch, lr_scale, rollbacks, MAX_ROLLBACKS)
