@@ -2,6 +2,7 @@
 database that several sweep processes share, each running trials as `charlm train` processes (trial.py)."""
 import contextlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -237,7 +238,7 @@ def settle(study, sweep, sweep_dir, trial_id, log, stopped=False):
     if value is not None:
         tell(study, trial_id, values=value)
         return
-    error = "stopped with the sweep" if stopped else sweeps.last_error(log) if log.exists() else "never started"
+    error = "stopped with the sweep" if stopped else sweeps.last_error(log) if os.path.lexists(log) else "never started"
     study._storage.set_trial_user_attr(trial_id, "error", error)
     if tell(study, trial_id, state=optuna.trial.TrialState.FAIL):
         retry(study, study._storage.get_trial(trial_id), crashed=not stopped)

@@ -1,5 +1,6 @@
 """Config sweeps: a W&B-style sweep file expanded into runs (grid or random), run as `charlm train`
 processes, resumed when re-run, and summarised by the chosen metric; bayes and early_terminate live in study.py."""
+import contextlib
 import ctypes
 import itertools
 import json
@@ -7,6 +8,7 @@ import math
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ import numpy as np
 from . import configs, summary as summaries
 from .errors import CharlmError
 from .launch import CPUS, MAX_PROCESSES
-from .run import CONFIG, Run, read_json, write_text
+from .run import CONFIG, Run, open_regular, read_json, write_text
 
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
 METHODS = ("grid", "random", "bayes")
@@ -257,8 +259,14 @@ def command(sweep, sweep_dir, name, point, state):
 
 
 def last_error(log):
-    """The error a trainer's log ends with: its last `Error:` line, else its last line."""
-    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    """The error a trainer's log ends with: its last `Error:` line, else its last line (a log that is no regular
+    file, a FIFO say, is not read: it could block)."""
+    try:
+        fd = open_regular(log, os.O_RDONLY)
+    except CharlmError as e:
+        return str(e)
+    with open(fd, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     return (errors or lines or ["exited without output"])[-1].removeprefix("Error: ")
 
@@ -290,18 +298,28 @@ def dry_run(sweep, sweep_dir):
 def prepare(sweep_dir):
     """Make the sweep directory and its logs directory; a runs directory that cannot be written is one line."""
     check_writable(sweep_dir)
+    logs = sweep_dir / "logs"
     try:
-        (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            logs.mkdir()
+        kind = logs.lstat().st_mode
     except OSError as e:
         raise CharlmError(f"cannot write the sweep directory {sweep_dir}: {e.strerror}") from None
+    if not stat.S_ISDIR(kind):  # a received sweep directory's logs may link anywhere: charlm writes through no link
+        raise CharlmError(f"{logs} is not a directory (a symbolic link?): charlm writes its logs only into a real "
+                          f"directory (remove it)")
 
 
 def launch(cmd, log, jobs, env=None):
     """Start one trainer with its output in log, in a session of its own: the sweep alone decides when it stops."""
     env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(max(1, CPUS // jobs))}
-    with open(log, "a", encoding="utf-8") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    fd = open_regular(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never through a link, nor a FIFO or device
+    try:
+        return subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 preexec_fn=_stop_with_parent)
+    finally:
+        os.close(fd)
 
 
 def stop(procs):

@@ -363,3 +363,22 @@ def test_without_optuna_bayes_and_early_terminate_name_the_extra(tmp_path, monke
     plain = sweep_file(tmp_path, {**RANDOM, "parameters": ONE_PARAM}, "plain")
     result = CliRunner().invoke(main, ["sweep", "--dry-run", str(plain), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0 and [line.split()[0] for line in result.output.splitlines()] == ["new", "new"]
+
+
+def test_a_received_sweep_directory_cannot_aim_its_logs_elsewhere(tmp_path):
+    path, elsewhere, victim = sweep_file(tmp_path, {"parameters": ONE_PARAM}), tmp_path / "elsewhere", tmp_path / "v"
+    elsewhere.mkdir()
+    victim.write_text("keep\n")
+    (tmp_path / "runs" / "s").mkdir(parents=True)
+    (tmp_path / "runs" / "s" / "logs").symlink_to(elsewhere)
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "logs is not a directory" in result.output
+    assert not any(elsewhere.iterdir())
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "linked.log").symlink_to(victim)
+    with pytest.raises(CharlmError, match="is a symbolic link"):
+        sweeps.launch(["true"], logs / "linked.log", 1)
+    assert victim.read_text() == "keep\n"
+    os.mkfifo(logs / "fifo.log")
+    assert "not a regular file" in sweeps.last_error(logs / "fifo.log")  # read without blocking on the FIFO
