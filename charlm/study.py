@@ -3,6 +3,7 @@ database that several sweep processes share, each running trials as `charlm trai
 import contextlib
 import json
 import os
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -33,8 +34,14 @@ def optuna_module():
 
 
 def default_storage(sweep_dir):
-    """The SQLite file in the sweep directory, as a URL."""
-    return f"sqlite:///{(Path(sweep_dir) / DB).resolve()}"
+    """The SQLite file in the sweep directory, as a URL; one that is a link, a FIFO or a device is refused before
+    SQLite opens it (a received sweep directory's study.db could link to any file of the user's)."""
+    db = Path(sweep_dir) / DB
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(db.lstat().st_mode):
+            raise CharlmError(f"{db} is not a regular file (a symbolic link?): charlm opens only a real study.db in "
+                              f"a sweep directory (remove it, or give --storage)")
+    return f"sqlite:///{db.resolve()}"
 
 
 def shown(url):
@@ -339,7 +346,7 @@ def dry_run(sweep, sweep_dir, url=None):
     """[(state, run directory or what is left to draw)] of the sweep's study as it stands; nothing is written."""
     sweeps.check_writable(sweep_dir)
     _check_values(sweep)
-    exists = url is not None or (Path(sweep_dir) / DB).exists()
+    exists = url is not None or os.path.lexists(Path(sweep_dir) / DB)
     study = load(sweep.name, url or default_storage(sweep_dir)) if exists else None
     if study is not None:
         _check_same(study, sweep, url or default_storage(sweep_dir))

@@ -244,3 +244,15 @@ def test_a_grid_with_early_terminate_runs_its_plan_and_retries_a_failure_once(tm
                                                                                                 planned[2]}
     with open(runs / "b" / "summary.csv", newline="") as f:
         assert [r["state"] for r in csv.DictReader(f)] == ["complete", "complete", "failed"]
+
+
+def test_a_study_db_that_is_a_link_is_refused_before_it_is_opened(tmp_path):
+    path, victim = bayes_file(tmp_path), tmp_path / "victim"
+    victim.write_text("keep\n")
+    (tmp_path / "runs" / "b").mkdir(parents=True)
+    (tmp_path / "runs" / "b" / "study.db").symlink_to(victim)
+    for args in ([], ["--dry-run"]):
+        result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"), *args])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert "study.db is not a regular file" in result.output
+    assert victim.read_text() == "keep\n"
