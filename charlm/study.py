@@ -175,6 +175,15 @@ def _originals(trials):
     return [t for t in trials if "continues" not in t.user_attrs]
 
 
+def bad_name(name):
+    """Why a run name read from the study may not be joined into a path, or None: it must be one plain file name."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        return f"run name {name!r} is not a plain directory name"
+    if sweeps.CONTROL.search(name) or len(name.encode()) > sweeps.MAX_NAME:
+        return f"run name {name!r} holds a control character or is over {sweeps.MAX_NAME} bytes"
+    return None
+
+
 def ask(study, sweep):
     """The next trial for this worker as (trial, run name, point), or None: a waiting one first, then (bayes) a new
     draw while fewer than run_cap points exist. A draw another worker's raced past run_cap is marked surplus."""
@@ -194,7 +203,11 @@ def ask(study, sweep):
             return ask(study, sweep)
         study.sampler = _sampler(sweep, trial.number)
     point = {key: _suggest(trial, key, spec) for key, spec in sweep.parameters.items()}
-    name = attrs.get("run") or sweeps.run_name(sweep, trial.number, point)
+    name = attrs["run"] if "run" in attrs else sweeps.run_name(sweep, trial.number, point)
+    if bad_name(name):  # the study may come from elsewhere: its names reach no path unchecked
+        trial.set_user_attr("error", bad_name(name))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return ask(study, sweep)
     trial.set_user_attr("run", name)
     study._storage.record_heartbeat(trial._trial_id)  # from now a dead sweep's trial goes stale
     return trial, name, point
@@ -209,7 +222,7 @@ def retry(study, frozen, crashed):
 
 
 def _retry_dead(study, frozen):
-    if "run" in frozen.user_attrs:
+    if "run" in frozen.user_attrs and not bad_name(frozen.user_attrs["run"]):
         retry(study, frozen, crashed=True)
 
 
@@ -238,7 +251,7 @@ def settle(study, sweep, sweep_dir, trial_id, log, stopped=False):
     """After a trainer exits: a trial it left running is complete (its run finished), or failed and retried."""
     optuna = optuna_module()
     frozen = study._storage.get_trial(trial_id)
-    if frozen.state != optuna.trial.TrialState.RUNNING:
+    if frozen.state != optuna.trial.TrialState.RUNNING or bad_name(frozen.user_attrs.get("run")):
         return
     run_dir = Path(sweep_dir) / frozen.user_attrs["run"]
     value = best_value(sweep, Run(run_dir)) if sweeps.status(run_dir, {}) == "finished" else None
@@ -324,7 +337,7 @@ def summary(sweep, sweep_dir, study):
     """One row per point of the study (its latest trial), best first."""
     latest = {}
     for t in study.get_trials(deepcopy=False):
-        if "run" in t.user_attrs and not t.user_attrs.get("surplus"):
+        if "run" in t.user_attrs and not t.user_attrs.get("surplus") and not bad_name(t.user_attrs["run"]):
             latest[t.user_attrs["run"]] = t  # in number order: a point's retry replaces its failed trial
     return summaries.ordered(sweep, [_row(study, sweep, sweep_dir, t) for t in latest.values()])
 

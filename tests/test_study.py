@@ -256,3 +256,19 @@ def test_a_study_db_that_is_a_link_is_refused_before_it_is_opened(tmp_path):
         assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
         assert "study.db is not a regular file" in result.output
     assert victim.read_text() == "keep\n"
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", ".", "", "a\nb", "x" * 256])
+def test_run_names_read_from_a_study_are_checked_before_they_reach_a_path(tmp_path, bad):
+    path = bayes_file(tmp_path, method="grid", run_cap=None, parameters={"model.hidden_size": {"values": [2, 3]}})
+    sweep = sweeps.load(path)
+    study = studies.open_study(sweep, tmp_path, studies.default_storage(tmp_path))
+    study.enqueue_trial({"model.hidden_size": 3}, user_attrs={"run": bad})
+    asked = []
+    while (got := studies.ask(study, sweep)):
+        asked.append(got[1])
+        study.tell(got[0], state=optuna.trial.TrialState.FAIL)
+    assert asked == [name for name, _ in sweeps.plan(sweep)]
+    failed = study.get_trials()[-1]
+    assert failed.state == optuna.trial.TrialState.FAIL and "run name" in failed.user_attrs["error"]
+    assert [r["run"] for r in studies.summary(sweep, tmp_path, study)] == asked
