@@ -13,7 +13,7 @@ from .errors import CharlmError
 from .run import Run, read_json, write_text
 
 DB = "study.db"  # the default storage, in the sweep directory
-POINTER = "study.json"  # which storage and study a sweep directory's trials live in, for `charlm plot`
+POINTER = "study.json"  # which study a sweep directory's trials live in, and whether in its study.db, for `charlm plot`
 TRIAL_ENV = "CHARLM_TRIAL"  # how a sweep tells its trainer which trial it is (trial.py)
 HEARTBEAT, GRACE = 5, 60  # seconds: a running trial whose sweep has written nothing for GRACE s is taken as dead
 RETRIES = 1  # a point whose trainer died is run again this many times (resumed from its checkpoint)
@@ -118,7 +118,8 @@ def open_study(sweep, sweep_dir, url):
         for name, point, attrs in _first_points(sweep):
             study.enqueue_trial(point, user_attrs={**attrs, **({"run": name} if name else {})})
         study.set_user_attr("sweep", signature(sweep))  # last: a second worker waits for it
-    write_text(Path(sweep_dir) / POINTER, json.dumps({"storage": url, "study": sweep.name}) + "\n")
+    stored = DB if url == default_storage(sweep_dir) else url  # relative: the directory may move or be copied
+    write_text(Path(sweep_dir) / POINTER, json.dumps({"storage": stored, "study": sweep.name}) + "\n")
     return study
 
 
@@ -373,9 +374,10 @@ def dry_run(sweep, sweep_dir, url=None):
     return listed
 
 
-def plot(sweep_dir, output_dir):
+def plot(sweep_dir, output_dir, url=None):
     """Draw the study's optimisation history and (with two complete trials) parameter importances as PNGs in
-    output_dir; return their paths. None when the sweep directory has no study."""
+    output_dir; return their paths. None when the sweep directory has no study. The study is in the directory's
+    study.db, or at url (the user's --storage): a URL read from study.json is never connected to."""
     from .run import atomic_write
 
     pointer = Path(sweep_dir) / POINTER
@@ -383,10 +385,14 @@ def plot(sweep_dir, output_dir):
         return None
     optuna, where = optuna_module(), read_json(pointer)
     if not isinstance(where, dict) or not isinstance(where.get("storage"), str):
-        raise CharlmError(f"{pointer} is damaged (no storage URL)")
-    study = load(str(where.get("study")), where["storage"])
+        raise CharlmError(f"{pointer} is damaged (no storage)")
+    if url is None and where["storage"] != DB:
+        raise CharlmError(f"{pointer} says the study is in {shown(where['storage'])}: give that database with "
+                          f"--storage URL (charlm connects to no URL read from a file)")
+    url = url or default_storage(sweep_dir)
+    study = load(str(where.get("study")), url)
     if study is None:
-        raise CharlmError(f"{pointer} names the study {where.get('study')!r}, which {shown(where['storage'])} lacks")
+        raise CharlmError(f"{pointer} names the study {where.get('study')!r}, which {shown(url)} lacks")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as views
 

@@ -272,3 +272,20 @@ def test_run_names_read_from_a_study_are_checked_before_they_reach_a_path(tmp_pa
     failed = study.get_trials()[-1]
     assert failed.state == optuna.trial.TrialState.FAIL and "run name" in failed.user_attrs["error"]
     assert [r["run"] for r in studies.summary(sweep, tmp_path, study)] == asked
+
+
+def test_study_json_names_no_url_to_connect_to_and_moves_with_its_directory(tmp_path):
+    import shutil
+    sweep = sweeps.load(bayes_file(tmp_path))
+    (tmp_path / "made").mkdir()
+    studies.open_study(sweep, tmp_path / "made", studies.default_storage(tmp_path / "made"))
+    assert json.loads((tmp_path / "made" / "study.json").read_text()) == {"storage": "study.db", "study": "b"}
+    shutil.move(tmp_path / "made", tmp_path / "moved")
+    assert studies.plot(tmp_path / "moved", tmp_path) == []  # found in the moved study.db; no complete trial to draw
+    evil = tmp_path / "evil.db"
+    (tmp_path / "moved" / "study.json").write_text(json.dumps({"storage": f"sqlite:///{evil}", "study": "b"}))
+    with pytest.raises(studies.CharlmError, match="give that database with --storage URL"):
+        studies.plot(tmp_path / "moved", tmp_path)
+    assert not evil.exists()
+    url = studies.default_storage(tmp_path / "moved")
+    assert studies.plot(tmp_path / "moved", tmp_path, url) == []  # the user's own --storage
