@@ -118,7 +118,7 @@ def open_study(sweep, sweep_dir, url):
         for name, point, attrs in _first_points(sweep):
             study.enqueue_trial(point, user_attrs={**attrs, **({"run": name} if name else {})})
         study.set_user_attr("sweep", signature(sweep))  # last: a second worker waits for it
-    stored = DB if url == default_storage(sweep_dir) else url  # relative: the directory may move or be copied
+    stored = DB if url == default_storage(sweep_dir) else shown(url)  # relative: the directory may move; no password
     write_text(Path(sweep_dir) / POINTER, json.dumps({"storage": stored, "study": sweep.name}) + "\n")
     return study
 

@@ -153,13 +153,18 @@ def test_a_sweep_killed_mid_way_completes_on_rerun(tmp_path):
             assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
 
-def test_two_workers_share_a_study_in_postgresql(tmp_path):
+def postgres_url():
     url = os.environ.get("CHARLM_TEST_POSTGRES")
     if not url:
         if os.environ.get("CI"):
             pytest.fail("CI must set CHARLM_TEST_POSTGRES to a PostgreSQL URL (.ci/run starts the server)")
         pytest.skip("no PostgreSQL server: set CHARLM_TEST_POSTGRES=postgresql://... to run this")
     pytest.importorskip("psycopg2")
+    return url
+
+
+def test_two_workers_share_a_study_in_postgresql(tmp_path):
+    url = postgres_url()
     name = f"pg{uuid.uuid4().hex[:8]}"  # the database outlives the test: a study of its own
     path = bayes_file(tmp_path, name=name, run_cap=4)
     run_two([sweep_cmd(path, tmp_path / "a", "--storage", url), sweep_cmd(path, tmp_path / "b", "--storage", url)])
@@ -289,3 +294,12 @@ def test_study_json_names_no_url_to_connect_to_and_moves_with_its_directory(tmp_
     assert not evil.exists()
     url = studies.default_storage(tmp_path / "moved")
     assert studies.plot(tmp_path / "moved", tmp_path, url) == []  # the user's own --storage
+
+
+def test_study_json_keeps_no_password(tmp_path):
+    from sqlalchemy.engine import make_url
+    url = make_url(postgres_url()).set(password="s3cret").render_as_string(hide_password=False)  # trust: ignored
+    path = bayes_file(tmp_path, name=f"pw{uuid.uuid4().hex[:8]}")
+    studies.open_study(sweeps.load(path), tmp_path, url)
+    stored = json.loads((tmp_path / "study.json").read_text())["storage"]
+    assert "s3cret" not in stored and stored == studies.shown(url)
