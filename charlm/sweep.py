@@ -62,6 +62,7 @@ def _check_spec(key, spec, method, path):
         if not isinstance(spec["values"], list) or not spec["values"]:
             raise CharlmError(f"{where}.values must be a non-empty list")
         for value in spec["values"]:
+            _check_flat(value, where)
             _check_text(value, where)
         return {"values": spec["values"]}
     if method == "grid":
@@ -78,6 +79,14 @@ def _check_spec(key, spec, method, path):
     if dist == "log_uniform_values" and low <= 0:
         raise CharlmError(f"{where}: log_uniform_values needs min > 0")
     return {"distribution": dist, "min": low, "max": high}
+
+
+def _check_flat(value, where):
+    """Refuse a value nested deeper than a flat list or mapping of scalars: YAML aliases nested in one another
+    would expand exponentially in every later walk over it (names, signatures, command lines)."""
+    items = list(value) + list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else ()
+    if any(isinstance(item, (list, dict)) for item in items):
+        raise CharlmError(f"{where}: a value is a scalar or a flat list or mapping of scalars, not nested deeper")
 
 
 def _check_text(value, where):

@@ -314,6 +314,11 @@ def _mutations(rng):
             {"type": "hyperband", "max_iter": 10**9, "s": 40}, rng.random()]
 
 
+# "Billion laughs": aliases of aliases, 10**8 values once expanded, in a few hundred bytes.
+LAUGHS = "method: grid\nparameters:\n  model.cell:\n    values:\n      - &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"      - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+
+
 def test_sweep_file_fuzz_gives_a_plan_or_one_line(tmp_path):
     """Random YAML mutations of a valid sweep file (and YAML aliases) never raise past the one-line error."""
     import random
@@ -339,7 +344,7 @@ def test_sweep_file_fuzz_gives_a_plan_or_one_line(tmp_path):
             if isinstance(node, dict):
                 node[last.replace(":", ".")] = rng.choice(values)
         aliased = "a: &x [1, 2]\nparameters: {model.hidden_size: {values: *x}}\n"  # YAML anchors and aliases
-        text = yaml.safe_dump(doc, allow_unicode=True) if case % 10 else aliased
+        text = yaml.safe_dump(doc, allow_unicode=True) if case % 10 else aliased if case % 20 else LAUGHS
         path = tmp_path / f"f{case}.yaml"
         path.write_text(text, encoding="utf-8")
         result = CliRunner().invoke(main, ["sweep", str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
