@@ -46,8 +46,10 @@ def plot(paths, output):
     for i, (records, label) in enumerate(zip(metrics, labels(runs))):
         color, epochs = f"C{i % 10}", [r["epoch"] for r in records]
         dots = {"marker": "o", "markersize": 3}  # a run of one epoch is one point: a line alone draws nothing
-        if records and "val_ppl" in records[0]:
-            ax.plot(epochs, [r["val_ppl"] for r in records], color=color, label=f"{label} (val)", **dots)
+        scored = [r for r in records if "val_ppl" in r]
+        if scored:
+            ax.plot([r["epoch"] for r in scored], [r["val_ppl"] for r in scored], color=color, label=f"{label} (val)",
+                    **dots)
         ax.plot(epochs, [r["train_ppl"] for r in records], color=color, linestyle="--", alpha=0.6,
                 label=f"{label} (train)", **dots)
     ax.set_yscale("log")

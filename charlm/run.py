@@ -81,6 +81,18 @@ def checkpoint_metric(record):
     return record.get("val_loss", record["train_loss"])
 
 
+NUMBERS = ("train_loss", "train_ppl", "train_bpc", "val_loss", "val_ppl", "val_bpc", "val_loss_raw", "val_loss_ema",
+           "lr", "grad_norm", "tokens_per_s", "elapsed_s")  # a metrics record's numbers, that readers compute with
+
+
+def _is_record(record):
+    """Whether a parsed metrics line is an epoch's record: an integer epoch (and step), training's loss and
+    perplexity, and a number for every known key it has."""
+    return (isinstance(record, dict) and all(type(record.get(k, 0)) is int for k in ("epoch", "step"))
+            and "epoch" in record and "train_loss" in record and "train_ppl" in record
+            and all(type(record[k]) in (int, float) for k in NUMBERS if k in record))
+
+
 def open_regular(path, flags):
     """os.open of a regular file, never through a symbolic link (a received run may hold one) nor a device or FIFO."""
     try:
@@ -286,7 +298,7 @@ class Run:
                 if n < len(lines):
                     bad.append(n)
                 continue
-            if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
+            if not _is_record(record):
                 bad.append(n)
                 continue
             records.append(record)
