@@ -53,6 +53,14 @@ def shown(url):
     return url
 
 
+def reason(error):
+    """The first line of the innermost cause of an error: the driver's own words (a missing module, a refused
+    connection, a file that is no database), not Optuna's or SQLAlchemy's wrapping of them."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def storage(url, create=True):
     """The database at url (any SQLAlchemy URL), with heartbeats; an unreachable or non-database one is one line."""
     optuna = optuna_module()
@@ -62,11 +70,9 @@ def storage(url, create=True):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT,
                                               grace_period=GRACE, heartbeat_stale_trial_callback=_retry_dead,
                                               skip_table_creation=not create)
-        except Exception as e:  # SQLAlchemy's errors, a missing driver, a file that is no database: the first line
-            cause = (str(e.__cause__ if isinstance(e, ImportError) and e.__cause__ else e).strip().splitlines()
-                     or [type(e).__name__])[0]  # a missing driver: which module, not Optuna's "install one"
+        except Exception as e:  # SQLAlchemy's errors, a missing driver, a file that is no database
             if isinstance(e, ImportError) or attempt == 2:
-                raise CharlmError(f"cannot open the study storage {shown(url)}: {cause}") from None
+                raise CharlmError(f"cannot open the study storage {shown(url)}: {reason(e)}") from None
             time.sleep(0.5)
 
 
@@ -351,9 +357,8 @@ def load(name, url):
         return optuna.load_study(study_name=name, storage=store)
     except KeyError:
         return None
-    except Exception as e:  # a database without Optuna's tables
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CharlmError(f"cannot read the study {name} in {shown(url)}: {cause}") from None
+    except Exception as e:  # a database without Optuna's tables, a server gone
+        raise CharlmError(f"cannot read the study {name} in {shown(url)}: {reason(e)}") from None
 
 
 def dry_run(sweep, sweep_dir, url=None):

@@ -197,9 +197,10 @@ def test_max_iter_and_s_set_the_first_rung(tmp_path):
 
 
 @pytest.mark.parametrize("url, message", [
-    ("postgresql://charlm@127.0.0.1:1/none", "cannot open the study storage postgresql://charlm@127.0.0.1:1/none"),
+    ("postgresql+psycopg2://charlm@127.0.0.1:1/none",
+     "cannot open the study storage postgresql+psycopg2://charlm@127.0.0.1:1/none: connection to server at"),
     ("nosuchdb://x", "cannot open the study storage nosuchdb://x"),
-    ("sqlite:///{tmp}/text.db", "cannot open the study storage sqlite:///"),
+    ("sqlite:///{tmp}/text.db", "text.db: file is not a database"),
 ])
 def test_a_storage_that_is_no_database_is_a_one_line_error(tmp_path, url, message):
     if url.startswith("postgresql"):
@@ -207,9 +208,10 @@ def test_a_storage_that_is_no_database_is_a_one_line_error(tmp_path, url, messag
     (tmp_path / "text.db").write_text("not a database\n" * 100)
     before = digest(tmp_path)
     path = bayes_file(tmp_path)
-    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"),
-                                       "--storage", url.format(tmp=tmp_path)])
-    assert result.exit_code == 1 and result.output.count("\n") == 1 and message in result.output, result.output
+    for args in ([], ["--dry-run"]):  # --dry-run opens the storage without creating tables
+        result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"),
+                                           "--storage", url.format(tmp=tmp_path), *args])
+        assert result.exit_code == 1 and result.output.count("\n") == 1 and message in result.output, result.output
     assert (tmp_path / "text.db").read_text() == "not a database\n" * 100 and before.items() <= digest(tmp_path).items()
 
 
