@@ -336,8 +336,13 @@ def _row(study, sweep, sweep_dir, frozen):
     point = frozen.params or frozen.system_attrs.get("fixed_params", {})
     name, error = frozen.user_attrs["run"], frozen.user_attrs.get("error", "")
     state = STATES[frozen.state.name]
-    return sweeps.row(sweep, Path(sweep_dir), name, {k: point.get(k) for k in sweep.parameters},
-                      {name: error} if state == "failed" else {}, state)
+    row = sweeps.row(sweep, Path(sweep_dir), name, {k: point.get(k) for k in sweep.parameters},
+                     {name: error} if state == "failed" else {}, state)
+    reported = frozen.intermediate_values  # {epoch: metric}, as the trainer reported them
+    if not (Path(sweep_dir) / name).exists() and reported:  # trained by a worker elsewhere: the study's word
+        epoch = (min if sweep.goal == "minimize" else max)(reported, key=reported.get)
+        row.update({f"best_{sweep.metric}": reported[epoch], "best_epoch": epoch})
+    return row
 
 
 def summary(sweep, sweep_dir, study):

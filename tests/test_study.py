@@ -305,3 +305,15 @@ def test_study_json_keeps_no_password(tmp_path):
     studies.open_study(sweeps.load(path), tmp_path, url)
     stored = json.loads((tmp_path / "study.json").read_text())["storage"]
     assert "s3cret" not in stored and stored == studies.shown(url)
+
+
+def test_a_row_of_a_run_trained_elsewhere_takes_the_studys_value(tmp_path):
+    path = bayes_file(tmp_path, method="grid", run_cap=None, parameters={"model.hidden_size": {"values": [2, 3]}})
+    sweep = sweeps.load(path)
+    study = studies.open_study(sweep, tmp_path, studies.default_storage(tmp_path))
+    trial, name, _ = studies.ask(study, sweep)
+    for epoch, value in ((1, 9.0), (2, 7.5), (3, 8.0)):
+        trial.report(value, epoch)
+    study.tell(trial, 7.5)  # by a worker on another machine: no run directory here
+    row = next(r for r in studies.summary(sweep, tmp_path, study) if r["run"] == name)
+    assert (row["state"], row["best_val_ppl"], row["best_epoch"]) == ("complete", 7.5, 2)
