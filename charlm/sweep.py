@@ -26,6 +26,7 @@ METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_b
 METHODS = ("grid", "random", "bayes")
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
 FAILURES = "failures.json"
+SUMMARY_EVERY = 10.0  # seconds between rewrites of summary.csv while a sweep runs: each is a whole file and an fsync
 MAX_RUNS = 10_000  # each run is a training process: a larger run_cap is a slip, and its plan would not fit in memory
 MAX_BOUND = 2**53  # distribution bounds: beyond, floats skip integers and the draws overflow
 MAX_NAME = 255  # bytes in a file name on Linux and macOS file systems: a run's name is a directory
@@ -353,7 +354,7 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
     planned = plan(sweep)
     rows = {name: row(sweep, sweep_dir, name, point, failures) for name, point in planned}
     todo = [(n, p, s) for n, p in planned if (s := status(sweep_dir / n, {})) != "finished"]
-    running = []
+    running, written = [], time.monotonic()
     try:
         while todo or running:
             while todo and len(running) < jobs:
@@ -371,7 +372,9 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
                 failures[name] = last_error(log)
             write_text(sweep_dir / FAILURES, json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
             rows[name] = row(sweep, sweep_dir, name, point, failures)
-            summaries.write(summaries.ordered(sweep, rows.values()), sweep_dir)
+            if time.monotonic() - written >= SUMMARY_EVERY:
+                summaries.write(summaries.ordered(sweep, rows.values()), sweep_dir)
+                written = time.monotonic()
             if on_done:
                 on_done(rows[name])
     finally:  # interrupted: stop the runs so they checkpoint; a re-run resumes them

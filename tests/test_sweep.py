@@ -405,3 +405,14 @@ def test_metrics_records_without_or_with_mistyped_numbers_are_named(tmp_path, re
         summary.row(sweep, run, {}, "finished")
     (run / METRICS).write_text(json.dumps(good) + "\n")
     assert summary.row(sweep, run, {}, "finished")["best_val_ppl"] == 3.0  # no tokens_per_s or elapsed_s: left out
+
+
+def test_summary_csv_is_written_at_most_every_few_seconds_and_at_the_end(tmp_path, monkeypatch):
+    from charlm import summary
+    path = sweep_file(tmp_path, {"parameters": {"model.hidden_size": {"values": ["a", "b", "c"]}}})
+    written, real = [], summary.write
+    monkeypatch.setattr(summary, "write", lambda rows, where: written.append(len(rows)) or real(rows, where))
+    monkeypatch.setattr(sweeps, "SUMMARY_EVERY", 1e9)
+    rows = sweeps.execute(sweeps.load(path), tmp_path / "runs" / "s")
+    assert written == [3] and [r["status"] for r in rows] == ["failed"] * 3
+    assert (tmp_path / "runs" / "s" / "summary.csv").read_text().count("\n") == 4
