@@ -138,6 +138,9 @@ def _need_optuna(what, path):
 def load(path):
     """Read and check a sweep file; its name is the file's stem."""
     path = Path(path)
+    if path.stem in ("", ".", "..") or CONTROL.search(path.stem):  # the stem names the sweep's directory
+        raise CharlmError(f"{path}: a sweep file's name (without .yaml) names its directory in the runs directory: "
+                          f"give it a plain name, not {path.stem!r}")
     doc, _ = configs.read_yaml(path, "sweep file ")
     if not isinstance(doc, dict):
         raise CharlmError(f"{path}: a sweep file is a mapping with base, method, metric and parameters")

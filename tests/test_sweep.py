@@ -416,3 +416,11 @@ def test_summary_csv_is_written_at_most_every_few_seconds_and_at_the_end(tmp_pat
     rows = sweeps.execute(sweeps.load(path), tmp_path / "runs" / "s")
     assert written == [3] and [r["status"] for r in rows] == ["failed"] * 3
     assert (tmp_path / "runs" / "s" / "summary.csv").read_text().count("\n") == 4
+
+
+@pytest.mark.parametrize("name", ["..yaml", "...yaml", "a\tb.yaml"])
+def test_a_sweep_file_whose_stem_is_no_directory_name_is_refused(tmp_path, name):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"parameters": ONE_PARAM}))
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"), "--dry-run"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "give it a plain name" in result.output
