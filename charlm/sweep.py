@@ -105,7 +105,7 @@ def _early_terminate(spec, path):
     if not isinstance(spec, dict) or spec.get("type") != "hyperband":
         got = spec.get("type") if isinstance(spec, dict) else spec
         raise CharlmError(f"{where}.type must be hyperband, got {got!r}")
-    keys = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
+    keys = {"type", "min_iter", "max_iter", "s", "eta"}  # W&B's strict has no counterpart here: refused
     if set(spec) - keys:
         raise CharlmError(f"{where}: unknown key {sorted(set(spec) - keys, key=str)[0]!r}; valid keys: "
                           f"{', '.join(sorted(keys))}")

@@ -182,6 +182,8 @@ def digest(folder):
     ({"early_terminate": {"type": "hyperband"}}, "early_terminate needs min_iter, or max_iter and s"),
     ({"early_terminate": {"type": "hyperband", "max_iter": 3, "s": 2, "eta": 3}}, "must be at least 1 epoch"),
     ({"run_cap": None}, "a bayes sweep needs run_cap"),
+    ({"early_terminate": {"type": "hyperband", "min_iter": 1, "strict": True}},
+     "early_terminate: unknown key 'strict'; valid keys: eta, max_iter, min_iter, s, type"),
 ])
 def test_bad_study_sweep_files_are_one_line_errors(tmp_path, change, message):
     path = bayes_file(tmp_path)
