@@ -127,6 +127,12 @@ def _state_with(key, value):
     return damage
 
 
+def _state_only(state):
+    def damage(run):
+        (run / "state.json").write_text(json.dumps(state))
+    return damage
+
+
 def _lock_linked_to(victim):
     def damage(run):
         (run / ".lock").symlink_to(victim)
@@ -454,6 +460,9 @@ CASES = [
     ("`state.json` without an epoch, on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("noepoch", _state_without_epoch)), "--epochs", "2"],
      "state.json has no epoch, but the run has"),
+    ("`state.json` that names no last checkpoint while one exists, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("nolast", _state_only({"epoch": 0}))), "--epochs", "2"],
+     "state.json names no last checkpoint, but the run has last-e1-s0"),
     ("`state.json` behind `metrics.jsonl`, on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("behind", _state_with("epoch", -1))), "--epochs", "2"],
      "has records of epoch 1, past the checkpoint"),
