@@ -233,7 +233,7 @@ class Run:
         """Finish or drop a best-parameter file a kill left pending: kept when state.json names it, else removed."""
         named = self.read_state().get("best_pending")
         for pending in self.path.glob(PENDING.format("*")):
-            if pending.name == PENDING.format(named) and not pending.is_symlink():
+            if pending.name == PENDING.format(named) and stat.S_ISREG(pending.lstat().st_mode):  # no link, no dir
                 try:
                     os.replace(pending, self.path / BEST)
                 except OSError as e:

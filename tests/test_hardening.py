@@ -231,3 +231,13 @@ def test_random_config_files_give_a_valid_config_or_one_line(tmp_path):
                 assert isinstance(read(), configs.Config)
             except CharlmError as e:
                 assert "\n" not in str(e), (example, str(e))
+
+
+def test_a_pending_best_that_is_a_directory_is_never_moved_onto_the_best(tmp_path):
+    from charlm.run import BEST, PENDING, STATE
+    run = Run(tmp_path)
+    (tmp_path / BEST).write_bytes(b"best")
+    (tmp_path / STATE).write_text(json.dumps({"epoch": 1, "best_pending": "e1-s0"}))
+    (tmp_path / PENDING.format("e1-s0")).mkdir()
+    run.settle_best()
+    assert (tmp_path / BEST).read_bytes() == b"best" and (tmp_path / PENDING.format("e1-s0")).is_dir()
