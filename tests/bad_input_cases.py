@@ -237,6 +237,22 @@ def _train(ws, *args):
     return ["train", "--data", str(ws.corpus), "--runs-dir", str(ws.tmp / "new-runs"), *TINY, *args]
 
 
+ONE_POINT = "parameters: {model.hidden_size: {values: [1]}}\n"
+LAUGHS = "parameters:\n  model.cell:\n    values:\n      - &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"      - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))  # 10**8 values once expanded
+
+
+def _sweep(ws, name, text, *args, received=None):
+    """A sweep of the file `name` holding text, into a runs directory of its own; received(sweep directory)
+    plants what a received sweep directory may hold."""
+    folder = ws.tmp / "sweeps" / name.replace(".", "_")
+    (folder / "runs" / Path(name).stem).mkdir(parents=True, exist_ok=True)
+    if received and not any((folder / "runs" / Path(name).stem).iterdir()):
+        received(folder / "runs" / Path(name).stem)
+    (folder / name).write_text(text)
+    return ["sweep", str(folder / name), "--runs-dir", str(folder / "runs"), *args]
+
+
 def _generate(ws, *args):
     return ["generate", "the", "--run", str(ws.run), *args]
 
@@ -493,6 +509,29 @@ CASES = [
     ("`export --force` onto a directory that is not an export",
      lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.tmp / "runs"), "--format", "mxnet", "--force"],
      "holds files but no charlm-export.json: --force replaces only an earlier export or an empty directory"),
+    ("a sweep value of YAML aliases nested in one another (\"billion laughs\")",
+     lambda ws: _sweep(ws, "laughs.yaml", LAUGHS, "--dry-run"),
+     "parameters.model.cell: a value is a scalar or a flat list or mapping of scalars, not nested deeper"),
+    ("a sweep file named `..yaml`", lambda ws: _sweep(ws, "..yaml", ONE_POINT, "--dry-run"),
+     "a sweep file's name (without .yaml) names its directory in the runs directory: give it a plain name, not '.'"),
+    ("`early_terminate.strict` in a sweep file",
+     lambda ws: _sweep(ws, "strict.yaml", "early_terminate: {type: hyperband, min_iter: 1, strict: true}\n"
+                       + ONE_POINT, "--dry-run"),
+     "early_terminate: unknown key 'strict'; valid keys: eta, max_iter, min_iter, s, type"),
+    ("a received sweep directory whose `logs` is a symbolic link",
+     lambda ws: _sweep(ws, "logs.yaml", ONE_POINT, received=lambda d: (d / "logs").symlink_to(ws.tmp)),
+     "logs is not a directory (a symbolic link?): charlm writes its logs only into a real directory"),
+    ("a received sweep directory whose `study.db` is a symbolic link",
+     lambda ws: _sweep(ws, "db.yaml", "early_terminate: {type: hyperband, min_iter: 1}\n" + ONE_POINT,
+                       received=lambda d: (d / "study.db").symlink_to(ws.corpus)),
+     "study.db is not a regular file (a symbolic link?): charlm opens only a real study.db in a sweep directory"),
+    ("`--storage` a server that refuses the connection",
+     lambda ws: _sweep(ws, "refused.yaml", ONE_POINT, "--dry-run", "--storage",
+                       "postgresql+psycopg2://charlm@127.0.0.1:1/none"),
+     "cannot open the study storage postgresql+psycopg2://charlm@127.0.0.1:1/none: connection to server at"),
+    ("`--storage` a file that is not a database",
+     lambda ws: _sweep(ws, "text.yaml", ONE_POINT, "--storage", f"sqlite:///{ws.corpus}"),
+     "corpus.txt: file is not a database"),
     ("`export --force` onto a file",
      lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.corpus), "--format", "mxnet", "--force"],
      "is not a directory: --force replaces only an earlier export or an empty directory"),
