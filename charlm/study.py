@@ -108,12 +108,13 @@ def _check_values(sweep):
                               f"booleans or null")
 
 
-def open_study(sweep, sweep_dir, url):
+def open_study(sweep, sweep_dir, url, store=None):
     """Create the sweep's study at url (its grid or random points, or the recipe's choice, enqueued first) or load
-    it; a study of another sweep file under the same name is an error that changes nothing."""
+    it, through store (storage(url) by default); a study of another sweep file under the same name is an error
+    that changes nothing."""
     optuna = optuna_module()
     _check_values(sweep)
-    store = storage(url)
+    store = store or storage(url)
     try:
         study = optuna.create_study(study_name=sweep.name, storage=store, direction=sweep.goal,
                                     pruner=pruner(sweep.early_terminate))
@@ -191,7 +192,12 @@ def bad_name(name):
     return None
 
 
-def ask(study, sweep):
+def id_of(store, study, number):
+    """The storage's id of the study's trial `number`: heartbeats and a trainer's reports go by it."""
+    return store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name), number)
+
+
+def ask(study, sweep, store):
     """The next trial for this worker as (trial, run name, point), or None: a waiting one first, then (bayes) a new
     draw while fewer than run_cap points exist. A draw another worker's raced past run_cap is marked surplus."""
     optuna = optuna_module()
@@ -207,16 +213,16 @@ def ask(study, sweep):
         if sweep.method != "bayes" or len(before) >= sweep.run_cap:
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return ask(study, sweep)
+            return ask(study, sweep, store)
         study.sampler = _sampler(sweep, trial.number)
     point = {key: _suggest(trial, key, spec) for key, spec in sweep.parameters.items()}
     name = attrs["run"] if "run" in attrs else sweeps.run_name(sweep, trial.number, point)
     if bad_name(name):  # the study may come from elsewhere: its names reach no path unchecked
         trial.set_user_attr("error", bad_name(name))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return ask(study, sweep)
+        return ask(study, sweep, store)
     trial.set_user_attr("run", name)
-    study._storage.record_heartbeat(trial._trial_id)  # from now a dead sweep's trial goes stale
+    store.record_heartbeat(id_of(store, study, trial.number))  # from now a dead sweep's trial goes stale
     return trial, name, point
 
 
@@ -233,19 +239,14 @@ def _retry_dead(study, frozen):
         retry(study, frozen, crashed=True)
 
 
-def tell(study, trial_id, **kwargs):
-    """Tell a trial's end; False when it already has one (another worker found it dead first)."""
+def tell(study, number, **kwargs):
+    """Tell the end of the trial `number`; False when it already has one (another worker found it dead first)."""
     optuna = optuna_module()
     try:
-        study.tell(trial_id_to_number(study, trial_id), **kwargs)
+        study.tell(number, **kwargs)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
         return False
     return True
-
-
-def trial_id_to_number(study, trial_id):
-    """A trial's number in its study."""
-    return study._storage.get_trial_number_from_id(trial_id)
 
 
 def best_value(sweep, run):
@@ -254,21 +255,21 @@ def best_value(sweep, run):
     return best[sweep.metric] if best else None
 
 
-def settle(study, sweep, sweep_dir, trial_id, log, stopped=False):
+def settle(study, store, sweep, sweep_dir, trial_id, log, stopped=False):
     """After a trainer exits: a trial it left running is complete (its run finished), or failed and retried."""
     optuna = optuna_module()
-    frozen = study._storage.get_trial(trial_id)
+    frozen = store.get_trial(trial_id)
     if frozen.state != optuna.trial.TrialState.RUNNING or bad_name(frozen.user_attrs.get("run")):
         return
     run_dir = Path(sweep_dir) / frozen.user_attrs["run"]
     value = best_value(sweep, Run(run_dir)) if sweeps.status(run_dir, {}) == "finished" else None
     if value is not None:
-        tell(study, trial_id, values=value)
+        tell(study, frozen.number, values=value)
         return
     error = "stopped with the sweep" if stopped else sweeps.last_error(log) if os.path.lexists(log) else "never started"
-    study._storage.set_trial_user_attr(trial_id, "error", error)
-    if tell(study, trial_id, state=optuna.trial.TrialState.FAIL):
-        retry(study, study._storage.get_trial(trial_id), crashed=not stopped)
+    store.set_trial_user_attr(trial_id, "error", error)
+    if tell(study, frozen.number, state=optuna.trial.TrialState.FAIL):
+        retry(study, store.get_trial(trial_id), crashed=not stopped)
 
 
 def _done(study, sweep):
@@ -287,37 +288,39 @@ def execute(sweep, sweep_dir, url=None, jobs=1, on_done=None):
     sweeps.check_jobs(jobs)
     sweeps.prepare(sweep_dir)
     url = url or default_storage(sweep_dir)
-    study = open_study(sweep, sweep_dir, url)
+    store = storage(url)
+    study = open_study(sweep, sweep_dir, url, store)
     running, beat = {}, 0.0  # trial id -> (process, log)
     try:
         while True:
             if time.monotonic() - beat > HEARTBEAT:
                 for trial_id in running:
-                    study._storage.record_heartbeat(trial_id)
+                    store.record_heartbeat(trial_id)
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trials: failed, their points retried
                 beat = time.monotonic()
-            while len(running) < jobs and (asked := ask(study, sweep)):
+            while len(running) < jobs and (asked := ask(study, sweep, store)):
                 trial, name, point = asked
-                running[trial._trial_id] = _start(study, sweep, sweep_dir, url, trial, name, point, jobs)
+                tid = id_of(store, study, trial.number)
+                running[tid] = _start(sweep, sweep_dir, url, tid, name, point, jobs)
             for trial_id, (proc, log) in list(running.items()):
                 if proc is None or proc.poll() is not None:
                     del running[trial_id]
-                    settle(study, sweep, sweep_dir, trial_id, log)
+                    settle(study, store, sweep, sweep_dir, trial_id, log)
                     if on_done:
-                        on_done(_row(study, sweep, sweep_dir, study._storage.get_trial(trial_id)))
+                        on_done(_row(sweep, sweep_dir, store.get_trial(trial_id)))
             if not running and _done(study, sweep):
                 break
             time.sleep(0.2 if running else 1.0)
     finally:  # interrupted: stop the trainers (each saves a checkpoint); their points wait for a re-run
         sweeps.stop([proc for proc, _ in running.values() if proc])
         for trial_id, (_, log) in running.items():
-            settle(study, sweep, sweep_dir, trial_id, log, stopped=True)
+            settle(study, store, sweep, sweep_dir, trial_id, log, stopped=True)
     rows = summary(sweep, sweep_dir, study)
     summaries.write(rows, sweep_dir)
     return rows
 
 
-def _start(study, sweep, sweep_dir, url, trial, name, point, jobs):
+def _start(sweep, sweep_dir, url, trial_id, name, point, jobs):
     """Start the trainer of a trial, or (None, log) when its run has already finished."""
     run_dir, log = Path(sweep_dir) / name, Path(sweep_dir) / "logs" / f"{name}.log"
     state = sweeps.status(run_dir, {})
@@ -326,13 +329,13 @@ def _start(study, sweep, sweep_dir, url, trial, name, point, jobs):
     if state == "new" and run_dir.is_dir():
         with contextlib.suppress(OSError):
             run_dir.rmdir()  # made by a trainer that died before it wrote anything
-    spec = {"storage": url, "study": sweep.name, "trial_id": trial._trial_id, "metric": sweep.metric,
+    spec = {"storage": url, "study": sweep.name, "trial_id": trial_id, "metric": sweep.metric,
             "early_terminate": sweep.early_terminate}
     cmd = sweeps.command(sweep, Path(sweep_dir), name, point, state)
     return sweeps.launch(cmd, log, jobs, {TRIAL_ENV: json.dumps(spec)}), log
 
 
-def _row(study, sweep, sweep_dir, frozen):
+def _row(sweep, sweep_dir, frozen):
     point = frozen.params or frozen.system_attrs.get("fixed_params", {})
     name, error = frozen.user_attrs["run"], frozen.user_attrs.get("error", "")
     state = STATES[frozen.state.name]
@@ -351,7 +354,7 @@ def summary(sweep, sweep_dir, study):
     for t in study.get_trials(deepcopy=False):
         if "run" in t.user_attrs and not t.user_attrs.get("surplus") and not bad_name(t.user_attrs["run"]):
             latest[t.user_attrs["run"]] = t  # in number order: a point's retry replaces its failed trial
-    return summaries.ordered(sweep, [_row(study, sweep, sweep_dir, t) for t in latest.values()])
+    return summaries.ordered(sweep, [_row(sweep, sweep_dir, t) for t in latest.values()])
 
 
 def load(name, url):

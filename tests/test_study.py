@@ -271,10 +271,11 @@ def test_a_study_db_that_is_a_link_is_refused_before_it_is_opened(tmp_path):
 def test_run_names_read_from_a_study_are_checked_before_they_reach_a_path(tmp_path, bad):
     path = bayes_file(tmp_path, method="grid", run_cap=None, parameters={"model.hidden_size": {"values": [2, 3]}})
     sweep = sweeps.load(path)
-    study = studies.open_study(sweep, tmp_path, studies.default_storage(tmp_path))
+    store = studies.storage(studies.default_storage(tmp_path))
+    study = studies.open_study(sweep, tmp_path, studies.default_storage(tmp_path), store)
     study.enqueue_trial({"model.hidden_size": 3}, user_attrs={"run": bad})
     asked = []
-    while (got := studies.ask(study, sweep)):
+    while (got := studies.ask(study, sweep, store)):
         asked.append(got[1])
         study.tell(got[0], state=optuna.trial.TrialState.FAIL)
     assert asked == [name for name, _ in sweeps.plan(sweep)]
@@ -312,8 +313,9 @@ def test_study_json_keeps_no_password(tmp_path):
 def test_a_row_of_a_run_trained_elsewhere_takes_the_studys_value(tmp_path):
     path = bayes_file(tmp_path, method="grid", run_cap=None, parameters={"model.hidden_size": {"values": [2, 3]}})
     sweep = sweeps.load(path)
-    study = studies.open_study(sweep, tmp_path, studies.default_storage(tmp_path))
-    trial, name, _ = studies.ask(study, sweep)
+    store = studies.storage(studies.default_storage(tmp_path))
+    study = studies.open_study(sweep, tmp_path, studies.default_storage(tmp_path), store)
+    trial, name, _ = studies.ask(study, sweep, store)
     for epoch, value in ((1, 9.0), (2, 7.5), (3, 8.0)):
         trial.report(value, epoch)
     study.tell(trial, 7.5)  # by a worker on another machine: no run directory here
