@@ -86,10 +86,10 @@ NUMBERS = ("train_loss", "train_ppl", "train_bpc", "val_loss", "val_ppl", "val_b
 
 
 def _is_record(record):
-    """Whether a parsed metrics line is an epoch's record: an integer epoch (and step), training's loss and
-    perplexity, and a number for every known key it has."""
+    """Whether a parsed metrics line is an epoch's record: an integer epoch (and step), training's loss (which
+    picks the best checkpoint without validation), and a number for every known key it has."""
     return (isinstance(record, dict) and all(type(record.get(k, 0)) is int for k in ("epoch", "step"))
-            and "epoch" in record and "train_loss" in record and "train_ppl" in record
+            and "epoch" in record and "train_loss" in record
             and all(type(record[k]) in (int, float) for k in NUMBERS if k in record))
 
 

@@ -41,7 +41,11 @@ def default_storage(sweep_dir):
         if not stat.S_ISREG(db.lstat().st_mode):
             raise CharlmError(f"{db} is not a regular file (a symbolic link?): charlm opens only a real study.db in "
                               f"a sweep directory (remove it, or give --storage)")
-    return f"sqlite:///{db.resolve()}"
+    return _db_url(sweep_dir)
+
+
+def _db_url(sweep_dir):
+    return f"sqlite:///{(Path(sweep_dir) / DB).resolve()}"
 
 
 def shown(url):
@@ -125,7 +129,7 @@ def open_study(sweep, sweep_dir, url, store=None):
         for name, point, attrs in _first_points(sweep):
             study.enqueue_trial(point, user_attrs={**attrs, **({"run": name} if name else {})})
         study.set_user_attr("sweep", signature(sweep))  # last: a second worker waits for it
-    stored = DB if url == default_storage(sweep_dir) else shown(url)  # relative: the directory may move; no password
+    stored = DB if url == _db_url(sweep_dir) else shown(url)  # relative: the directory may move; no password
     write_text(Path(sweep_dir) / POINTER, json.dumps({"storage": stored, "study": sweep.name}) + "\n")
     return study
 

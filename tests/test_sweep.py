@@ -391,20 +391,20 @@ def test_a_received_sweep_directory_cannot_aim_its_logs_elsewhere(tmp_path):
 
 @pytest.mark.parametrize("record", [{"epoch": 1, "val_ppl": 3.0}, {"epoch": 1, "train_loss": 1.0, "train_ppl": 2.7,
                                                                     "val_ppl": "3.0"},
-                                    {"epoch": 1, "train_loss": 1.0, "train_ppl": True}])
+                                    {"epoch": 1, "train_loss": 1.0, "train_ppl": True}, {"epoch": 1, "train_loss": None}])
 def test_metrics_records_without_or_with_mistyped_numbers_are_named(tmp_path, record):
     from charlm import summary
     from charlm.run import CONFIG, METRICS
     run = tmp_path / "000-x"
     run.mkdir()
     (run / CONFIG).write_text("{}\n")
-    good = {"epoch": 1, "train_loss": 1.0, "train_ppl": 2.7, "val_ppl": 3.0}
+    good = {"epoch": 1, "train_loss": 1.0, "val_ppl": 3.0}
     (run / METRICS).write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
     sweep = sweeps.load(sweep_file(tmp_path, {"parameters": ONE_PARAM}))
     with pytest.raises(CharlmError, match=r"metrics.jsonl is damaged \(line 2 is not an epoch's record\)"):
         summary.row(sweep, run, {}, "finished")
     (run / METRICS).write_text(json.dumps(good) + "\n")
-    assert summary.row(sweep, run, {}, "finished")["best_val_ppl"] == 3.0  # no tokens_per_s or elapsed_s: left out
+    assert summary.row(sweep, run, {}, "finished")["best_val_ppl"] == 3.0  # no train_ppl, tokens_per_s: left out
 
 
 def test_summary_csv_is_written_at_most_every_few_seconds_and_at_the_end(tmp_path, monkeypatch):
