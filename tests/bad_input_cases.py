@@ -111,6 +111,12 @@ def _metrics_line_not_json(run):
     metrics.write_text("not json\n" + metrics.read_text())
 
 
+def _metrics_value_a_string(run):
+    metrics = run / "metrics.jsonl"
+    record = json.loads(metrics.read_text().splitlines()[0])
+    metrics.write_text(json.dumps({**record, "val_ppl": str(record["val_ppl"])}) + "\n")
+
+
 def _no_state(run):
     (run / "state.json").unlink()
 
@@ -485,6 +491,9 @@ CASES = [
     ("a path as the last checkpoint's tag in `state.json`, on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("tagpath", _state_with("last", "a/../../x"))),
                  "--epochs", "2"], "state.json is damaged (last is 'a/../../x', not a checkpoint tag such as e3-s0)"),
+    ("a metrics record whose `val_ppl` is a string, on `plot`",
+     lambda ws: ["plot", str(ws.damaged_run("strppl", _metrics_value_a_string)), "-o", str(ws.tmp / "strppl.png")],
+     "metrics.jsonl is damaged (line 1 is not an epoch's record)"),
     ("a metrics line that is not JSON, before others, on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("notjson", _metrics_line_not_json)), "--epochs", "2"],
      "metrics.jsonl is damaged (line 1 is not an epoch's record)"),
