@@ -28,6 +28,7 @@ DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
 FAILURES = "failures.json"
 SUMMARY_EVERY = 10.0  # seconds between rewrites of summary.csv while a sweep runs: each is a whole file and an fsync
 MAX_RUNS = 10_000  # each run is a training process: a larger run_cap is a slip, and its plan would not fit in memory
+MAX_NODES = 100_000  # values in a sweep file with its aliases expanded: beyond, printing or walking it could hang
 MAX_BOUND = 2**53  # distribution bounds: beyond, floats skip integers and the draws overflow
 MAX_NAME = 255  # bytes in a file name on Linux and macOS file systems: a run's name is a directory
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a run's name, a terminal line or a --set argument
@@ -80,6 +81,18 @@ def _check_spec(key, spec, method, path):
     if dist == "log_uniform_values" and low <= 0:
         raise CharlmError(f"{where}: log_uniform_values needs min > 0")
     return {"distribution": dist, "min": low, "max": high}
+
+
+def expanded_size(node, sizes=None):
+    """How many values node holds with its YAML aliases expanded, counted once per shared node (linear time)."""
+    sizes = {} if sizes is None else sizes
+    if not isinstance(node, (list, dict)):
+        return 1
+    if id(node) not in sizes:
+        sizes[id(node)] = 0  # a node that holds itself (a recursive alias) counts once
+        items = list(node) + list(node.values()) if isinstance(node, dict) else node
+        sizes[id(node)] = 1 + sum(expanded_size(item, sizes) for item in items)
+    return sizes[id(node)]
 
 
 def _check_flat(value, where):
@@ -142,6 +155,13 @@ def load(path):
         raise CharlmError(f"{path}: a sweep file's name (without .yaml) names its directory in the runs directory: "
                           f"give it a plain name, not {path.stem!r}")
     doc, _ = configs.read_yaml(path, "sweep file ")
+    try:
+        size = expanded_size(doc)
+    except RecursionError:
+        size = math.inf
+    if size > MAX_NODES:
+        raise CharlmError(f"{path}: the sweep file expands to more than {MAX_NODES:,} values or nests too deep (YAML "
+                          f"aliases nested in one another?)")
     if not isinstance(doc, dict):
         raise CharlmError(f"{path}: a sweep file is a mapping with base, method, metric and parameters")
     known = {"base", "method", "metric", "run_cap", "seed", "parameters", "early_terminate"}

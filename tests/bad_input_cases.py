@@ -520,7 +520,7 @@ CASES = [
      "holds files but no charlm-export.json: --force replaces only an earlier export or an empty directory"),
     ("a sweep value of YAML aliases nested in one another (\"billion laughs\")",
      lambda ws: _sweep(ws, "laughs.yaml", LAUGHS, "--dry-run"),
-     "parameters.model.cell: a value is a scalar or a flat list or mapping of scalars, not nested deeper"),
+     "laughs.yaml: the sweep file expands to more than 100,000 values or nests too deep"),
     ("a sweep file named `..yaml`", lambda ws: _sweep(ws, "..yaml", ONE_POINT, "--dry-run"),
      "a sweep file's name (without .yaml) names its directory in the runs directory: give it a plain name, not '.'"),
     ("`early_terminate.strict` in a sweep file",

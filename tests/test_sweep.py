@@ -319,6 +319,12 @@ LAUGHS = "method: grid\nparameters:\n  model.cell:\n    values:\n      - &a0 [x,
     f"      - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
 
 
+def test_values_nested_deeper_than_one_level_are_refused(tmp_path):
+    path = sweep_file(tmp_path, {"parameters": {"model.cell": {"values": ["lstm", ["gru", ["rnn"]]]}}})
+    with pytest.raises(CharlmError, match="a value is a scalar or a flat list or mapping of scalars"):
+        sweeps.load(path)
+
+
 def test_sweep_file_fuzz_gives_a_plan_or_one_line(tmp_path):
     """Random YAML mutations of a valid sweep file (and YAML aliases) never raise past the one-line error."""
     import random
@@ -344,7 +350,8 @@ def test_sweep_file_fuzz_gives_a_plan_or_one_line(tmp_path):
             if isinstance(node, dict):
                 node[last.replace(":", ".")] = rng.choice(values)
         aliased = "a: &x [1, 2]\nparameters: {model.hidden_size: {values: *x}}\n"  # YAML anchors and aliases
-        text = yaml.safe_dump(doc, allow_unicode=True) if case % 10 else aliased if case % 20 else LAUGHS
+        laughs = LAUGHS if case % 20 else LAUGHS.replace("parameters:\n  model.cell:\n    values:", "base:")
+        text = yaml.safe_dump(doc, allow_unicode=True) if case % 10 else aliased if case % 30 else laughs
         path = tmp_path / f"f{case}.yaml"
         path.write_text(text, encoding="utf-8")
         result = CliRunner().invoke(main, ["sweep", str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
