@@ -279,9 +279,10 @@ class Run:
                                   f"{', '.join(kept)}: it cannot resume without knowing where it stands (nothing "
                                   f"was changed; put back its state.json, or go on with --init-from {self.path})")
         unnamed = sorted(p.name for p in self.path.glob("last-*") if p.is_file()) if "last" not in state else []
-        if unnamed:  # the checkpoint state.json forgot: resuming from scratch would train over it
-            raise CharlmError(f"{path} names no last checkpoint, but the run has {unnamed[0]}: state.json is damaged "
-                              f"(nothing was changed; put back its state.json, or go on with --init-from {self.path})")
+        if unnamed and (self.path / BEST).exists():  # a best exists only once state.json named a checkpoint: lost
+            raise CharlmError(f"{path} names no last checkpoint, but the run has {unnamed[0]} and {BEST}: state.json "
+                              f"is damaged (nothing was changed; put back its state.json, or go on with --init-from "
+                              f"{self.path})")
         ahead = [r["epoch"] for r in records if r["epoch"] > state.get("epoch", 0) + 1]
         if ahead:
             raise CharlmError(f"{self.path / METRICS} has records of epoch {ahead[0]}, past the checkpoint {path} "

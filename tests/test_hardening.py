@@ -241,3 +241,15 @@ def test_a_pending_best_that_is_a_directory_is_never_moved_onto_the_best(tmp_pat
     (tmp_path / PENDING.format("e1-s0")).mkdir()
     run.settle_best()
     assert (tmp_path / BEST).read_bytes() == b"best" and (tmp_path / PENDING.format("e1-s0")).is_dir()
+
+
+def test_a_checkpoint_state_json_does_not_name_is_refused_unless_a_kill_left_it_half_written(tmp_path):
+    from charlm.run import BEST, STATE
+    run = Run(tmp_path)
+    (tmp_path / METRICS).write_text(json.dumps({"epoch": 1, "train_loss": 1.0}) + "\n")
+    (tmp_path / STATE).write_text(json.dumps({"epoch": 0, "status": "running"}))
+    (tmp_path / "last-e1-s0.params").write_bytes(b"p")
+    assert run.resume_state()["epoch"] == 0  # killed while writing the first checkpoint: it starts over
+    (tmp_path / BEST).write_bytes(b"b")
+    with pytest.raises(CharlmError, match="names no last checkpoint, but the run has last-e1-s0.params and"):
+        run.resume_state()
