@@ -201,8 +201,10 @@ def sweep(sweep_file, dry_run, jobs, storage, runs_dir):
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="PNG to write  [default: ppl.png in the one directory given, else in the current directory]")
+@click.option("--storage", default=None, metavar="URL",
+              help="a sweep's study database when it is not the sweep directory's study.db (the sweep's --storage)")
 @user_errors
-def plot(paths, output):
+def plot(paths, output, storage):
     """Plot train/validation perplexity per epoch of runs (RUN_DIR... or a sweep directory)."""
     from .plot import plot as draw
 
@@ -211,7 +213,7 @@ def plot(paths, output):
     if len(paths) == 1:  # a sweep on a study: its search too
         from .study import plot as draw_study
 
-        for path in draw_study(paths[0], Path(output).parent) or []:
+        for path in draw_study(paths[0], Path(output).parent, storage) or []:
             click.echo(path)
 
 

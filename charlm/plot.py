@@ -44,12 +44,12 @@ def plot(paths, output):
         raise CharlmError(f"no epoch has finished in {', '.join(map(str, paths))} yet: nothing to plot")
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, (records, label) in enumerate(zip(metrics, labels(runs))):
-        color, epochs = f"C{i % 10}", [r["epoch"] for r in records]
-        dots = {"marker": "o", "markersize": 3}  # a run of one epoch is one point: a line alone draws nothing
-        if records and "val_ppl" in records[0]:
-            ax.plot(epochs, [r["val_ppl"] for r in records], color=color, label=f"{label} (val)", **dots)
-        ax.plot(epochs, [r["train_ppl"] for r in records], color=color, linestyle="--", alpha=0.6,
-                label=f"{label} (train)", **dots)
+        color, dots = f"C{i % 10}", {"marker": "o", "markersize": 3}  # one epoch is one point: a line draws nothing
+        for key, part, style in (("val_ppl", "val", {}), ("train_ppl", "train", {"linestyle": "--", "alpha": 0.6})):
+            scored = [r for r in records if key in r]  # a record may lack either (no validation, a hand-made line)
+            if scored:
+                ax.plot([r["epoch"] for r in scored], [r[key] for r in scored], color=color,
+                        label=f"{label} ({part})", **style, **dots)
     ax.set_yscale("log")
     for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
         axis(ScalarFormatter())  # 4, 5, 6 rather than 4x10^0

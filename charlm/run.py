@@ -81,6 +81,18 @@ def checkpoint_metric(record):
     return record.get("val_loss", record["train_loss"])
 
 
+NUMBERS = ("train_loss", "train_ppl", "train_bpc", "val_loss", "val_ppl", "val_bpc", "val_loss_raw", "val_loss_ema",
+           "lr", "grad_norm", "tokens_per_s", "elapsed_s")  # a metrics record's numbers, that readers compute with
+
+
+def _is_record(record):
+    """Whether a parsed metrics line is an epoch's record: an integer epoch (and step), training's loss (which
+    picks the best checkpoint without validation), and a number for every known key it has."""
+    return (isinstance(record, dict) and all(type(record.get(k, 0)) is int for k in ("epoch", "step"))
+            and "epoch" in record and "train_loss" in record
+            and all(type(record[k]) in (int, float) for k in NUMBERS if k in record))
+
+
 def open_regular(path, flags):
     """os.open of a regular file, never through a symbolic link (a received run may hold one) nor a device or FIFO."""
     try:
@@ -221,7 +233,7 @@ class Run:
         """Finish or drop a best-parameter file a kill left pending: kept when state.json names it, else removed."""
         named = self.read_state().get("best_pending")
         for pending in self.path.glob(PENDING.format("*")):
-            if pending.name == PENDING.format(named) and not pending.is_symlink():
+            if pending.name == PENDING.format(named) and stat.S_ISREG(pending.lstat().st_mode):  # no link, no dir
                 try:
                     os.replace(pending, self.path / BEST)
                 except OSError as e:
@@ -266,6 +278,11 @@ class Run:
                 raise CharlmError(f"{path} {'has no epoch' if path.exists() else 'is missing'}, but the run has "
                                   f"{', '.join(kept)}: it cannot resume without knowing where it stands (nothing "
                                   f"was changed; put back its state.json, or go on with --init-from {self.path})")
+        unnamed = sorted(p.name for p in self.path.glob("last-*") if p.is_file()) if "last" not in state else []
+        if unnamed and (self.path / BEST).exists():  # a best exists only once state.json named a checkpoint: lost
+            raise CharlmError(f"{path} names no last checkpoint, but the run has {unnamed[0]} and {BEST}: state.json "
+                              f"is damaged (nothing was changed; put back its state.json, or go on with --init-from "
+                              f"{self.path})")
         ahead = [r["epoch"] for r in records if r["epoch"] > state.get("epoch", 0) + 1]
         if ahead:
             raise CharlmError(f"{self.path / METRICS} has records of epoch {ahead[0]}, past the checkpoint {path} "
@@ -286,7 +303,7 @@ class Run:
                 if n < len(lines):
                     bad.append(n)
                 continue
-            if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
+            if not _is_record(record):
                 bad.append(n)
                 continue
             records.append(record)

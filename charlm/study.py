@@ -2,6 +2,8 @@
 database that several sweep processes share, each running trials as `charlm train` processes (trial.py)."""
 import contextlib
 import json
+import os
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -11,7 +13,7 @@ from .errors import CharlmError
 from .run import Run, read_json, write_text
 
 DB = "study.db"  # the default storage, in the sweep directory
-POINTER = "study.json"  # which storage and study a sweep directory's trials live in, for `charlm plot`
+POINTER = "study.json"  # which study a sweep directory's trials live in, and whether in its study.db, for `charlm plot`
 TRIAL_ENV = "CHARLM_TRIAL"  # how a sweep tells its trainer which trial it is (trial.py)
 HEARTBEAT, GRACE = 5, 60  # seconds: a running trial whose sweep has written nothing for GRACE s is taken as dead
 RETRIES = 1  # a point whose trainer died is run again this many times (resumed from its checkpoint)
@@ -32,7 +34,17 @@ def optuna_module():
 
 
 def default_storage(sweep_dir):
-    """The SQLite file in the sweep directory, as a URL."""
+    """The SQLite file in the sweep directory, as a URL; one that is a link, a FIFO or a device is refused before
+    SQLite opens it (a received sweep directory's study.db could link to any file of the user's)."""
+    db = Path(sweep_dir) / DB
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(db.lstat().st_mode):
+            raise CharlmError(f"{db} is not a regular file (a symbolic link?): charlm opens only a real study.db in "
+                              f"a sweep directory (remove it, or give --storage)")
+    return _db_url(sweep_dir)
+
+
+def _db_url(sweep_dir):
     return f"sqlite:///{(Path(sweep_dir) / DB).resolve()}"
 
 
@@ -45,6 +57,14 @@ def shown(url):
     return url
 
 
+def reason(error):
+    """The first line of the innermost cause of an error: the driver's own words (a missing module, a refused
+    connection, a file that is no database), not Optuna's or SQLAlchemy's wrapping of them."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def storage(url, create=True):
     """The database at url (any SQLAlchemy URL), with heartbeats; an unreachable or non-database one is one line."""
     optuna = optuna_module()
@@ -54,11 +74,9 @@ def storage(url, create=True):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT,
                                               grace_period=GRACE, heartbeat_stale_trial_callback=_retry_dead,
                                               skip_table_creation=not create)
-        except Exception as e:  # SQLAlchemy's errors, a missing driver, a file that is no database: the first line
-            cause = (str(e.__cause__ if isinstance(e, ImportError) and e.__cause__ else e).strip().splitlines()
-                     or [type(e).__name__])[0]  # a missing driver: which module, not Optuna's "install one"
+        except Exception as e:  # SQLAlchemy's errors, a missing driver, a file that is no database
             if isinstance(e, ImportError) or attempt == 2:
-                raise CharlmError(f"cannot open the study storage {shown(url)}: {cause}") from None
+                raise CharlmError(f"cannot open the study storage {shown(url)}: {reason(e)}") from None
             time.sleep(0.5)
 
 
@@ -94,12 +112,13 @@ def _check_values(sweep):
                               f"booleans or null")
 
 
-def open_study(sweep, sweep_dir, url):
+def open_study(sweep, sweep_dir, url, store=None):
     """Create the sweep's study at url (its grid or random points, or the recipe's choice, enqueued first) or load
-    it; a study of another sweep file under the same name is an error that changes nothing."""
+    it, through store (storage(url) by default); a study of another sweep file under the same name is an error
+    that changes nothing."""
     optuna = optuna_module()
     _check_values(sweep)
-    store = storage(url)
+    store = store or storage(url)
     try:
         study = optuna.create_study(study_name=sweep.name, storage=store, direction=sweep.goal,
                                     pruner=pruner(sweep.early_terminate))
@@ -110,7 +129,8 @@ def open_study(sweep, sweep_dir, url):
         for name, point, attrs in _first_points(sweep):
             study.enqueue_trial(point, user_attrs={**attrs, **({"run": name} if name else {})})
         study.set_user_attr("sweep", signature(sweep))  # last: a second worker waits for it
-    write_text(Path(sweep_dir) / POINTER, json.dumps({"storage": url, "study": sweep.name}) + "\n")
+    stored = DB if url == _db_url(sweep_dir) else shown(url)  # relative: the directory may move; no password
+    write_text(Path(sweep_dir) / POINTER, json.dumps({"storage": stored, "study": sweep.name}) + "\n")
     return study
 
 
@@ -167,7 +187,21 @@ def _originals(trials):
     return [t for t in trials if "continues" not in t.user_attrs]
 
 
-def ask(study, sweep):
+def bad_name(name):
+    """Why a run name read from the study may not be joined into a path, or None: it must be one plain file name."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        return f"run name {name!r} is not a plain directory name"
+    if sweeps.CONTROL.search(name) or len(name.encode()) > sweeps.MAX_NAME:
+        return f"run name {name!r} holds a control character or is over {sweeps.MAX_NAME} bytes"
+    return None
+
+
+def id_of(store, study, number):
+    """The storage's id of the study's trial `number`: heartbeats and a trainer's reports go by it."""
+    return store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name), number)
+
+
+def ask(study, sweep, store):
     """The next trial for this worker as (trial, run name, point), or None: a waiting one first, then (bayes) a new
     draw while fewer than run_cap points exist. A draw another worker's raced past run_cap is marked surplus."""
     optuna = optuna_module()
@@ -183,12 +217,16 @@ def ask(study, sweep):
         if sweep.method != "bayes" or len(before) >= sweep.run_cap:
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return ask(study, sweep)
+            return ask(study, sweep, store)
         study.sampler = _sampler(sweep, trial.number)
     point = {key: _suggest(trial, key, spec) for key, spec in sweep.parameters.items()}
-    name = attrs.get("run") or sweeps.run_name(sweep, trial.number, point)
+    name = attrs["run"] if "run" in attrs else sweeps.run_name(sweep, trial.number, point)
+    if bad_name(name):  # the study may come from elsewhere: its names reach no path unchecked
+        trial.set_user_attr("error", bad_name(name))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return ask(study, sweep, store)
     trial.set_user_attr("run", name)
-    study._storage.record_heartbeat(trial._trial_id)  # from now a dead sweep's trial goes stale
+    store.record_heartbeat(id_of(store, study, trial.number))  # from now a dead sweep's trial goes stale
     return trial, name, point
 
 
@@ -201,23 +239,18 @@ def retry(study, frozen, crashed):
 
 
 def _retry_dead(study, frozen):
-    if "run" in frozen.user_attrs:
+    if "run" in frozen.user_attrs and not bad_name(frozen.user_attrs["run"]):
         retry(study, frozen, crashed=True)
 
 
-def tell(study, trial_id, **kwargs):
-    """Tell a trial's end; False when it already has one (another worker found it dead first)."""
+def tell(study, number, **kwargs):
+    """Tell the end of the trial `number`; False when it already has one (another worker found it dead first)."""
     optuna = optuna_module()
     try:
-        study.tell(trial_id_to_number(study, trial_id), **kwargs)
+        study.tell(number, **kwargs)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
         return False
     return True
-
-
-def trial_id_to_number(study, trial_id):
-    """A trial's number in its study."""
-    return study._storage.get_trial_number_from_id(trial_id)
 
 
 def best_value(sweep, run):
@@ -226,21 +259,21 @@ def best_value(sweep, run):
     return best[sweep.metric] if best else None
 
 
-def settle(study, sweep, sweep_dir, trial_id, log, stopped=False):
+def settle(study, store, sweep, sweep_dir, trial_id, log, stopped=False):
     """After a trainer exits: a trial it left running is complete (its run finished), or failed and retried."""
     optuna = optuna_module()
-    frozen = study._storage.get_trial(trial_id)
-    if frozen.state != optuna.trial.TrialState.RUNNING:
+    frozen = store.get_trial(trial_id)
+    if frozen.state != optuna.trial.TrialState.RUNNING or bad_name(frozen.user_attrs.get("run")):
         return
     run_dir = Path(sweep_dir) / frozen.user_attrs["run"]
     value = best_value(sweep, Run(run_dir)) if sweeps.status(run_dir, {}) == "finished" else None
     if value is not None:
-        tell(study, trial_id, values=value)
+        tell(study, frozen.number, values=value)
         return
-    error = "stopped with the sweep" if stopped else sweeps.last_error(log) if log.exists() else "never started"
-    study._storage.set_trial_user_attr(trial_id, "error", error)
-    if tell(study, trial_id, state=optuna.trial.TrialState.FAIL):
-        retry(study, study._storage.get_trial(trial_id), crashed=not stopped)
+    error = "stopped with the sweep" if stopped else sweeps.last_error(log) if os.path.lexists(log) else "never started"
+    store.set_trial_user_attr(trial_id, "error", error)
+    if tell(study, frozen.number, state=optuna.trial.TrialState.FAIL):
+        retry(study, store.get_trial(trial_id), crashed=not stopped)
 
 
 def _done(study, sweep):
@@ -259,37 +292,39 @@ def execute(sweep, sweep_dir, url=None, jobs=1, on_done=None):
     sweeps.check_jobs(jobs)
     sweeps.prepare(sweep_dir)
     url = url or default_storage(sweep_dir)
-    study = open_study(sweep, sweep_dir, url)
+    store = storage(url)
+    study = open_study(sweep, sweep_dir, url, store)
     running, beat = {}, 0.0  # trial id -> (process, log)
     try:
         while True:
             if time.monotonic() - beat > HEARTBEAT:
                 for trial_id in running:
-                    study._storage.record_heartbeat(trial_id)
+                    store.record_heartbeat(trial_id)
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trials: failed, their points retried
                 beat = time.monotonic()
-            while len(running) < jobs and (asked := ask(study, sweep)):
+            while len(running) < jobs and (asked := ask(study, sweep, store)):
                 trial, name, point = asked
-                running[trial._trial_id] = _start(study, sweep, sweep_dir, url, trial, name, point, jobs)
+                tid = id_of(store, study, trial.number)
+                running[tid] = _start(sweep, sweep_dir, url, tid, name, point, jobs)
             for trial_id, (proc, log) in list(running.items()):
                 if proc is None or proc.poll() is not None:
                     del running[trial_id]
-                    settle(study, sweep, sweep_dir, trial_id, log)
+                    settle(study, store, sweep, sweep_dir, trial_id, log)
                     if on_done:
-                        on_done(_row(study, sweep, sweep_dir, study._storage.get_trial(trial_id)))
+                        on_done(_row(sweep, sweep_dir, store.get_trial(trial_id)))
             if not running and _done(study, sweep):
                 break
             time.sleep(0.2 if running else 1.0)
     finally:  # interrupted: stop the trainers (each saves a checkpoint); their points wait for a re-run
         sweeps.stop([proc for proc, _ in running.values() if proc])
         for trial_id, (_, log) in running.items():
-            settle(study, sweep, sweep_dir, trial_id, log, stopped=True)
+            settle(study, store, sweep, sweep_dir, trial_id, log, stopped=True)
     rows = summary(sweep, sweep_dir, study)
     summaries.write(rows, sweep_dir)
     return rows
 
 
-def _start(study, sweep, sweep_dir, url, trial, name, point, jobs):
+def _start(sweep, sweep_dir, url, trial_id, name, point, jobs):
     """Start the trainer of a trial, or (None, log) when its run has already finished."""
     run_dir, log = Path(sweep_dir) / name, Path(sweep_dir) / "logs" / f"{name}.log"
     state = sweeps.status(run_dir, {})
@@ -298,27 +333,32 @@ def _start(study, sweep, sweep_dir, url, trial, name, point, jobs):
     if state == "new" and run_dir.is_dir():
         with contextlib.suppress(OSError):
             run_dir.rmdir()  # made by a trainer that died before it wrote anything
-    spec = {"storage": url, "study": sweep.name, "trial_id": trial._trial_id, "metric": sweep.metric,
+    spec = {"storage": url, "study": sweep.name, "trial_id": trial_id, "metric": sweep.metric,
             "early_terminate": sweep.early_terminate}
     cmd = sweeps.command(sweep, Path(sweep_dir), name, point, state)
     return sweeps.launch(cmd, log, jobs, {TRIAL_ENV: json.dumps(spec)}), log
 
 
-def _row(study, sweep, sweep_dir, frozen):
+def _row(sweep, sweep_dir, frozen):
     point = frozen.params or frozen.system_attrs.get("fixed_params", {})
     name, error = frozen.user_attrs["run"], frozen.user_attrs.get("error", "")
     state = STATES[frozen.state.name]
-    return sweeps.row(sweep, Path(sweep_dir), name, {k: point.get(k) for k in sweep.parameters},
-                      {name: error} if state == "failed" else {}, state)
+    row = sweeps.row(sweep, Path(sweep_dir), name, {k: point.get(k) for k in sweep.parameters},
+                     {name: error} if state == "failed" else {}, state)
+    reported = frozen.intermediate_values  # {epoch: metric}, as the trainer reported them
+    if not (Path(sweep_dir) / name).exists() and reported:  # trained by a worker elsewhere: the study's word
+        epoch = (min if sweep.goal == "minimize" else max)(reported, key=reported.get)
+        row.update({f"best_{sweep.metric}": reported[epoch], "best_epoch": epoch})
+    return row
 
 
 def summary(sweep, sweep_dir, study):
     """One row per point of the study (its latest trial), best first."""
     latest = {}
     for t in study.get_trials(deepcopy=False):
-        if "run" in t.user_attrs and not t.user_attrs.get("surplus"):
+        if "run" in t.user_attrs and not t.user_attrs.get("surplus") and not bad_name(t.user_attrs["run"]):
             latest[t.user_attrs["run"]] = t  # in number order: a point's retry replaces its failed trial
-    return summaries.ordered(sweep, [_row(study, sweep, sweep_dir, t) for t in latest.values()])
+    return summaries.ordered(sweep, [_row(sweep, sweep_dir, t) for t in latest.values()])
 
 
 def load(name, url):
@@ -329,16 +369,15 @@ def load(name, url):
         return optuna.load_study(study_name=name, storage=store)
     except KeyError:
         return None
-    except Exception as e:  # a database without Optuna's tables
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CharlmError(f"cannot read the study {name} in {shown(url)}: {cause}") from None
+    except Exception as e:  # a database without Optuna's tables, a server gone
+        raise CharlmError(f"cannot read the study {name} in {shown(url)}: {reason(e)}") from None
 
 
 def dry_run(sweep, sweep_dir, url=None):
     """[(state, run directory or what is left to draw)] of the sweep's study as it stands; nothing is written."""
     sweeps.check_writable(sweep_dir)
     _check_values(sweep)
-    exists = url is not None or (Path(sweep_dir) / DB).exists()
+    exists = url is not None or os.path.lexists(Path(sweep_dir) / DB)
     study = load(sweep.name, url or default_storage(sweep_dir)) if exists else None
     if study is not None:
         _check_same(study, sweep, url or default_storage(sweep_dir))
@@ -352,9 +391,10 @@ def dry_run(sweep, sweep_dir, url=None):
     return listed
 
 
-def plot(sweep_dir, output_dir):
+def plot(sweep_dir, output_dir, url=None):
     """Draw the study's optimisation history and (with two complete trials) parameter importances as PNGs in
-    output_dir; return their paths. None when the sweep directory has no study."""
+    output_dir; return their paths. None when the sweep directory has no study. The study is in the directory's
+    study.db, or at url (the user's --storage): a URL read from study.json is never connected to."""
     from .run import atomic_write
 
     pointer = Path(sweep_dir) / POINTER
@@ -362,10 +402,14 @@ def plot(sweep_dir, output_dir):
         return None
     optuna, where = optuna_module(), read_json(pointer)
     if not isinstance(where, dict) or not isinstance(where.get("storage"), str):
-        raise CharlmError(f"{pointer} is damaged (no storage URL)")
-    study = load(str(where.get("study")), where["storage"])
+        raise CharlmError(f"{pointer} is damaged (no storage)")
+    if url is None and where["storage"] != DB:
+        raise CharlmError(f"{pointer} says the study is in {shown(where['storage'])}: give that database with "
+                          f"--storage URL (charlm connects to no URL read from a file)")
+    url = url or default_storage(sweep_dir)
+    study = load(str(where.get("study")), url)
     if study is None:
-        raise CharlmError(f"{pointer} names the study {where.get('study')!r}, which {shown(where['storage'])} lacks")
+        raise CharlmError(f"{pointer} names the study {where.get('study')!r}, which {shown(url)} lacks")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as views
 

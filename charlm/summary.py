@@ -18,9 +18,11 @@ def row(sweep, run_dir, point, status, error="", state=None):
     records = [r for r in Run(run_dir).metrics() if sweep.metric in r] if (run_dir / CONFIG).exists() else []
     if records:
         best, ends = Run(run_dir).best(records, sweep.metric, sweep.goal), epoch_records(records)
-        out.update({f"best_{sweep.metric}": best[sweep.metric], "best_epoch": best["epoch"],
-                    "train_ppl": best["train_ppl"], "tokens_per_s": sum(r["tokens_per_s"] for r in ends) / len(ends),
-                    "wall_s": records[-1]["elapsed_s"]})
+        out.update({f"best_{sweep.metric}": best[sweep.metric], "best_epoch": best["epoch"]})
+        out.update({"train_ppl": best["train_ppl"]} if "train_ppl" in best else {})
+        speeds = [r["tokens_per_s"] for r in ends if "tokens_per_s" in r]
+        out.update({"tokens_per_s": sum(speeds) / len(speeds)} if speeds else {})
+        out.update({"wall_s": records[-1]["elapsed_s"]} if "elapsed_s" in records[-1] else {})
     return out
 
 

@@ -1,5 +1,6 @@
 """Config sweeps: a W&B-style sweep file expanded into runs (grid or random), run as `charlm train`
 processes, resumed when re-run, and summarised by the chosen metric; bayes and early_terminate live in study.py."""
+import contextlib
 import ctypes
 import itertools
 import json
@@ -7,6 +8,7 @@ import math
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,13 +20,15 @@ import numpy as np
 from . import configs, summary as summaries
 from .errors import CharlmError
 from .launch import CPUS, MAX_PROCESSES
-from .run import CONFIG, Run, read_json, write_text
+from .run import CONFIG, Run, open_regular, read_json, write_text
 
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
 METHODS = ("grid", "random", "bayes")
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
 FAILURES = "failures.json"
+SUMMARY_EVERY = 10.0  # seconds between rewrites of summary.csv while a sweep runs: each is a whole file and an fsync
 MAX_RUNS = 10_000  # each run is a training process: a larger run_cap is a slip, and its plan would not fit in memory
+MAX_NODES = 100_000  # values in a sweep file with its aliases expanded: beyond, printing or walking it could hang
 MAX_BOUND = 2**53  # distribution bounds: beyond, floats skip integers and the draws overflow
 MAX_NAME = 255  # bytes in a file name on Linux and macOS file systems: a run's name is a directory
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a run's name, a terminal line or a --set argument
@@ -60,6 +64,7 @@ def _check_spec(key, spec, method, path):
         if not isinstance(spec["values"], list) or not spec["values"]:
             raise CharlmError(f"{where}.values must be a non-empty list")
         for value in spec["values"]:
+            _check_flat(value, where)
             _check_text(value, where)
         return {"values": spec["values"]}
     if method == "grid":
@@ -78,6 +83,26 @@ def _check_spec(key, spec, method, path):
     return {"distribution": dist, "min": low, "max": high}
 
 
+def expanded_size(node, sizes=None):
+    """How many values node holds with its YAML aliases expanded, counted once per shared node (linear time)."""
+    sizes = {} if sizes is None else sizes
+    if not isinstance(node, (list, dict)):
+        return 1
+    if id(node) not in sizes:
+        sizes[id(node)] = 0  # a node that holds itself (a recursive alias) counts once
+        items = list(node) + list(node.values()) if isinstance(node, dict) else node
+        sizes[id(node)] = 1 + sum(expanded_size(item, sizes) for item in items)
+    return sizes[id(node)]
+
+
+def _check_flat(value, where):
+    """Refuse a value nested deeper than a flat list or mapping of scalars: YAML aliases nested in one another
+    would expand exponentially in every later walk over it (names, signatures, command lines)."""
+    items = list(value) + list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else ()
+    if any(isinstance(item, (list, dict)) for item in items):
+        raise CharlmError(f"{where}: a value is a scalar or a flat list or mapping of scalars, not nested deeper")
+
+
 def _check_text(value, where):
     """Refuse NUL and control characters in a value: they would go into a directory name and a command line."""
     if isinstance(value, str) and CONTROL.search(value):
@@ -93,7 +118,7 @@ def _early_terminate(spec, path):
     if not isinstance(spec, dict) or spec.get("type") != "hyperband":
         got = spec.get("type") if isinstance(spec, dict) else spec
         raise CharlmError(f"{where}.type must be hyperband, got {got!r}")
-    keys = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
+    keys = {"type", "min_iter", "max_iter", "s", "eta"}  # W&B's strict has no counterpart here: refused
     if set(spec) - keys:
         raise CharlmError(f"{where}: unknown key {sorted(set(spec) - keys, key=str)[0]!r}; valid keys: "
                           f"{', '.join(sorted(keys))}")
@@ -126,7 +151,17 @@ def _need_optuna(what, path):
 def load(path):
     """Read and check a sweep file; its name is the file's stem."""
     path = Path(path)
+    if path.stem in ("", ".", "..") or CONTROL.search(path.stem):  # the stem names the sweep's directory
+        raise CharlmError(f"{path}: a sweep file's name (without .yaml) names its directory in the runs directory: "
+                          f"give it a plain name, not {path.stem!r}")
     doc, _ = configs.read_yaml(path, "sweep file ")
+    try:
+        size = expanded_size(doc)
+    except RecursionError:
+        size = math.inf
+    if size > MAX_NODES:
+        raise CharlmError(f"{path}: the sweep file expands to more than {MAX_NODES:,} values or nests too deep (YAML "
+                          f"aliases nested in one another?)")
     if not isinstance(doc, dict):
         raise CharlmError(f"{path}: a sweep file is a mapping with base, method, metric and parameters")
     known = {"base", "method", "metric", "run_cap", "seed", "parameters", "early_terminate"}
@@ -257,8 +292,14 @@ def command(sweep, sweep_dir, name, point, state):
 
 
 def last_error(log):
-    """The error a trainer's log ends with: its last `Error:` line, else its last line."""
-    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    """The error a trainer's log ends with: its last `Error:` line, else its last line (a log that is no regular
+    file, a FIFO say, is not read: it could block)."""
+    try:
+        fd = open_regular(log, os.O_RDONLY)
+    except CharlmError as e:
+        return str(e)
+    with open(fd, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     return (errors or lines or ["exited without output"])[-1].removeprefix("Error: ")
 
@@ -290,18 +331,28 @@ def dry_run(sweep, sweep_dir):
 def prepare(sweep_dir):
     """Make the sweep directory and its logs directory; a runs directory that cannot be written is one line."""
     check_writable(sweep_dir)
+    logs = sweep_dir / "logs"
     try:
-        (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            logs.mkdir()
+        kind = logs.lstat().st_mode
     except OSError as e:
         raise CharlmError(f"cannot write the sweep directory {sweep_dir}: {e.strerror}") from None
+    if not stat.S_ISDIR(kind):  # a received sweep directory's logs may link anywhere: charlm writes through no link
+        raise CharlmError(f"{logs} is not a directory (a symbolic link?): charlm writes its logs only into a real "
+                          f"directory (remove it)")
 
 
 def launch(cmd, log, jobs, env=None):
     """Start one trainer with its output in log, in a session of its own: the sweep alone decides when it stops."""
     env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(max(1, CPUS // jobs))}
-    with open(log, "a", encoding="utf-8") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    fd = open_regular(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never through a link, nor a FIFO or device
+    try:
+        return subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 preexec_fn=_stop_with_parent)
+    finally:
+        os.close(fd)
 
 
 def stop(procs):
@@ -326,7 +377,7 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
     planned = plan(sweep)
     rows = {name: row(sweep, sweep_dir, name, point, failures) for name, point in planned}
     todo = [(n, p, s) for n, p in planned if (s := status(sweep_dir / n, {})) != "finished"]
-    running = []
+    running, written = [], time.monotonic()
     try:
         while todo or running:
             while todo and len(running) < jobs:
@@ -344,7 +395,9 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
                 failures[name] = last_error(log)
             write_text(sweep_dir / FAILURES, json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
             rows[name] = row(sweep, sweep_dir, name, point, failures)
-            summaries.write(summaries.ordered(sweep, rows.values()), sweep_dir)
+            if time.monotonic() - written >= SUMMARY_EVERY:
+                summaries.write(summaries.ordered(sweep, rows.values()), sweep_dir)
+                written = time.monotonic()
             if on_done:
                 on_done(rows[name])
     finally:  # interrupted: stop the runs so they checkpoint; a re-run resumes them

@@ -13,9 +13,10 @@ class Reporter:
     def __init__(self, spec):
         optuna = optuna_module()
         self.metric, self.trial_id, self.pruned, self.lost = spec["metric"], spec["trial_id"], False, False
-        self.study = optuna.load_study(study_name=spec["study"], storage=storage(spec["storage"], False),
+        self.store = storage(spec["storage"], False)
+        self.study = optuna.load_study(study_name=spec["study"], storage=self.store,
                                        pruner=pruner(spec["early_terminate"]))
-        self.trial = optuna.trial.Trial(self.study, self.trial_id)
+        self.number = self.store.get_trial_number_from_id(self.trial_id)
 
     @classmethod
     def from_env(cls):
@@ -27,8 +28,8 @@ class Reporter:
         if self.metric not in record or "step" in record:  # a time limit's mid-epoch score is no epoch's
             return
         try:
-            self.trial.report(record[self.metric], record["epoch"])
-            self.pruned = self.trial.should_prune()
+            self.store.set_trial_intermediate_value(self.trial_id, record["epoch"], record[self.metric])
+            self.pruned = self.study.pruner.prune(self.study, self.store.get_trial(self.trial_id))
         except (optuna_module().exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
             self.lost = True  # another worker took the trial for dead: it resumes the run from this checkpoint
 
@@ -42,15 +43,15 @@ class Reporter:
         if self.lost:
             return
         if self.pruned:
-            tell(self.study, self.trial_id, state=optuna.trial.TrialState.PRUNED)
+            tell(self.study, self.number, state=optuna.trial.TrialState.PRUNED)
             return
-        self.study._storage.set_trial_user_attr(self.trial_id, "error", "stopped")
-        if tell(self.study, self.trial_id, state=optuna.trial.TrialState.FAIL):
-            retry(self.study, self.study._storage.get_trial(self.trial_id), crashed=False)
+        self.store.set_trial_user_attr(self.trial_id, "error", "stopped")
+        if tell(self.study, self.number, state=optuna.trial.TrialState.FAIL):
+            retry(self.study, self.store.get_trial(self.trial_id), crashed=False)
 
     def finished(self, run):
         """Tell the trial complete with the run's best value (left running without one: the sweep fails it)."""
         goal = "minimize" if self.study.direction == optuna_module().study.StudyDirection.MINIMIZE else "maximize"
         best = run.best([r for r in run.metrics() if "step" not in r], self.metric, goal)  # whole epochs only
         if best and not self.lost:
-            tell(self.study, self.trial_id, values=best[self.metric])
+            tell(self.study, self.number, values=best[self.metric])

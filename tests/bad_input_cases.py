@@ -111,6 +111,12 @@ def _metrics_line_not_json(run):
     metrics.write_text("not json\n" + metrics.read_text())
 
 
+def _metrics_value_a_string(run):
+    metrics = run / "metrics.jsonl"
+    record = json.loads(metrics.read_text().splitlines()[0])
+    metrics.write_text(json.dumps({**record, "val_ppl": str(record["val_ppl"])}) + "\n")
+
+
 def _no_state(run):
     (run / "state.json").unlink()
 
@@ -124,6 +130,12 @@ def _state_with(key, value):
     def damage(run):
         state = run / "state.json"
         state.write_text(json.dumps({**json.loads(state.read_text()), key: value}))
+    return damage
+
+
+def _state_only(state):
+    def damage(run):
+        (run / "state.json").write_text(json.dumps(state))
     return damage
 
 
@@ -229,6 +241,22 @@ def _fifo(ws):
 
 def _train(ws, *args):
     return ["train", "--data", str(ws.corpus), "--runs-dir", str(ws.tmp / "new-runs"), *TINY, *args]
+
+
+ONE_POINT = "parameters: {model.hidden_size: {values: [1]}}\n"
+LAUGHS = "parameters:\n  model.cell:\n    values:\n      - &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"      - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))  # 10**8 values once expanded
+
+
+def _sweep(ws, name, text, *args, received=None):
+    """A sweep of the file `name` holding text, into a runs directory of its own; received(sweep directory)
+    plants what a received sweep directory may hold."""
+    folder = ws.tmp / "sweeps" / name.replace(".", "_")
+    (folder / "runs" / Path(name).stem).mkdir(parents=True, exist_ok=True)
+    if received and not any((folder / "runs" / Path(name).stem).iterdir()):
+        received(folder / "runs" / Path(name).stem)
+    (folder / name).write_text(text)
+    return ["sweep", str(folder / name), "--runs-dir", str(folder / "runs"), *args]
 
 
 def _generate(ws, *args):
@@ -454,12 +482,18 @@ CASES = [
     ("`state.json` without an epoch, on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("noepoch", _state_without_epoch)), "--epochs", "2"],
      "state.json has no epoch, but the run has"),
+    ("`state.json` that names no last checkpoint while one exists, on `--resume`",
+     lambda ws: ["train", "--resume", str(ws.damaged_run("nolast", _state_only({"epoch": 0}))), "--epochs", "2"],
+     "state.json names no last checkpoint, but the run has last-e1-s0"),
     ("`state.json` behind `metrics.jsonl`, on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("behind", _state_with("epoch", -1))), "--epochs", "2"],
      "has records of epoch 1, past the checkpoint"),
     ("a path as the last checkpoint's tag in `state.json`, on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("tagpath", _state_with("last", "a/../../x"))),
                  "--epochs", "2"], "state.json is damaged (last is 'a/../../x', not a checkpoint tag such as e3-s0)"),
+    ("a metrics record whose `val_ppl` is a string, on `plot`",
+     lambda ws: ["plot", str(ws.damaged_run("strppl", _metrics_value_a_string)), "-o", str(ws.tmp / "strppl.png")],
+     "metrics.jsonl is damaged (line 1 is not an epoch's record)"),
     ("a metrics line that is not JSON, before others, on `--resume`",
      lambda ws: ["train", "--resume", str(ws.damaged_run("notjson", _metrics_line_not_json)), "--epochs", "2"],
      "metrics.jsonl is damaged (line 1 is not an epoch's record)"),
@@ -484,6 +518,29 @@ CASES = [
     ("`export --force` onto a directory that is not an export",
      lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.tmp / "runs"), "--format", "mxnet", "--force"],
      "holds files but no charlm-export.json: --force replaces only an earlier export or an empty directory"),
+    ("a sweep value of YAML aliases nested in one another (\"billion laughs\")",
+     lambda ws: _sweep(ws, "laughs.yaml", LAUGHS, "--dry-run"),
+     "laughs.yaml: the sweep file expands to more than 100,000 values or nests too deep"),
+    ("a sweep file named `..yaml`", lambda ws: _sweep(ws, "..yaml", ONE_POINT, "--dry-run"),
+     "a sweep file's name (without .yaml) names its directory in the runs directory: give it a plain name, not '.'"),
+    ("`early_terminate.strict` in a sweep file",
+     lambda ws: _sweep(ws, "strict.yaml", "early_terminate: {type: hyperband, min_iter: 1, strict: true}\n"
+                       + ONE_POINT, "--dry-run"),
+     "early_terminate: unknown key 'strict'; valid keys: eta, max_iter, min_iter, s, type"),
+    ("a received sweep directory whose `logs` is a symbolic link",
+     lambda ws: _sweep(ws, "logs.yaml", ONE_POINT, received=lambda d: (d / "logs").symlink_to(ws.tmp)),
+     "logs is not a directory (a symbolic link?): charlm writes its logs only into a real directory"),
+    ("a received sweep directory whose `study.db` is a symbolic link",
+     lambda ws: _sweep(ws, "db.yaml", "early_terminate: {type: hyperband, min_iter: 1}\n" + ONE_POINT,
+                       received=lambda d: (d / "study.db").symlink_to(ws.corpus)),
+     "study.db is not a regular file (a symbolic link?): charlm opens only a real study.db in a sweep directory"),
+    ("`--storage` a server that refuses the connection",
+     lambda ws: _sweep(ws, "refused.yaml", ONE_POINT, "--dry-run", "--storage",
+                       "postgresql+psycopg2://charlm@127.0.0.1:1/none"),
+     "cannot open the study storage postgresql+psycopg2://charlm@127.0.0.1:1/none: connection to server at"),
+    ("`--storage` a file that is not a database",
+     lambda ws: _sweep(ws, "text.yaml", ONE_POINT, "--storage", f"sqlite:///{ws.corpus}"),
+     "corpus.txt: file is not a database"),
     ("`export --force` onto a file",
      lambda ws: ["export", "--run", str(ws.run), "-o", str(ws.corpus), "--format", "mxnet", "--force"],
      "is not a directory: --force replaces only an earlier export or an empty directory"),

@@ -121,11 +121,12 @@ def test_a_kill_after_state_json_names_the_best_is_finished_by_readers_and_the_n
 
 def test_every_damaged_metrics_line_is_reported_and_only_a_cut_last_line_skipped(tmp_path):
     run = Run(tmp_path)
-    (tmp_path / METRICS).write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n[]\n{"epoch": 3, "trai')
+    one, two = '{"epoch": 1, "train_loss": 1}', '{"epoch": 2, "train_loss": 1}'
+    (tmp_path / METRICS).write_text(f'{one}\nnot json\n{two}\n[]\n{{"epoch": 3, "trai')
     with pytest.raises(CharlmError, match=r"lines 2, 4 are not an epoch's record"):
         run.metrics()
-    (tmp_path / METRICS).write_text('{"epoch": 1}\n{"epoch": 2, "trai')
-    assert run.metrics() == [{"epoch": 1}]
+    (tmp_path / METRICS).write_text(f'{one}\n{{"epoch": 2, "trai')
+    assert run.metrics() == [json.loads(one)]
 
 
 def test_an_over_long_line_is_split_into_pieces_no_longer_than_the_largest_bucket():
@@ -230,3 +231,25 @@ def test_random_config_files_give_a_valid_config_or_one_line(tmp_path):
                 assert isinstance(read(), configs.Config)
             except CharlmError as e:
                 assert "\n" not in str(e), (example, str(e))
+
+
+def test_a_pending_best_that_is_a_directory_is_never_moved_onto_the_best(tmp_path):
+    from charlm.run import BEST, PENDING, STATE
+    run = Run(tmp_path)
+    (tmp_path / BEST).write_bytes(b"best")
+    (tmp_path / STATE).write_text(json.dumps({"epoch": 1, "best_pending": "e1-s0"}))
+    (tmp_path / PENDING.format("e1-s0")).mkdir()
+    run.settle_best()
+    assert (tmp_path / BEST).read_bytes() == b"best" and (tmp_path / PENDING.format("e1-s0")).is_dir()
+
+
+def test_a_checkpoint_state_json_does_not_name_is_refused_unless_a_kill_left_it_half_written(tmp_path):
+    from charlm.run import BEST, STATE
+    run = Run(tmp_path)
+    (tmp_path / METRICS).write_text(json.dumps({"epoch": 1, "train_loss": 1.0}) + "\n")
+    (tmp_path / STATE).write_text(json.dumps({"epoch": 0, "status": "running"}))
+    (tmp_path / "last-e1-s0.params").write_bytes(b"p")
+    assert run.resume_state()["epoch"] == 0  # killed while writing the first checkpoint: it starts over
+    (tmp_path / BEST).write_bytes(b"b")
+    with pytest.raises(CharlmError, match="names no last checkpoint, but the run has last-e1-s0.params and"):
+        run.resume_state()

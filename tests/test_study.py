@@ -153,13 +153,18 @@ def test_a_sweep_killed_mid_way_completes_on_rerun(tmp_path):
             assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
 
-def test_two_workers_share_a_study_in_postgresql(tmp_path):
+def postgres_url():
     url = os.environ.get("CHARLM_TEST_POSTGRES")
     if not url:
         if os.environ.get("CI"):
             pytest.fail("CI must set CHARLM_TEST_POSTGRES to a PostgreSQL URL (.ci/run starts the server)")
         pytest.skip("no PostgreSQL server: set CHARLM_TEST_POSTGRES=postgresql://... to run this")
     pytest.importorskip("psycopg2")
+    return url
+
+
+def test_two_workers_share_a_study_in_postgresql(tmp_path):
+    url = postgres_url()
     name = f"pg{uuid.uuid4().hex[:8]}"  # the database outlives the test: a study of its own
     path = bayes_file(tmp_path, name=name, run_cap=4)
     run_two([sweep_cmd(path, tmp_path / "a", "--storage", url), sweep_cmd(path, tmp_path / "b", "--storage", url)])
@@ -177,6 +182,8 @@ def digest(folder):
     ({"early_terminate": {"type": "hyperband"}}, "early_terminate needs min_iter, or max_iter and s"),
     ({"early_terminate": {"type": "hyperband", "max_iter": 3, "s": 2, "eta": 3}}, "must be at least 1 epoch"),
     ({"run_cap": None}, "a bayes sweep needs run_cap"),
+    ({"early_terminate": {"type": "hyperband", "min_iter": 1, "strict": True}},
+     "early_terminate: unknown key 'strict'; valid keys: eta, max_iter, min_iter, s, type"),
 ])
 def test_bad_study_sweep_files_are_one_line_errors(tmp_path, change, message):
     path = bayes_file(tmp_path)
@@ -192,9 +199,10 @@ def test_max_iter_and_s_set_the_first_rung(tmp_path):
 
 
 @pytest.mark.parametrize("url, message", [
-    ("postgresql://charlm@127.0.0.1:1/none", "cannot open the study storage postgresql://charlm@127.0.0.1:1/none"),
+    ("postgresql+psycopg2://charlm@127.0.0.1:1/none",
+     "cannot open the study storage postgresql+psycopg2://charlm@127.0.0.1:1/none: connection to server at"),
     ("nosuchdb://x", "cannot open the study storage nosuchdb://x"),
-    ("sqlite:///{tmp}/text.db", "cannot open the study storage sqlite:///"),
+    ("sqlite:///{tmp}/text.db", "text.db: file is not a database"),
 ])
 def test_a_storage_that_is_no_database_is_a_one_line_error(tmp_path, url, message):
     if url.startswith("postgresql"):
@@ -202,9 +210,10 @@ def test_a_storage_that_is_no_database_is_a_one_line_error(tmp_path, url, messag
     (tmp_path / "text.db").write_text("not a database\n" * 100)
     before = digest(tmp_path)
     path = bayes_file(tmp_path)
-    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"),
-                                       "--storage", url.format(tmp=tmp_path)])
-    assert result.exit_code == 1 and result.output.count("\n") == 1 and message in result.output, result.output
+    for args in ([], ["--dry-run"]):  # --dry-run opens the storage without creating tables
+        result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"),
+                                           "--storage", url.format(tmp=tmp_path), *args])
+        assert result.exit_code == 1 and result.output.count("\n") == 1 and message in result.output, result.output
     assert (tmp_path / "text.db").read_text() == "not a database\n" * 100 and before.items() <= digest(tmp_path).items()
 
 
@@ -244,3 +253,71 @@ def test_a_grid_with_early_terminate_runs_its_plan_and_retries_a_failure_once(tm
                                                                                                 planned[2]}
     with open(runs / "b" / "summary.csv", newline="") as f:
         assert [r["state"] for r in csv.DictReader(f)] == ["complete", "complete", "failed"]
+
+
+def test_a_study_db_that_is_a_link_is_refused_before_it_is_opened(tmp_path):
+    path, victim = bayes_file(tmp_path), tmp_path / "victim"
+    victim.write_text("keep\n")
+    (tmp_path / "runs" / "b").mkdir(parents=True)
+    (tmp_path / "runs" / "b" / "study.db").symlink_to(victim)
+    for args in ([], ["--dry-run"]):
+        result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"), *args])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert "study.db is not a regular file" in result.output
+    assert victim.read_text() == "keep\n"
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", ".", "", "a\nb", "x" * 256])
+def test_run_names_read_from_a_study_are_checked_before_they_reach_a_path(tmp_path, bad):
+    path = bayes_file(tmp_path, method="grid", run_cap=None, parameters={"model.hidden_size": {"values": [2, 3]}})
+    sweep = sweeps.load(path)
+    store = studies.storage(studies.default_storage(tmp_path))
+    study = studies.open_study(sweep, tmp_path, studies.default_storage(tmp_path), store)
+    study.enqueue_trial({"model.hidden_size": 3}, user_attrs={"run": bad})
+    asked = []
+    while (got := studies.ask(study, sweep, store)):
+        asked.append(got[1])
+        study.tell(got[0], state=optuna.trial.TrialState.FAIL)
+    assert asked == [name for name, _ in sweeps.plan(sweep)]
+    failed = study.get_trials()[-1]
+    assert failed.state == optuna.trial.TrialState.FAIL and "run name" in failed.user_attrs["error"]
+    assert [r["run"] for r in studies.summary(sweep, tmp_path, study)] == asked
+
+
+def test_study_json_names_no_url_to_connect_to_and_moves_with_its_directory(tmp_path):
+    import shutil
+    sweep = sweeps.load(bayes_file(tmp_path))
+    (tmp_path / "made").mkdir()
+    studies.open_study(sweep, tmp_path / "made", studies.default_storage(tmp_path / "made"))
+    assert json.loads((tmp_path / "made" / "study.json").read_text()) == {"storage": "study.db", "study": "b"}
+    shutil.move(tmp_path / "made", tmp_path / "moved")
+    assert studies.plot(tmp_path / "moved", tmp_path) == []  # found in the moved study.db; no complete trial to draw
+    evil = tmp_path / "evil.db"
+    (tmp_path / "moved" / "study.json").write_text(json.dumps({"storage": f"sqlite:///{evil}", "study": "b"}))
+    with pytest.raises(studies.CharlmError, match="give that database with --storage URL"):
+        studies.plot(tmp_path / "moved", tmp_path)
+    assert not evil.exists()
+    url = studies.default_storage(tmp_path / "moved")
+    assert studies.plot(tmp_path / "moved", tmp_path, url) == []  # the user's own --storage
+
+
+def test_study_json_keeps_no_password(tmp_path):
+    from sqlalchemy.engine import make_url
+    url = make_url(postgres_url()).set(password="s3cret").render_as_string(hide_password=False)  # trust: ignored
+    path = bayes_file(tmp_path, name=f"pw{uuid.uuid4().hex[:8]}")
+    studies.open_study(sweeps.load(path), tmp_path, url)
+    stored = json.loads((tmp_path / "study.json").read_text())["storage"]
+    assert "s3cret" not in stored and stored == studies.shown(url)
+
+
+def test_a_row_of_a_run_trained_elsewhere_takes_the_studys_value(tmp_path):
+    path = bayes_file(tmp_path, method="grid", run_cap=None, parameters={"model.hidden_size": {"values": [2, 3]}})
+    sweep = sweeps.load(path)
+    store = studies.storage(studies.default_storage(tmp_path))
+    study = studies.open_study(sweep, tmp_path, studies.default_storage(tmp_path), store)
+    trial, name, _ = studies.ask(study, sweep, store)
+    for epoch, value in ((1, 9.0), (2, 7.5), (3, 8.0)):
+        trial.report(value, epoch)
+    study.tell(trial, 7.5)  # by a worker on another machine: no run directory here
+    row = next(r for r in studies.summary(sweep, tmp_path, study) if r["run"] == name)
+    assert (row["state"], row["best_val_ppl"], row["best_epoch"]) == ("complete", 7.5, 2)

@@ -314,6 +314,17 @@ def _mutations(rng):
             {"type": "hyperband", "max_iter": 10**9, "s": 40}, rng.random()]
 
 
+# "Billion laughs": aliases of aliases, 10**8 values once expanded, in a few hundred bytes.
+LAUGHS = "method: grid\nparameters:\n  model.cell:\n    values:\n      - &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"      - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+
+
+def test_values_nested_deeper_than_one_level_are_refused(tmp_path):
+    path = sweep_file(tmp_path, {"parameters": {"model.cell": {"values": ["lstm", ["gru", ["rnn"]]]}}})
+    with pytest.raises(CharlmError, match="a value is a scalar or a flat list or mapping of scalars"):
+        sweeps.load(path)
+
+
 def test_sweep_file_fuzz_gives_a_plan_or_one_line(tmp_path):
     """Random YAML mutations of a valid sweep file (and YAML aliases) never raise past the one-line error."""
     import random
@@ -339,7 +350,8 @@ def test_sweep_file_fuzz_gives_a_plan_or_one_line(tmp_path):
             if isinstance(node, dict):
                 node[last.replace(":", ".")] = rng.choice(values)
         aliased = "a: &x [1, 2]\nparameters: {model.hidden_size: {values: *x}}\n"  # YAML anchors and aliases
-        text = yaml.safe_dump(doc, allow_unicode=True) if case % 10 else aliased
+        laughs = LAUGHS if case % 20 else LAUGHS.replace("parameters:\n  model.cell:\n    values:", "base:")
+        text = yaml.safe_dump(doc, allow_unicode=True) if case % 10 else aliased if case % 30 else laughs
         path = tmp_path / f"f{case}.yaml"
         path.write_text(text, encoding="utf-8")
         result = CliRunner().invoke(main, ["sweep", str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
@@ -363,3 +375,59 @@ def test_without_optuna_bayes_and_early_terminate_name_the_extra(tmp_path, monke
     plain = sweep_file(tmp_path, {**RANDOM, "parameters": ONE_PARAM}, "plain")
     result = CliRunner().invoke(main, ["sweep", "--dry-run", str(plain), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0 and [line.split()[0] for line in result.output.splitlines()] == ["new", "new"]
+
+
+def test_a_received_sweep_directory_cannot_aim_its_logs_elsewhere(tmp_path):
+    path, elsewhere, victim = sweep_file(tmp_path, {"parameters": ONE_PARAM}), tmp_path / "elsewhere", tmp_path / "v"
+    elsewhere.mkdir()
+    victim.write_text("keep\n")
+    (tmp_path / "runs" / "s").mkdir(parents=True)
+    (tmp_path / "runs" / "s" / "logs").symlink_to(elsewhere)
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "logs is not a directory" in result.output
+    assert not any(elsewhere.iterdir())
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "linked.log").symlink_to(victim)
+    with pytest.raises(CharlmError, match="is a symbolic link"):
+        sweeps.launch(["true"], logs / "linked.log", 1)
+    assert victim.read_text() == "keep\n"
+    os.mkfifo(logs / "fifo.log")
+    assert "not a regular file" in sweeps.last_error(logs / "fifo.log")  # read without blocking on the FIFO
+
+
+@pytest.mark.parametrize("record", [{"epoch": 1, "val_ppl": 3.0}, {"epoch": 1, "train_loss": 1.0, "train_ppl": 2.7,
+                                                                    "val_ppl": "3.0"},
+                                    {"epoch": 1, "train_loss": 1.0, "train_ppl": True}, {"epoch": 1, "train_loss": None}])
+def test_metrics_records_without_or_with_mistyped_numbers_are_named(tmp_path, record):
+    from charlm import summary
+    from charlm.run import CONFIG, METRICS
+    run = tmp_path / "000-x"
+    run.mkdir()
+    (run / CONFIG).write_text("{}\n")
+    good = {"epoch": 1, "train_loss": 1.0, "val_ppl": 3.0}
+    (run / METRICS).write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    sweep = sweeps.load(sweep_file(tmp_path, {"parameters": ONE_PARAM}))
+    with pytest.raises(CharlmError, match=r"metrics.jsonl is damaged \(line 2 is not an epoch's record\)"):
+        summary.row(sweep, run, {}, "finished")
+    (run / METRICS).write_text(json.dumps(good) + "\n")
+    assert summary.row(sweep, run, {}, "finished")["best_val_ppl"] == 3.0  # no train_ppl, tokens_per_s: left out
+
+
+def test_summary_csv_is_written_at_most_every_few_seconds_and_at_the_end(tmp_path, monkeypatch):
+    from charlm import summary
+    path = sweep_file(tmp_path, {"parameters": {"model.hidden_size": {"values": ["a", "b", "c"]}}})
+    written, real = [], summary.write
+    monkeypatch.setattr(summary, "write", lambda rows, where: written.append(len(rows)) or real(rows, where))
+    monkeypatch.setattr(sweeps, "SUMMARY_EVERY", 1e9)
+    rows = sweeps.execute(sweeps.load(path), tmp_path / "runs" / "s")
+    assert written == [3] and [r["status"] for r in rows] == ["failed"] * 3
+    assert (tmp_path / "runs" / "s" / "summary.csv").read_text().count("\n") == 4
+
+
+@pytest.mark.parametrize("name", ["..yaml", "...yaml", "a\tb.yaml"])
+def test_a_sweep_file_whose_stem_is_no_directory_name_is_refused(tmp_path, name):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"parameters": ONE_PARAM}))
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"), "--dry-run"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "give it a plain name" in result.output
