@@ -206,14 +206,15 @@ def sweep(sweep_file, dry_run, jobs, storage, runs_dir):
 @user_errors
 def plot(paths, output, storage):
     """Plot train/validation perplexity per epoch of runs (RUN_DIR... or a sweep directory)."""
-    from .plot import plot as draw
+    from .plot import plot as draw, plot_study
 
     output = output or str(Path(paths[0] if len(paths) == 1 else ".") / "ppl.png")
     click.echo(draw(paths, output))
     if len(paths) == 1:  # a sweep on a study: its search too
-        from .study import plot as draw_study
+        from .study import recorded
 
-        for path in draw_study(paths[0], Path(output).parent, storage) or []:
+        study = recorded(paths[0], storage)
+        for path in plot_study(study, Path(output).parent) if study else []:
             click.echo(path)
 
 

@@ -61,3 +61,28 @@ def plot(paths, output):
     atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return Path(output)
+
+
+def plot_study(study, output_dir):
+    """Draw an Optuna study's optimisation history and (with two complete trials) its parameter importances (PED-
+    ANOVA's: fANOVA needs scikit-learn) as PNGs in output_dir; return their paths."""
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as views
+
+    def importances(study):
+        return views.plot_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    drawn = []
+    for name, view, needs in (("history", views.plot_optimization_history, 1), ("importance", importances, 2)):
+        if len(complete) < needs:
+            continue
+        fig = view(study).figure
+        fig.set_size_inches(9, 5.5)
+        fig.tight_layout()
+        path = Path(output_dir) / f"{name}.png"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        drawn.append(path)
+    return drawn

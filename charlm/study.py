@@ -8,7 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import configs, summary as summaries, sweep as sweeps
+from . import configs, summary as summaries, sweep as sweeps, trainers
 from .errors import CharlmError
 from .run import Run, read_json, write_text
 
@@ -270,7 +270,7 @@ def settle(study, store, sweep, sweep_dir, trial_id, log, stopped=False):
     if value is not None:
         tell(study, frozen.number, values=value)
         return
-    error = "stopped with the sweep" if stopped else sweeps.last_error(log) if os.path.lexists(log) else "never started"
+    error = "stopped with the sweep" if stopped else trainers.last_error(log) if os.path.lexists(log) else "never started"
     store.set_trial_user_attr(trial_id, "error", error)
     if tell(study, frozen.number, state=optuna.trial.TrialState.FAIL):
         retry(study, store.get_trial(trial_id), crashed=not stopped)
@@ -289,7 +289,7 @@ def execute(sweep, sweep_dir, url=None, jobs=1, on_done=None):
     """Run trials of the sweep's study, `jobs` at a time, until it is done (run_cap points, none waiting or running
     in any worker); after each, on_done(its row). Return the summary rows."""
     optuna = optuna_module()
-    sweeps.check_jobs(jobs)
+    trainers.check_jobs(jobs)
     sweeps.prepare(sweep_dir)
     url = url or default_storage(sweep_dir)
     store = storage(url)
@@ -316,7 +316,7 @@ def execute(sweep, sweep_dir, url=None, jobs=1, on_done=None):
                 break
             time.sleep(0.2 if running else 1.0)
     finally:  # interrupted: stop the trainers (each saves a checkpoint); their points wait for a re-run
-        sweeps.stop([proc for proc, _ in running.values() if proc])
+        trainers.stop([proc for proc, _ in running.values() if proc])
         for trial_id, (_, log) in running.items():
             settle(study, store, sweep, sweep_dir, trial_id, log, stopped=True)
     rows = summary(sweep, sweep_dir, study)
@@ -336,7 +336,7 @@ def _start(sweep, sweep_dir, url, trial_id, name, point, jobs):
     spec = {"storage": url, "study": sweep.name, "trial_id": trial_id, "metric": sweep.metric,
             "early_terminate": sweep.early_terminate}
     cmd = sweeps.command(sweep, Path(sweep_dir), name, point, state)
-    return sweeps.launch(cmd, log, jobs, {TRIAL_ENV: json.dumps(spec)}), log
+    return trainers.launch(cmd, log, jobs, {TRIAL_ENV: json.dumps(spec)}), log
 
 
 def _row(sweep, sweep_dir, frozen):
@@ -391,16 +391,13 @@ def dry_run(sweep, sweep_dir, url=None):
     return listed
 
 
-def plot(sweep_dir, output_dir, url=None):
-    """Draw the study's optimisation history and (with two complete trials) parameter importances as PNGs in
-    output_dir; return their paths. None when the sweep directory has no study. The study is in the directory's
-    study.db, or at url (the user's --storage): a URL read from study.json is never connected to."""
-    from .run import atomic_write
-
+def recorded(sweep_dir, url=None):
+    """The study a sweep directory records in study.json, or None without one: in the directory's study.db, or at
+    url (the user's --storage); a URL read from study.json is never connected to."""
     pointer = Path(sweep_dir) / POINTER
     if not pointer.is_file():
         return None
-    optuna, where = optuna_module(), read_json(pointer)
+    where = read_json(pointer)
     if not isinstance(where, dict) or not isinstance(where.get("storage"), str):
         raise CharlmError(f"{pointer} is damaged (no storage)")
     if url is None and where["storage"] != DB:
@@ -410,29 +407,4 @@ def plot(sweep_dir, output_dir, url=None):
     study = load(str(where.get("study")), url)
     if study is None:
         raise CharlmError(f"{pointer} names the study {where.get('study')!r}, which {shown(url)} lacks")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as views
-
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    drawn = []
-    for name, view, needs in (("history", views.plot_optimization_history, 1),
-                              ("importance", _importances, 2)):
-        if len(complete) < needs:
-            continue
-        ax = view(study)
-        fig = ax.figure
-        fig.set_size_inches(9, 5.5)
-        fig.tight_layout()
-        path = Path(output_dir) / f"{name}.png"
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-        plt.close(fig)
-        drawn.append(path)
-    return drawn
-
-
-def _importances(study):
-    """PED-ANOVA's importances: Optuna's fANOVA needs scikit-learn, this needs nothing more."""
-    import optuna
-    from optuna.visualization import matplotlib as views
-
-    return views.plot_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    return study

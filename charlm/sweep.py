@@ -1,15 +1,12 @@
 """Config sweeps: a W&B-style sweep file expanded into runs (grid or random), run as `charlm train`
 processes, resumed when re-run, and summarised by the chosen metric; bayes and early_terminate live in study.py."""
 import contextlib
-import ctypes
 import itertools
 import json
 import math
 import os
 import re
-import signal
 import stat
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -17,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import configs, summary as summaries
+from . import configs, summary as summaries, trainers
 from .errors import CharlmError
-from .launch import CPUS, MAX_PROCESSES
-from .run import CONFIG, Run, open_regular, read_json, write_text
+from .run import CONFIG, Run, read_json, write_text
 
 METRICS = ("val_ppl", "val_loss", "val_bpc", "train_ppl", "train_loss", "train_bpc")
 METHODS = ("grid", "random", "bayes")
@@ -291,25 +287,6 @@ def command(sweep, sweep_dir, name, point, state):
     return [sys.executable, "-m", "charlm", "train", *files, *sets, "--runs-dir", str(sweep_dir), "--name", name]
 
 
-def last_error(log):
-    """The error a trainer's log ends with: its last `Error:` line, else its last line (a log that is no regular
-    file, a FIFO say, is not read: it could block)."""
-    try:
-        fd = open_regular(log, os.O_RDONLY)
-    except CharlmError as e:
-        return str(e)
-    with open(fd, encoding="utf-8", errors="replace") as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:")]
-    return (errors or lines or ["exited without output"])[-1].removeprefix("Error: ")
-
-
-def _stop_with_parent():
-    # in each child before exec: should the sweep be killed outright, its trainers stop (and checkpoint) too
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
 def check_writable(sweep_dir):
     """Refuse a sweep directory that could not be made or written, before anything runs (--dry-run too)."""
     there = Path(sweep_dir)
@@ -344,34 +321,9 @@ def prepare(sweep_dir):
                           f"directory (remove it)")
 
 
-def launch(cmd, log, jobs, env=None):
-    """Start one trainer with its output in log, in a session of its own: the sweep alone decides when it stops."""
-    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(max(1, CPUS // jobs))}
-    fd = open_regular(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never through a link, nor a FIFO or device
-    try:
-        return subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_stop_with_parent)
-    finally:
-        os.close(fd)
-
-
-def stop(procs):
-    """Ask trainers to stop (each saves a checkpoint at its next batch) and wait for them."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait()
-
-
-def check_jobs(jobs):
-    """Refuse more jobs than MAX_PROCESSES."""
-    if not 1 <= jobs <= MAX_PROCESSES:
-        raise CharlmError(f"--jobs must be from 1 to {MAX_PROCESSES}, got {jobs}")
-
-
 def execute(sweep, sweep_dir, jobs=1, on_done=None):
     """Run every unfinished planned run, `jobs` at a time, recording failures; after each, on_done(its row)."""
-    check_jobs(jobs)
+    trainers.check_jobs(jobs)
     prepare(sweep_dir)
     failures = recorded_failures(sweep_dir)
     planned = plan(sweep)
@@ -384,7 +336,7 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
                 name, point, state = todo.pop(0)
                 failures.pop(name, None)  # a re-run retries failed runs
                 log = sweep_dir / "logs" / f"{name}.log"
-                running.append((launch(command(sweep, sweep_dir, name, point, state), log, jobs), name, point, log))
+                running.append((trainers.launch(command(sweep, sweep_dir, name, point, state), log, jobs), name, point, log))
             done = next((job for job in running if job[0].poll() is not None), None)
             if done is None:
                 time.sleep(0.2)
@@ -392,7 +344,7 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
             running.remove(done)
             proc, name, point, log = done
             if proc.returncode != 0:
-                failures[name] = last_error(log)
+                failures[name] = trainers.last_error(log)
             write_text(sweep_dir / FAILURES, json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
             rows[name] = row(sweep, sweep_dir, name, point, failures)
             if time.monotonic() - written >= SUMMARY_EVERY:
@@ -401,7 +353,7 @@ def execute(sweep, sweep_dir, jobs=1, on_done=None):
             if on_done:
                 on_done(rows[name])
     finally:  # interrupted: stop the runs so they checkpoint; a re-run resumes them
-        stop([proc for proc, *_ in running])
+        trainers.stop([proc for proc, *_ in running])
     rows = summaries.ordered(sweep, rows.values())
     summaries.write(rows, sweep_dir)
     return rows

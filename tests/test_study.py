@@ -291,14 +291,14 @@ def test_study_json_names_no_url_to_connect_to_and_moves_with_its_directory(tmp_
     studies.open_study(sweep, tmp_path / "made", studies.default_storage(tmp_path / "made"))
     assert json.loads((tmp_path / "made" / "study.json").read_text()) == {"storage": "study.db", "study": "b"}
     shutil.move(tmp_path / "made", tmp_path / "moved")
-    assert studies.plot(tmp_path / "moved", tmp_path) == []  # found in the moved study.db; no complete trial to draw
+    assert studies.recorded(tmp_path / "moved").study_name == "b"  # found in the moved study.db
     evil = tmp_path / "evil.db"
     (tmp_path / "moved" / "study.json").write_text(json.dumps({"storage": f"sqlite:///{evil}", "study": "b"}))
     with pytest.raises(studies.CharlmError, match="give that database with --storage URL"):
-        studies.plot(tmp_path / "moved", tmp_path)
+        studies.recorded(tmp_path / "moved")
     assert not evil.exists()
     url = studies.default_storage(tmp_path / "moved")
-    assert studies.plot(tmp_path / "moved", tmp_path, url) == []  # the user's own --storage
+    assert studies.recorded(tmp_path / "moved", url).study_name == "b"  # the user's own --storage
 
 
 def test_study_json_keeps_no_password(tmp_path):

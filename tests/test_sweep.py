@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from charlm import configs as config, sweep as sweeps
+from charlm import configs as config, sweep as sweeps, trainers
 from charlm.cli import main
 from charlm.errors import CharlmError
 from charlm.run import Run
@@ -156,8 +156,8 @@ def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(tiny_sweep, monk
     state = json.loads((interrupted / "state.json").read_text())
     (interrupted / "state.json").write_text(json.dumps({**state, "epoch": 1, "status": "running"}))
     started = []
-    real = sweeps.subprocess.Popen
-    monkeypatch.setattr(sweeps.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or real(cmd, **kw))
+    real = trainers.subprocess.Popen
+    monkeypatch.setattr(trainers.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or real(cmd, **kw))
     rows = sweeps.execute(sweep, runs / "tiny")
     assert len(started) == 2  # the interrupted run and the failed one; the finished run is skipped
     assert started[0][-2:] == ["--resume", str(interrupted)]
@@ -390,10 +390,10 @@ def test_a_received_sweep_directory_cannot_aim_its_logs_elsewhere(tmp_path):
     logs.mkdir()
     (logs / "linked.log").symlink_to(victim)
     with pytest.raises(CharlmError, match="is a symbolic link"):
-        sweeps.launch(["true"], logs / "linked.log", 1)
+        trainers.launch(["true"], logs / "linked.log", 1)
     assert victim.read_text() == "keep\n"
     os.mkfifo(logs / "fifo.log")
-    assert "not a regular file" in sweeps.last_error(logs / "fifo.log")  # read without blocking on the FIFO
+    assert "not a regular file" in trainers.last_error(logs / "fifo.log")  # read without blocking on the FIFO
 
 
 @pytest.mark.parametrize("record", [{"epoch": 1, "val_ppl": 3.0}, {"epoch": 1, "train_loss": 1.0, "train_ppl": 2.7,
