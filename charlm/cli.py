@@ -15,7 +15,7 @@ from .errors import CharlmError, Interrupted
 from .options import (CONFIG, CTX, GPU, GPUS, KVSTORE, RUN, RUNS_DIR, SET, Group, Grouped, config_options,
                       typed_flags, user_errors)
 from .launch import MAX_PROCESSES, exiting_on
-from .terminal import Echo, EpochLines, ProgressBar, StopRequest, echo_samples, ppl
+from .terminal import Echo, EpochLines, ProgressBar, StopRequest, echo_done, echo_samples, echo_stopped, ppl
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -69,40 +69,13 @@ def train(config_files, sets, runs_dir, name, resume, gpu, gpus, ctx, kvstore, *
             click.echo(f"pruned by the sweep's early_terminate; the checkpoint is saved. Resume with: charlm train "
                        f"--resume {callbacks[1].run.path}")
             return
-        _stopped(stop, callbacks[1].run)
+        echo_stopped(stop, callbacks[1].run)
     finally:
         stop.restore()
     if run is not None and callbacks[1].run:  # rank 0, and it trained
         if trial:
             trial.finished(run)
-        _done(run)
-
-
-def _stopped(stop, run):
-    """Say where an interrupted run stands (rank 0 speaks for the run) and exit 130 (SIGINT) or 143 (SIGTERM)."""
-    if run is None:
-        sys.exit(128 + stop.signum)
-    state = run.read_state()
-    where = (f"epoch {state['epoch'] + 1} after batch {state['step']}" if state.get("step")
-             else f"the end of epoch {state.get('epoch', 0)}")
-    kept = f"the checkpoint of {where} is saved" if state.get("last") else "no checkpoint was saved yet"
-    click.echo(f"stopped by {stop.name}; {kept}. Resume with: charlm train --resume {run.path}", err=True)
-    sys.exit(128 + stop.signum)
-
-
-def _done(run):
-    """The final line: the best checkpoint's perplexity, and the test text's when there is one."""
-    from .run import checkpoint_metric, perplexity
-
-    state, records = run.read_state(), run.metrics()
-    if not records:
-        click.echo(f"done | the time limit ended before the first epoch did: no model to score yet | resume with: "
-                   f"charlm train --resume {run.path} --time-limit LONGER")
-        return
-    metric = "val" if "val_loss" in records[-1] else "train"
-    best = checkpoint_metric(run.best(records))
-    test = f" | test ppl {ppl(state['test']['test_ppl'])}" if "test" in state else ""
-    click.echo(f"done | best {metric} ppl {ppl(perplexity(best))}{test} | {run.path}")
+        echo_done(run)
 
 
 @main.command("launch-local", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -1,5 +1,5 @@
 """What charlm shows on the terminal, for cli.py: log lines, the run's first line and a line per epoch, the
-progress bar and generated samples; and the signals that stop a run at a batch boundary."""
+progress bar, generated samples and a run's last line; and the signals that stop a run at a batch boundary."""
 import logging
 import math
 import signal
@@ -118,3 +118,29 @@ def echo_samples(pieces, live):
             click.echo(f"--- sample {k} ---")
         click.echo("" if live and k == 1 else "".join(text))
 
+
+def echo_stopped(stop, run):
+    """Say where an interrupted run stands (rank 0 speaks for the run) and exit 130 (SIGINT) or 143 (SIGTERM)."""
+    if run is None:
+        sys.exit(128 + stop.signum)
+    state = run.read_state()
+    where = (f"epoch {state['epoch'] + 1} after batch {state['step']}" if state.get("step")
+             else f"the end of epoch {state.get('epoch', 0)}")
+    kept = f"the checkpoint of {where} is saved" if state.get("last") else "no checkpoint was saved yet"
+    click.echo(f"stopped by {stop.name}; {kept}. Resume with: charlm train --resume {run.path}", err=True)
+    sys.exit(128 + stop.signum)
+
+
+def echo_done(run):
+    """The final line: the best checkpoint's perplexity, and the test text's when there is one."""
+    from .run import checkpoint_metric, perplexity
+
+    state, records = run.read_state(), run.metrics()
+    if not records:
+        click.echo(f"done | the time limit ended before the first epoch did: no model to score yet | resume with: "
+                   f"charlm train --resume {run.path} --time-limit LONGER")
+        return
+    metric = "val" if "val_loss" in records[-1] else "train"
+    best = checkpoint_metric(run.best(records))
+    test = f" | test ppl {ppl(state['test']['test_ppl'])}" if "test" in state else ""
+    click.echo(f"done | best {metric} ppl {ppl(perplexity(best))}{test} | {run.path}")
