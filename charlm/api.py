@@ -81,20 +81,22 @@ def _read_corpus(cfg):
 
     source, vocab = None, None
     if cfg.train.init_from:
-        _take_model(cfg, _source(cfg))
-        source, vocab = init_source(cfg)
+        source = _source(cfg)
+        theirs = source.config()
+        _take_model(cfg, theirs.model)
+        vocab = init_source(cfg, source, theirs)
     if cfg.data.lowercase is None:
-        cfg.data.lowercase = source.config().data.lowercase if source else lowercases(cfg.data)
+        cfg.data.lowercase = theirs.data.lowercase if source else lowercases(cfg.data)
     return source, data.corpus_of(cfg.data, vocab=vocab)
 
 
-def _take_model(cfg, source):
-    """Set cfg's unset model shape to that of the source run's (fine-tuning keeps the source's model)."""
+def _take_model(cfg, theirs):
+    """Set cfg's unset model shape to theirs, the source run's ModelConfig (fine-tuning keeps the source's model)."""
     from .run import SHAPE_KEYS
 
-    theirs = source.config().model
+    unset = set(configs.unset(cfg))
     for key in SHAPE_KEYS:
-        if f"model.{key}" in configs.unset(cfg):
+        if f"model.{key}" in unset:
             setattr(cfg.model, key, getattr(theirs, key))
 
 
@@ -114,16 +116,16 @@ def choose(cfg, kvstore="local", devices=None, corpus=None):
     from . import recipe
     from .run import SHAPE_KEYS
 
-    if cfg.train.init_from and {f"model.{key}" for key in SHAPE_KEYS} & set(configs.unset(cfg)):
-        _take_model(cfg, _source(cfg))
+    unset = set(configs.unset(cfg))
+    if cfg.train.init_from and {f"model.{key}" for key in SHAPE_KEYS} & unset:
+        _take_model(cfg, _source(cfg).config().model)
     if kvstore == "dist_async":  # its servers update with a constant rate and no decay
-        for key in ("train.lr_schedule", "train.warmup", "train.weight_decay"):
-            if key in configs.unset(cfg):
-                recipe.set_fixed(cfg, key)
+        for key in {"train.lr_schedule", "train.warmup", "train.weight_decay"} & unset:
+            recipe.set_fixed(cfg, key)
     devices = devices if isinstance(devices, list) else [devices]
     # a cluster's workers must choose alike: they take the speed table's machine rather than each its own
     measure = None if kvstore.startswith("dist") else functools.partial(_tokens_per_second, ctx=devices[0])
-    return recipe.fill(cfg, len(devices), measure, None if corpus is None else recipe.size_of(cfg.data, corpus[1]))
+    return recipe.fill(cfg, len(devices), measure, None if corpus is None else corpus[1])
 
 
 def _tokens_per_second(cfg, vocab_size, ctx=None):

@@ -23,7 +23,7 @@ def save_epoch(run, model, trainer, record, is_best, lr_scale=1.0, best=None, em
     best_epoch = record["epoch"] if is_best else run.read_state().get("best_epoch")
     _save_last(run, model, trainer, None, {"epoch": record["epoch"], "step": 0, "best_epoch": best_epoch,
                                            "lr_scale": lr_scale, "best_pending": tag if is_best else None}, ema)
-    run.settle_best()
+    run.settle_best(tag if is_best else None)
     if record["epoch"] == 1:
         run.point_latest()  # from its first checkpoint on, a run has a model to generate from
 
@@ -34,7 +34,7 @@ def save_at_limit(run, record, is_best, best):
         tag = f"e{record['epoch']}-s{record['step']}"
         atomic_write(run.path / PENDING.format(tag), best.save_parameters)
         run.write_state({**run.read_state(), "best_epoch": record["epoch"], "best_pending": tag})
-        run.settle_best()
+        run.settle_best(tag)
     run.append_metrics(record)
     if record["epoch"] == 1:
         run.point_latest()

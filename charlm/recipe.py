@@ -125,10 +125,10 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
     return settings, why
 
 
-def fill(cfg, devices=1, measure=None, size=None):
+def fill(cfg, devices=1, measure=None, ids=None):
     """Fill cfg's unset settings (the recipe's, or FIXED's for other than character streams); what and why.
     measure(cfg, vocab_size) gives the tokens/s of a whole config on this machine; without it, the machine is
-    taken to be as fast as SPEED's. size: text_size's numbers when the text is already read."""
+    taken to be as fast as SPEED's. ids: the text as read, when it is (else it is counted from its file)."""
     unset = configs.unset(cfg)
     if not unset:
         return None
@@ -137,7 +137,7 @@ def fill(cfg, devices=1, measure=None, size=None):
         fixed(cfg)
         configs.validate(cfg)
         return f"fixed settings for {cfg.data.level} {cfg.data.mode} data (the recipe is for character streams)"
-    chars, tokens, vocab = size or text_size(cfg.data)
+    chars, tokens, vocab = text_size(cfg.data) if ids is None else size_of(cfg.data, ids)
     tokens = max(tokens, 1)  # an empty text: the reader's error comes later, when training starts
     if t.time_limit is None and "train.epochs" in unset:
         t.time_limit = _duration_text(default_budget(chars))

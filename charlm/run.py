@@ -229,9 +229,10 @@ class Run:
         finally:
             os.close(fd)
 
-    def settle_best(self):
-        """Finish or drop a best-parameter file a kill left pending: kept when state.json names it, else removed."""
-        named = self.read_state().get("best_pending")
+    def settle_best(self, named=None):
+        """Finish or drop the pending best-parameter files: the one state.json names (named: its tag, when the caller
+        has just written it) goes into place, any other a kill left is removed."""
+        named = named or self.read_state().get("best_pending")
         for pending in self.path.glob(PENDING.format("*")):
             if pending.name == PENDING.format(named) and stat.S_ISREG(pending.lstat().st_mode):  # no link, no dir
                 try:
@@ -329,8 +330,9 @@ class Run:
         """The run's resolved config."""
         path = self.path / CONFIG
         cfg = configs.resolve([path])  # a setting it lacks (made before it existed): the default
-        doc = configs.read_yaml(path, "config ")[0] or {}
-        for key in configs.unset(cfg):
+        unset = configs.unset(cfg)
+        doc = (configs.read_yaml(path, "config ")[0] or {}) if unset else {}  # read again to tell null from absent
+        for key in unset:
             section, name = key.split(".")
             if name in (doc.get(section) or {}):  # there but null: a hand edit, as a run records every setting
                 raise CharlmError(f"{path}: {key} is null; a run's config.yaml holds every setting it trained "
@@ -355,14 +357,11 @@ def epoch_records(records):
     return [r for r, later in zip(records, records[1:] + [None]) if not later or later["epoch"] != r["epoch"]]
 
 
-def init_source(cfg):
-    """(run, its vocabulary) of cfg.train.init_from, checked to hold best parameters and fit cfg's settings."""
-    try:
-        source = find(cfg.train.init_from)
-    except CharlmError as e:
-        raise CharlmError(f"--init-from: {e}") from None
+def init_source(cfg, source, theirs):
+    """The vocabulary of --init-from's run `source` (its config: theirs), checked to hold best parameters and fit
+    cfg's settings."""
     where = f"--init-from {source.path}"
-    theirs = source.config().model
+    theirs = theirs.model
     keys = SHAPE_KEYS[:2] if cfg.model.cell in configs.SCRATCH_CELLS else SHAPE_KEYS
     differ = [k for k in keys if getattr(theirs, k) != getattr(cfg.model, k)]
     if differ:
@@ -377,7 +376,7 @@ def init_source(cfg):
                           f"one")
     if not (source.path / BEST).exists():
         raise CharlmError(f"{where}: it has no {BEST}: no epoch of it has been scored yet")
-    return source, vocab
+    return vocab
 
 
 def find(run=None, runs_dir="runs"):

@@ -104,10 +104,10 @@ def test_a_kill_between_the_best_parameters_and_state_json_keeps_the_pair_consis
 def test_a_kill_after_state_json_names_the_best_is_finished_by_readers_and_the_next_lock(trained):
     real = Run.settle_best
 
-    def settle_best(run):
+    def settle_best(run, named=None):
         if (run.path / PENDING.format("e2-s0")).exists():
             raise Killed()
-        real(run)
+        real(run, named)
     with mock.patch.object(Run, "settle_best", settle_best), pytest.raises(Killed):
         api.train(resume=trained.path, epochs=2)
     assert trained.read_state()["best_epoch"] == 2
