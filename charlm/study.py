@@ -1,6 +1,7 @@
 """Sweeps on an Optuna study: TPE sampling (bayes), successive-halving early termination, and the study in a SQL
 database that several sweep processes share, each running trials as `charlm train` processes (trial.py)."""
 import contextlib
+import functools
 import json
 import os
 import stat
@@ -20,8 +21,9 @@ RETRIES = 1  # a point whose trainer died is run again this many times (resumed 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
+@functools.cache
 def optuna_module():
-    """Optuna, quietened; without it a one-line error that names the extra."""
+    """Optuna, quietened (once); without it a one-line error that names the extra."""
     try:
         import optuna
     except ImportError:
@@ -253,10 +255,10 @@ def tell(study, number, **kwargs):
     return True
 
 
-def best_value(sweep, run):
-    """The run's best value of the sweep's metric, or None."""
-    best = run.best([r for r in run.metrics() if "step" not in r], sweep.metric, sweep.goal)  # whole epochs only
-    return best[sweep.metric] if best else None
+def best_value(run, metric, goal):
+    """The run's best value of metric toward goal over its whole epochs, or None."""
+    best = run.best([r for r in run.metrics() if "step" not in r], metric, goal)  # a time limit's record: no epoch's
+    return best[metric] if best else None
 
 
 def settle(study, store, sweep, sweep_dir, trial_id, log, stopped=False):
@@ -266,7 +268,7 @@ def settle(study, store, sweep, sweep_dir, trial_id, log, stopped=False):
     if frozen.state != optuna.trial.TrialState.RUNNING or bad_name(frozen.user_attrs.get("run")):
         return
     run_dir = Path(sweep_dir) / frozen.user_attrs["run"]
-    value = best_value(sweep, Run(run_dir)) if sweeps.status(run_dir, {}) == "finished" else None
+    value = best_value(Run(run_dir), sweep.metric, sweep.goal) if sweeps.status(run_dir, {}) == "finished" else None
     if value is not None:
         tell(study, frozen.number, values=value)
         return

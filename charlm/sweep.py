@@ -1,6 +1,7 @@
 """Config sweeps: a W&B-style sweep file expanded into runs (grid or random), run as `charlm train`
 processes, resumed when re-run, and summarised by the chosen metric; bayes and early_terminate live in study.py."""
 import contextlib
+import importlib.util
 import itertools
 import json
 import math
@@ -138,10 +139,8 @@ def _early_terminate(spec, path):
 
 
 def _need_optuna(what, path):
-    try:
-        import optuna  # noqa: F401 (only whether it is there)
-    except ImportError:
-        raise CharlmError(f"{path}: {what} needs Optuna: {EXTRA}") from None
+    if importlib.util.find_spec("optuna") is None:  # only whether it is installed: the study imports it when used
+        raise CharlmError(f"{path}: {what} needs Optuna: {EXTRA}")
 
 
 def load(path):

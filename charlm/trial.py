@@ -3,7 +3,8 @@ end, and the trial's end told (complete, pruned, or stopped and enqueued to resu
 import json
 import os
 
-from .study import TRIAL_ENV, optuna_module, pruner, retry, storage, tell
+from .errors import CharlmError
+from .study import TRIAL_ENV, best_value, optuna_module, pruner, retry, shown, storage, tell
 
 
 class Reporter:
@@ -14,8 +15,13 @@ class Reporter:
         optuna = optuna_module()
         self.metric, self.trial_id, self.pruned, self.lost = spec["metric"], spec["trial_id"], False, False
         self.store = storage(spec["storage"], False)
-        self.study = optuna.load_study(study_name=spec["study"], storage=self.store,
-                                       pruner=pruner(spec["early_terminate"]))
+        try:
+            self.study = optuna.load_study(study_name=spec["study"], storage=self.store,
+                                           pruner=pruner(spec["early_terminate"]))
+        except KeyError:  # Optuna's word for a study the storage lacks
+            raise CharlmError(f"the sweep's study {spec['study']!r} is not in {shown(spec['storage'])}") from None
+        minimize = self.study.direction == optuna.study.StudyDirection.MINIMIZE
+        self.goal = "minimize" if minimize else "maximize"
         self.number = self.store.get_trial_number_from_id(self.trial_id)
 
     @classmethod
@@ -51,7 +57,6 @@ class Reporter:
 
     def finished(self, run):
         """Tell the trial complete with the run's best value (left running without one: the sweep fails it)."""
-        goal = "minimize" if self.study.direction == optuna_module().study.StudyDirection.MINIMIZE else "maximize"
-        best = run.best([r for r in run.metrics() if "step" not in r], self.metric, goal)  # whole epochs only
-        if best and not self.lost:
-            tell(self.study, self.number, values=best[self.metric])
+        best = best_value(run, self.metric, self.goal)
+        if best is not None and not self.lost:
+            tell(self.study, self.number, values=best)
