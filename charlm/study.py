@@ -1,7 +1,6 @@
 """Sweeps on an Optuna study: TPE sampling (bayes), successive-halving early termination, and the study in a SQL
 database that several sweep processes share, each running trials as `charlm train` processes (trial.py)."""
 import contextlib
-import functools
 import json
 import os
 import stat
@@ -21,9 +20,8 @@ RETRIES = 1  # a point whose trainer died is run again this many times (resumed 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
-@functools.cache
 def optuna_module():
-    """Optuna, quietened (once); without it a one-line error that names the extra."""
+    """Optuna, quietened; without it a one-line error that names the extra."""
     try:
         import optuna
     except ImportError:
