@@ -37,7 +37,7 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
 
     callbacks: objects with any of on_start(info), on_batch(done, total, tokens, mean_loss) and
     on_epoch(record, samples); stop: a function, once true training saves a checkpoint and raises Interrupted."""
-    from . import engine, parallel
+    from . import data, engine, parallel
     from .run import find
 
     devices = engine.contexts(gpu, gpus, ctx)
@@ -49,6 +49,8 @@ def train(cfg=None, *, resume=None, runs_dir="runs", name=None, epochs=None, tim
         _absolute(cfg)
         source, corpus = _read_corpus(cfg)
         chosen = choose(cfg, kvstore, devices, corpus)
+        if cfg.data.level == "word" and source is None:  # the recipe's vocabulary, chosen from the words read
+            corpus = data.capped(*corpus, cfg.data.max_vocab)
         workers = parallel.connect(cfg, devices, kvstore)
         return _guarded(workers, _train_new, cfg, workers, devices, runs_dir, name, callbacks, stop, chosen, source,
                         corpus)

@@ -65,7 +65,7 @@ class DataConfig(_Section):
                                            flag="test-data")
     level: str = _opt("char", "tokens: characters, or whitespace-separated words", choices=("char", "word"))
     min_freq: int = _opt(1, "word level: words seen fewer times read as <unk>")
-    max_vocab: int = _opt(0, "word level: at most this many tokens, <unk> and <eos> included (0 = no cap)")
+    max_vocab: int = _auto(0, "word level: at most this many tokens, <unk> and <eos> included (0 = no cap)")
     mode: str = _opt("stream", "the text as one stream, or each line its own padded sequence",
                      choices=("stream", "lines"))
     buckets: typing.List[int] = _opt([], "lines mode: padded lengths to group lines by ([] = chosen from the "

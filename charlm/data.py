@@ -5,7 +5,7 @@ import numpy as np
 from . import lines
 from .errors import CharlmError
 from .text import CHUNK, check_file, corpus_path, normalised_chunks, read_text  # noqa: F401 (offered as data.read_text)
-from .vocab import BOS, EOS, Vocab, build_vocab, codepoints, id_dtype
+from .vocab import BOS, EOS, Vocab, WordVocab, build_vocab, codepoints, id_dtype
 
 UNICODE = 0x110000  # code points
 
@@ -83,6 +83,14 @@ def load_words(d, path, max_chars, vocab=None, bos=False):
     if not len(ids):
         raise CharlmError(f"{path} holds no words")
     return vocab, ids
+
+
+def capped(vocab, ids, max_vocab):
+    """(vocab, ids) of a word-level text with the vocabulary cut to its first max_vocab tokens (0: as it is): the
+    specials and the most frequent words; the words past them read as <unk>."""
+    if not max_vocab or len(vocab) <= max_vocab:
+        return vocab, ids
+    return WordVocab(vocab.tokens[:max_vocab]), np.where(ids < max_vocab, ids, vocab.unk).astype(ids.dtype)
 
 
 def split(ids, val_frac):

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from . import configs
+from . import configs, data
 from .text import check_file, corpus_path, normalised_chunks
 
 # What a run gets for the settings it leaves unset where the recipe does not choose (word level, lines mode):
@@ -24,6 +24,7 @@ BATCHES = 300  # a short text gets batches small enough for this many per pass: 
 REFERENCE = 256  # the hidden size whose speed on this machine is measured, unless one is given
 TIMED = {"model.hidden_size", "model.dropout", "model.weight_drop", "train.warmup", "train.ema"}  # by the speed
 WEIGHT_DROP_PASSES = 20
+WORD_VOCAB = 10_000  # a word-level text's vocabulary at most, as Penn Treebank's: words past it are rare
 
 
 def _set(cfg, key, value):
@@ -65,17 +66,25 @@ def default_budget(chars):
     return min(max(round(seconds / 30) * 30, MIN_BUDGET), MAX_BUDGET)
 
 
-def parameters(hidden, layers, vocab, embed=64):
-    """Weights of an LSTM language model: embedding, layers (two bias vectors each, as MXNet's) and output."""
+def parameters(hidden, layers, vocab, embed=64, tied=False):
+    """Weights of an LSTM language model: embedding (none of its own when tied to the output layer), layers (two
+    bias vectors each, as MXNet's) and output."""
     lstm = 4 * hidden * (embed + hidden + 2) + (layers - 1) * 4 * hidden * (2 * hidden + 2)
-    return vocab * embed + lstm + (hidden + 1) * vocab
+    return (0 if tied else vocab * embed) + lstm + (hidden + 1) * vocab
 
 
-def speed(hidden, vocab, layers=2, embed=64, scale=1.0):
+def word_vocab(ids, specials=2):
+    """The vocabulary the recipe gives a word-level text read as ids (specials first, then words by falling
+    frequency): the specials and the words seen at least twice, at most WORD_VOCAB tokens."""
+    counts = np.bincount(ids)
+    return min(WORD_VOCAB, len(counts), specials + int(np.count_nonzero(counts[specials:] >= 2)))
+
+
+def speed(hidden, vocab, layers=2, embed=64, scale=1.0, tied=False):
     """Training tokens per second of an LSTM: SPEED's nearest size, scaled by the weights (work) per token and
     by this machine's speed relative to SPEED's (scale)."""
     near = min(SPEED, key=lambda h: abs(h - hidden))
-    return scale * SPEED[near] * parameters(near, 2, 80) / parameters(hidden, layers, vocab, embed)
+    return scale * SPEED[near] * parameters(near, 2, 80) / parameters(hidden, layers, vocab, embed, tied)
 
 
 def _batches(tokens, devices):
@@ -90,17 +99,24 @@ def _batches(tokens, devices):
     return seq_len, max(devices, batch - batch % devices)
 
 
-def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=None):
-    """({key: value}, why) of the recipe for a text, a budget in seconds, the settings already given and this
-    machine's measured speed relative to SPEED's (scale; None: SPEED's)."""
+def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=None, level="char"):
+    """({key: value}, why) of the recipe for a text of `tokens` training tokens (characters or words), a budget in
+    seconds, the settings already given and this machine's measured speed relative to SPEED's (scale; None:
+    SPEED's)."""
     measured, scale = scale is not None, scale or 1.0
-    given = given or {}
+    given, words = given or {}, level == "word"
     layers = given.get("model.num_layers", 2)
-    fits = [h for h in SPEED if speed(h, vocab, scale=scale) * seconds >= TOKENS_PER_PARAM * parameters(h, 2, vocab)
-            and parameters(h, 2, vocab) <= MAX_PARAMS * tokens]
+    # a word model's embedding is its output layer (tied), so it is counted once; a character model's is small
+    def weights(h):
+        return parameters(h, 2, vocab, h, tied=True) if words else parameters(h, 2, vocab)
+
+    fits = [h for h in SPEED if speed(h, vocab, 2, h if words else 64, scale, words) * seconds
+            >= TOKENS_PER_PARAM * weights(h) and weights(h) <= MAX_PARAMS * tokens]
     hidden = given.get("model.hidden_size", max(fits, default=min(SPEED)))
     embed = given.get("model.embed_size", hidden)  # tied to the output layer, so as wide as the hidden one
-    passes = speed(hidden, vocab, layers, embed, scale) * seconds / tokens
+    tied = words and embed == hidden
+    rate = speed(hidden, vocab, layers, embed, scale, tied)
+    passes = rate * seconds / tokens
     passes = min(passes, given.get("train.epochs", passes))
     seq_len, batch = _batches(tokens, devices)
     updates = passes * tokens / (given.get("data.batch_size", batch) * given.get("data.seq_len", seq_len))
@@ -117,47 +133,57 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
         "train.weight_decay": 0.0,
         # an average over about the last quarter of the updates, at most 2,000 (the starting weights it holds
         # fade by then); none without validation text to choose by
-        "train.ema": round(min(0.9995, 1 - 4 / updates), 4) if validated and updates >= 500 else 0.0}
-    why = (f"{tokens / 1e3:,.0f}k training characters, about {passes:,.0f} passes in the budget at "
-           f"{speed(hidden, vocab, layers, embed, scale) / 1e3:.1f}k tokens/s "
-           f"({'measured here' if measured else 'by the speed table'}; "
-           f"{parameters(hidden, layers, vocab, embed) / tokens:.1f} weights per character)")
+        "train.ema": round(min(0.9995, 1 - 4 / updates), 4) if validated and updates >= 500 else 0.0,
+        "data.max_vocab": vocab if words else 0}
+    unit = "word" if words else "character"
+    why = (f"{tokens / 1e3:,.0f}k training {unit}s, about {passes:,.0f} passes in the budget at "
+           f"{rate / 1e3:.1f}k tokens/s ({'measured here' if measured else 'by the speed table'}; "
+           f"{parameters(hidden, layers, vocab, embed, tied) / tokens:.1f} weights per {unit})")
     return settings, why
 
 
 def fill(cfg, devices=1, measure=None, ids=None):
-    """Fill cfg's unset settings (the recipe's, or FIXED's for other than character streams); what and why.
-    measure(cfg, vocab_size) gives the tokens/s of a whole config on this machine; without it, the machine is
-    taken to be as fast as SPEED's. ids: the text as read, when it is (else it is counted from its file)."""
+    """Fill cfg's unset settings (the recipe's, or FIXED's in lines mode); what and why. measure(cfg, vocab_size)
+    gives the tokens/s of a whole config on this machine; without it, the machine is taken to be as fast as
+    SPEED's. ids: the text as read, when it is (else it is read or counted from its file)."""
     unset = configs.unset(cfg)
     if not unset:
         return None
-    t = cfg.train
-    if cfg.data.level != "char" or cfg.data.mode != "stream":
+    t, d = cfg.train, cfg.data
+    if d.mode != "stream":
         fixed(cfg)
         configs.validate(cfg)
-        return f"fixed settings for {cfg.data.level} {cfg.data.mode} data (the recipe is for character streams)"
-    chars, tokens, vocab = text_size(cfg.data) if ids is None else size_of(cfg.data, ids)
+        return f"fixed settings for {d.level}s in lines mode (the recipe is for streams)"
+    if d.level == "word":
+        ids = data.corpus_of(d)[1] if ids is None else ids
+        vocab = word_vocab(ids) if "data.max_vocab" in unset else int(ids.max()) + 1
+        chars, tokens = None, len(ids) if d.valid_path else int(len(ids) * (1 - d.val_frac))
+    else:
+        chars, tokens, vocab = text_size(d) if ids is None else size_of(d, ids)
     tokens = max(tokens, 1)  # an empty text: the reader's error comes later, when training starts
     if t.time_limit is None and "train.epochs" in unset:
+        chars = chars or text_size(d)[0]  # a word-level text's budget is its characters', as a character run's
         t.time_limit = _duration_text(default_budget(chars))
         budget = f"{t.time_limit}, the default budget for {chars / 1e3:,.0f}k characters"
     else:
         budget = t.time_limit or f"{t.epochs} epochs"
     # given epochs and no limit: sized for the default budget
-    seconds = configs.duration(t.time_limit) if t.time_limit else default_budget(chars)
+    seconds = configs.duration(t.time_limit) if t.time_limit else default_budget(chars or text_size(d)[0])
     given = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in FIXED if key not in unset}
-    validated, scale = bool(cfg.data.val_frac or cfg.data.valid_path), None
+    validated, scale = bool(d.val_frac or d.valid_path), None
     if measure and TIMED & set(unset) and vocab:  # an empty text: nothing to measure with
-        chosen = choose(tokens, vocab, seconds, {"model.hidden_size": REFERENCE, **given}, validated, devices)[0]
+        chosen = choose(tokens, vocab, seconds, {"model.hidden_size": REFERENCE, **given}, validated, devices,
+                        level=d.level)[0]
         scale = _scale(cfg, {key: chosen[key] for key in unset}, vocab, measure)
-    settings, why = choose(tokens, vocab, seconds, given, validated, devices, scale)
+    settings, why = choose(tokens, vocab, seconds, given, validated, devices, scale, d.level)
     for key in unset:
         _set(cfg, key, settings[key])
     configs.validate(cfg)
     m = cfg.model
-    return (f"recipe: {m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}, {cfg.data.batch_size} x "
-            f"{cfg.data.seq_len} batches, lr {t.lr:g} {t.lr_schedule} over {budget} | {why}"
+    words = (f", a vocabulary of {d.max_vocab:,} (the words seen at least twice, at most {WORD_VOCAB:,})"
+             if "data.max_vocab" in unset and d.level == "word" else "")
+    return (f"recipe: {m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}, {d.batch_size} x "
+            f"{d.seq_len} batches, lr {t.lr:g} {t.lr_schedule} over {budget}{words} | {why}"
             + (f" | set by you: {', '.join(sorted(given))}" if given else ""))
 
 
@@ -167,7 +193,8 @@ def _scale(cfg, settings, vocab, measure):
     for key, value in settings.items():
         _set(probe, key, value)
     m = probe.model
-    return measure(probe, vocab) / speed(m.hidden_size, vocab, m.num_layers, m.embed_size)
+    tied = probe.data.level == "word" and m.tie_weights
+    return measure(probe, vocab) / speed(m.hidden_size, vocab, m.num_layers, m.embed_size, tied=tied)
 
 
 def _duration_text(seconds):

@@ -60,12 +60,13 @@ POINTS = {
 }
 
 
-def run(data, budget, point, sets):
-    """Train one point; return its result record."""
-    text = Path(data).name if data else "the bundled Time Machine (lowercased)"
-    name = f"{Path(data).stem if data else 'book'}-{budget}-{point}-{time.strftime('%Y%m%d-%H%M%S')}"
-    args = ["train", *(["--data", data] if data else []), "--time-limit", budget, "--runs-dir", RUNS, "--name", name,
-            "--sample-every", 0]
+def run(data, budget, point, sets, level="char"):
+    """Train one point at this level (char or word); return its result record."""
+    text = (Path(data).name if data else "the bundled Time Machine (lowercased)") + (", words" if level == "word"
+                                                                                       else "")
+    name = f"{Path(data).stem if data else 'book'}-{level}-{budget}-{point}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = ["train", *(["--data", data] if data else []), "--level", level, "--time-limit", budget, "--runs-dir",
+            RUNS, "--name", name, "--sample-every", 0]
     if sets is not None:
         args += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     start = time.perf_counter()
@@ -83,6 +84,15 @@ def run(data, budget, point, sets):
             "epochs": records[-1]["epoch"], "tokens_per_s": sum(r["tokens_per_s"] for r in records) / len(records),
             "wall_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {cores()} cores"}
+
+
+def word_fixed(data):
+    """The fixed settings for a word-level text, with the vocabulary the recipe gives it: both predict the same
+    tokens, so their perplexities compare."""
+    from charlm import configs, data as corpora
+
+    cfg = configs.resolve(sets=["data.level=word", *([f"data.path={data}"] if data else [])])
+    return {**POINTS["fixed"], "data.max_vocab": recipe.word_vocab(corpora.corpus_of(cfg.data)[1])}
 
 
 def speed_worker(hidden, seconds, sets):
@@ -116,7 +126,8 @@ def table():
         groups.setdefault((r["text"], r["budget"]), []).append(r)
     for (text, budget), group in groups.items():
         print(f"\n{text}, --time-limit {budget} ({group[0]['date']}, {group[0]['machine']}):\n")
-        print("| point | val loss (nats/char) | best epoch / epochs | tokens/s | settings |")
+        unit = "word" if text.endswith(", words") else "char"
+        print(f"| point | val loss (nats/{unit}) | best epoch / epochs | tokens/s | settings |")
         print("|---|---|---|---|---|")
         for r in sorted(group, key=lambda r: r["val_loss"]):
             if r["sets"] is None:
@@ -210,6 +221,8 @@ def main():
     p.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
     p.add_argument("--custom", nargs=2, metavar=("NAME", "JSON"),
                    help='instead of --points, the recipe with these settings given: {"model.dropout": 0.3}')
+    p.add_argument("--level", choices=("char", "word"), default="char",
+                   help="tokens; at word level the fixed settings get the recipe's vocabulary")
     c = sub.add_parser("cut")
     c.add_argument("--data", required=True, nargs="+", help="texts, concatenated")
     c.add_argument("--chars", type=int, default=0, help="keep the first N characters (0: all)")
@@ -250,7 +263,9 @@ def main():
         results = study(a.data, a.budget)
     else:
         points = {a.custom[0]: json.loads(a.custom[1])} if a.custom else {p: POINTS[p] for p in a.points}
-        results = (run(a.data, a.budget, point, sets) for point, sets in points.items())
+        if a.level == "word" and "fixed" in points:
+            points["fixed"] = word_fixed(a.data)
+        results = (run(a.data, a.budget, point, sets, a.level) for point, sets in points.items())
     for result in results:
         with open(RESULTS, "a", encoding="utf-8") as f:
             f.write(json.dumps(result) + "\n")

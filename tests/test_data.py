@@ -103,6 +103,16 @@ def test_rare_words_and_the_cap_read_as_unk(tmp_path):
     assert vocab.tokens == ["<unk>", "<eos>", "a"]
 
 
+@pytest.mark.parametrize("cap", [0, 3, 4, 5, 6])
+def test_a_vocabulary_cut_after_reading_is_the_one_read_with_the_cap(tmp_path, cap):
+    path = tmp_path / "w.txt"
+    path.write_text("a a a b b c d d e\nb a f\n")
+    whole = data.corpus_of(word_cfg(path))
+    vocab, ids = data.capped(*whole, cap)
+    read = data.corpus_of(word_cfg(path, max_vocab=cap))
+    assert vocab.tokens == read[0].tokens and ids.tolist() == read[1].tolist()
+
+
 def test_unseen_words_in_another_file_read_as_unk(tmp_path):
     (tmp_path / "train.txt").write_text("a b\n")
     (tmp_path / "valid.txt").write_text("a z\n")

@@ -1,7 +1,9 @@
 """The automatic recipe: what it chooses for a text and a budget, that given settings win, that a run records
 its choice and repeats it, and variational dropout."""
+import collections
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -66,11 +68,39 @@ def test_a_shorter_text_gets_smaller_batches_down_to_ones_a_tiny_text_can_fill(c
     assert cfg.data.batch_size * cfg.data.seq_len * 8 <= recipe.text_size(cfg.data)[1]
 
 
-@pytest.mark.parametrize("flags", [{"data.level": "word"}, {"data.mode": "lines"}], ids=["word", "lines"])
-def test_word_level_and_lines_mode_get_the_fixed_settings(corpus, flags):
-    cfg, why = resolved(**{"data.path": str(corpus), **flags})
+def test_lines_mode_gets_the_fixed_settings(corpus):
+    cfg, why = resolved(**{"data.path": str(corpus), "data.mode": "lines"})
     assert {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in RECIPE_KEYS} == recipe.FIXED
-    assert "the recipe is for character streams" in why
+    assert "the recipe is for streams" in why
+
+
+WORDS = "the cat sat on the mat and the dog sat by the door\nof the house where a cat once was\n" * 3 + "zebra yak\n"
+
+
+def test_a_word_level_text_gets_a_tied_model_and_the_words_seen_twice(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text(WORDS)
+    cfg, why = resolved(**{"data.path": str(path), "data.level": "word", "train.time_limit": "5m"})
+    counts = collections.Counter(WORDS.split())
+    assert cfg.data.max_vocab == 2 + sum(c >= 2 for c in counts.values())  # <unk>, <eos> and those words
+    assert cfg.model.tie_weights and cfg.model.embed_size == cfg.model.hidden_size and cfg.model.dropout >= 0.1
+    assert "training words" in why and f"a vocabulary of {cfg.data.max_vocab}" in why
+
+
+def test_a_word_level_vocabulary_is_capped_at_penn_treebanks_size():
+    ids = np.repeat(np.arange(2 * recipe.WORD_VOCAB), 2)
+    assert recipe.word_vocab(ids) == recipe.WORD_VOCAB
+    assert recipe.word_vocab(np.array([0, 1, 2, 2, 3, 4, 4, 4])) == 4  # 3, seen once, is left out
+
+
+def test_a_word_level_run_reads_the_words_seen_once_as_unk(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text(WORDS)
+    result = invoke("train", "--data", path, "--level", "word", "--runs-dir", tmp_path, "--name", "w", "--epochs", 1,
+                    "--hidden-size", 8, "--seq-len", 4, "--batch-size", 2, "--sample-every", 0)
+    assert result.exit_code == 0, result.output
+    counts = collections.Counter(WORDS.split())
+    assert set(Run(tmp_path / "w").vocab().tokens) == {"<unk>", "<eos>"} | {w for w, c in counts.items() if c >= 2}
 
 
 def test_the_fixed_config_file_spells_out_the_fixed_settings():
