@@ -22,8 +22,11 @@ TOKENS_PER_PARAM = 2.5
 MAX_PARAMS = 8.0
 BATCHES = 300  # a short text gets batches small enough for this many per pass: more, noisier updates
 REFERENCE = 256  # the hidden size whose speed on this machine is measured, unless one is given
-TIMED = {"model.hidden_size", "model.dropout", "model.weight_drop", "train.warmup", "train.ema"}  # by the speed
-WEIGHT_DROP_PASSES = 20
+TIMED = {"model.hidden_size", "model.dropout", "model.weight_drop", "train.weight_decay", "train.warmup",
+         "train.ema"}  # by the speed
+# Exposure: the passes over the text times the weights per training token, how much a model can learn the text
+# by heart. Dropout 0.4 at EXPOSURE, 0.1 more for each doubling; from BY_HEART on, weight drop and weight decay too.
+EXPOSURE, BY_HEART = 42, 64
 WORD_VOCAB = 10_000  # a word-level text's vocabulary at most, as Penn Treebank's: words past it are rare
 
 
@@ -118,19 +121,19 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
     rate = speed(hidden, vocab, layers, embed, scale, tied)
     passes = rate * seconds / tokens
     passes = min(passes, given.get("train.epochs", passes))
+    per_token = parameters(hidden, layers, vocab, embed, tied) / tokens
+    exposure = passes * per_token
     seq_len, batch = _batches(tokens, devices)
     updates = passes * tokens / (given.get("data.batch_size", batch) * given.get("data.seq_len", seq_len))
     settings = {
         "data.seq_len": seq_len, "data.batch_size": batch, "model.cell": "lstm", "model.embed_size": embed,
         "model.hidden_size": hidden, "model.num_layers": 2,
-        # 0.2 at 8 passes over the text, 0.1 more for each doubling, up to 0.5 at 64
-        "model.dropout": round(min(0.5, max(0.1, 0.2 + 0.1 * math.log2(max(passes, 1e-9) / 8))), 2),
+        "model.dropout": round(min(0.5, max(0.1, 0.4 + 0.1 * math.log2(max(exposure, 1e-9) / EXPOSURE))), 2),
         "model.variational_dropout": True, "model.tie_weights": embed == hidden,
-        # on the recurrent weights too once the text is read often enough to be learnt by heart
-        "model.weight_drop": 0.2 if passes >= WEIGHT_DROP_PASSES else 0.0,
+        "model.weight_drop": 0.2 if exposure >= BY_HEART else 0.0,
         "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
-        "train.weight_decay": 0.0,
+        "train.weight_decay": 0.1 if exposure >= BY_HEART else 0.0,
         # an average over about the last quarter of the updates, at most 2,000 (the starting weights it holds
         # fade by then); none without validation text to choose by
         "train.ema": round(min(0.9995, 1 - 4 / updates), 4) if validated and updates >= 500 else 0.0,
@@ -138,7 +141,7 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
     unit = "word" if words else "character"
     why = (f"{tokens / 1e3:,.0f}k training {unit}s, about {passes:,.0f} passes in the budget at "
            f"{rate / 1e3:.1f}k tokens/s ({'measured here' if measured else 'by the speed table'}; "
-           f"{parameters(hidden, layers, vocab, embed, tied) / tokens:.1f} weights per {unit})")
+           f"{per_token:.1f} weights per {unit}, exposure {exposure:,.0f})")
     return settings, why
 
 
