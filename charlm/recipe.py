@@ -25,8 +25,8 @@ REFERENCE = 256  # the hidden size whose speed on this machine is measured, unle
 TIMED = {"model.hidden_size", "model.dropout", "model.weight_drop", "train.weight_decay", "train.warmup",
          "train.ema"}  # by the speed
 # Exposure: the passes over the text times the weights per training token, how much a model can learn the text
-# by heart. Dropout 0.4 at EXPOSURE, 0.1 more for each doubling; from BY_HEART on, weight drop and weight decay too.
-EXPOSURE, BY_HEART = 42, 64
+# by heart. Dropout 0.4 at EXPOSURE, 0.1 more for each doubling; weight decay from DECAY, weight drop from BY_HEART.
+EXPOSURE, DECAY, BY_HEART = 42, 32, 64
 WORD_VOCAB = 10_000  # a word-level text's vocabulary at most, as Penn Treebank's: words past it are rare
 
 
@@ -133,7 +133,7 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
         "model.weight_drop": 0.2 if exposure >= BY_HEART else 0.0,
         "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
-        "train.weight_decay": 0.1 if exposure >= BY_HEART else 0.0,
+        "train.weight_decay": 0.1 if exposure >= DECAY else 0.0,
         # an average over about the last quarter of the updates, at most 2,000 (the starting weights it holds
         # fade by then); none without validation text to choose by
         "train.ema": round(min(0.9995, 1 - 4 / updates), 4) if validated and updates >= 500 else 0.0,
