@@ -8,7 +8,7 @@ import numpy as np
 from . import configs, data
 from .text import check_file, corpus_path, normalised_chunks
 
-# What a run gets for the settings it leaves unset where the recipe does not choose (word level, lines mode):
+# What a run gets for the settings it leaves unset where the recipe does not choose (lines mode):
 # their defaults in charlm/configs.py.
 FIXED = {f"{section}.{f.name}": f.default for section, f in configs.keys() if f.metadata.get("auto")}
 BUDGET_CHARS, BUDGET = 180_000, 300.0  # a text this long gets this default budget; the budget grows as its root
@@ -185,8 +185,10 @@ def fill(cfg, devices=1, measure=None, ids=None):
     m = cfg.model
     words = (f", a vocabulary of {d.max_vocab:,} (the words seen at least twice, at most {WORD_VOCAB:,})"
              if "data.max_vocab" in unset and d.level == "word" else "")
-    return (f"recipe: {m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}, {d.batch_size} x "
-            f"{d.seq_len} batches, lr {t.lr:g} {t.lr_schedule} over {budget}{words} | {why}"
+    regularised = (f", weight drop {m.weight_drop:g}" if m.weight_drop else "") + (
+        f", weight decay {t.weight_decay:g}" if t.weight_decay else "")
+    return (f"recipe: {m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}{regularised}, "
+            f"{d.batch_size} x {d.seq_len} batches, lr {t.lr:g} {t.lr_schedule} over {budget}{words} | {why}"
             + (f" | set by you: {', '.join(sorted(given))}" if given else ""))
 
 

@@ -30,8 +30,8 @@ overriding the one before:
 3. the flags you type (`--hidden-size 512`); a flag you do not type leaves the files' value alone;
 4. `--set section.key=value`, repeatable, the value read as YAML (`--set "train.sample_prefixes=[a, b]"`);
 5. the recipe, for the keys it chooses (marked so below) that no layer set: model, batches, learning rate,
-   schedule and budget, chosen from the text's length and the time limit
-   ([recipes.md](recipes.md#the-automatic-recipe)). Word-level and lines-mode runs get the fixed values of
+   schedule, budget and a word-level vocabulary, chosen from the text's length and the time limit
+   ([recipes.md](recipes.md#the-automatic-recipe)). Lines-mode runs get the fixed values of
    `configs/fixed.yaml` for them instead. `configs/default.yaml` spells out what `charlm train` with no
    arguments resolves to.
 

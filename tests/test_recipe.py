@@ -149,18 +149,29 @@ def test_without_validation_text_there_is_no_average_to_choose_by(corpus):
     assert cfg.train.ema == 0.0
 
 
-@pytest.mark.parametrize("passes", [10, 19, 21])
-def test_weight_drop_comes_with_a_text_read_often_and_the_average_spans_a_quarter_of_the_updates(passes):
-    settings, _ = recipe.choose(160_000, 60, 300, {"model.hidden_size": 256, "train.epochs": passes})
-    assert settings["model.weight_drop"] == (0.2 if passes >= recipe.WEIGHT_DROP_PASSES else 0.0)
-    updates = passes * 160_000 / (settings["data.batch_size"] * settings["data.seq_len"])
-    assert 1 / (1 - settings["train.ema"]) == pytest.approx(updates / 4, rel=0.1)  # the window: updates averaged
+def test_regularisation_grows_with_the_passes_and_the_weights_per_character_and_the_average_spans_a_quarter():
+    levers = ("model.dropout", "model.weight_drop", "train.weight_decay")
+    for hidden in (128, 256, 512):
+        chosen = [recipe.choose(160_000, 60, 10**6, {"model.hidden_size": hidden, "train.epochs": passes})[0]
+                  for passes in (1, 2, 4, 8, 16, 32, 64)]  # a budget long enough for the passes given
+        for lever in levers:
+            values = [settings[lever] for settings in chosen]
+            assert values == sorted(values) and values[0] < values[-1], (hidden, lever)
+        for passes, settings in zip((1, 2, 4, 8, 16, 32, 64), chosen):
+            updates = passes * 160_000 / (settings["data.batch_size"] * settings["data.seq_len"])
+            if updates >= 500:  # the window: the updates averaged
+                assert 1 / (1 - settings["train.ema"]) == pytest.approx(min(updates / 4, 2000), rel=0.1)
+    by_size = [recipe.choose(160_000, 60, 10**6, {"model.hidden_size": h, "train.epochs": 4})[0] for h in (128, 512)]
+    assert [s["model.dropout"] for s in by_size] == sorted(s["model.dropout"] for s in by_size)
+    assert all(0.1 <= s["model.dropout"] <= 0.5 for s in chosen + by_size)
 
 
 def test_the_choice_follows_the_settings_given():
-    settings, why = recipe.choose(160_000, 60, 300, {"model.hidden_size": 1024, "train.epochs": 3})
-    assert settings["model.hidden_size"] == 1024 and "about 3 passes" in why
-    assert settings["model.dropout"] == 0.1  # three passes overfit nothing
+    settings, why = recipe.choose(160_000, 60, 300, {"model.hidden_size": 64, "train.epochs": 3})
+    assert settings["model.hidden_size"] == 64 and "about 3 passes" in why
+    assert settings["model.dropout"] == 0.1 and settings["model.weight_drop"] == 0  # 3 passes of a small model
+    settings, _ = recipe.choose(160_000, 60, 300, {"model.hidden_size": 1024, "train.epochs": 3})
+    assert settings["model.dropout"] == 0.5  # 100 weights per character learn even 3 passes by heart
     assert recipe.choose(160_000, 60, 300, devices=3)[0]["data.batch_size"] % 3 == 0
 
 
