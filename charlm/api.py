@@ -121,6 +121,8 @@ def choose(cfg, kvstore="local", devices=None, corpus=None):
     unset = set(configs.unset(cfg))
     if cfg.train.init_from and {f"model.{key}" for key in SHAPE_KEYS} & unset:
         _take_model(cfg, _source(cfg).config().model)
+    if cfg.train.init_from and "data.max_vocab" in unset:  # the vocabulary is the source's
+        recipe.set_fixed(cfg, "data.max_vocab")
     if kvstore == "dist_async":  # its servers update with a constant rate and no decay
         for key in {"train.lr_schedule", "train.warmup", "train.weight_decay"} & unset:
             recipe.set_fixed(cfg, key)

@@ -156,7 +156,8 @@ def fill(cfg, devices=1, measure=None, ids=None):
     if d.mode != "stream":
         fixed(cfg)
         configs.validate(cfg)
-        return f"fixed settings for {d.level}s in lines mode (the recipe is for streams)"
+        tokens = "words" if d.level == "word" else "characters"
+        return f"fixed settings for {tokens} in lines mode (the recipe is for streams)"
     if d.level == "word":
         ids = data.corpus_of(d)[1] if ids is None else ids
         vocab = word_vocab(ids) if "data.max_vocab" in unset else int(ids.max()) + 1

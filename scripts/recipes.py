@@ -6,16 +6,19 @@ and time budget.
     python scripts/recipes.py run --data pride_and_prejudice.txt --budget 5m       # every point
     python scripts/recipes.py run --data FILE --budget 10m --points auto fixed h2 h3
     python scripts/recipes.py run --budget 5m --custom no-ema '{"train.ema": 0}'  # the recipe but one setting
+    python scripts/recipes.py run --data FILE --level word --budget 5m --points auto fixed  # words
     python scripts/recipes.py cut --data FILE --chars 100000 -o cut.txt   # the first N characters of a text
     python scripts/recipes.py study --data FILE --budget 5m               # the recipe, then its neighbours
     python scripts/recipes.py study-table                                 # the recipe against its neighbours
+    python scripts/recipes.py budgets --text pride_and_prejudice.txt      # the recipe's runs by budget
     python scripts/recipes.py table                                       # the results so far, as Markdown
     python scripts/recipes.py levers                                      # the lever table, from those results
 
 Each run is a `charlm train` process; its result (best validation loss in nats per character, epochs, tokens/s,
 peak RSS) is appended to runs/recipes/results.jsonl, and `table` prints them grouped by text and budget.
 Run nothing else heavy at the same time: the budget is wall time, and a second busy process halves the
-work done in it."""
+work done in it. To measure two runs at once on two cores, give each one core:
+`taskset -c 0 env OMP_NUM_THREADS=1 python scripts/recipes.py run ...` and `taskset -c 1 ...` beside it."""
 import argparse
 import json
 import os
@@ -190,6 +193,27 @@ def study(data, budget):
         yield run(data, budget, name, sets)
 
 
+def budgets(text):
+    """The recipe at each budget it ran for one text: what it chose, where its best epoch fell, and how far below
+    the next shorter budget it ended."""
+    from charlm.configs import duration
+
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    latest = {r["budget"]: r for r in rows if r["text"] == text and r["point"] == "auto"}
+    print("| budget | the recipe's choice | exposure | val loss | best epoch / epochs | below the shorter budget |")
+    print("|---|---|---|---|---|---|")
+    before = None
+    for budget, r in sorted(latest.items(), key=lambda item: duration(item[0])):
+        m, t = (yaml.safe_load((RUNS / r["run"] / "config.yaml").read_text())[k] for k in ("model", "train"))
+        choice = f"{m['num_layers']} x {m['hidden_size']}, dropout {m['dropout']:g}" + (
+            f", weight drop {m['weight_drop']:g}" if m["weight_drop"] else "") + (
+            f", weight decay {t['weight_decay']:g}" if t["weight_decay"] else "")
+        exposure = r["first_line"].split("exposure ")[1].split(")")[0]
+        below = f"{(before - r['val_loss']) / before:.1%}" if before else "-"
+        print(f"| {budget} | {choice} | {exposure} | {r['val_loss']:.4f} | {r['best_epoch']} / {r['epochs']} | {below} |")
+        before = r["val_loss"]
+
+
 def study_table():
     """The recipe against its neighbours, a row per text and budget: how near the best of them it is."""
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
@@ -231,6 +255,8 @@ def main():
     st.add_argument("--data", help="a text file (default: the bundled Time Machine)")
     st.add_argument("--budget", required=True)
     sub.add_parser("study-table")
+    bu = sub.add_parser("budgets")
+    bu.add_argument("--text", default="pride_and_prejudice.txt")
     sub.add_parser("table")
     lv = sub.add_parser("levers")
     lv.add_argument("--text", default="the bundled Time Machine (lowercased)")
@@ -248,6 +274,8 @@ def main():
         return table()
     if a.command == "study-table":
         return study_table()
+    if a.command == "budgets":
+        return budgets(a.text)
     if a.command == "levers":
         return levers(a.text)
     if a.command == "speed":

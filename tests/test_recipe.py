@@ -103,6 +103,19 @@ def test_a_word_level_run_reads_the_words_seen_once_as_unk(tmp_path):
     assert set(Run(tmp_path / "w").vocab().tokens) == {"<unk>", "<eos>"} | {w for w, c in counts.items() if c >= 2}
 
 
+def test_a_word_level_run_from_another_keeps_the_sources_vocabulary(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text(WORDS)
+    tiny = ["--level", "word", "--runs-dir", tmp_path, "--epochs", 1, "--seq-len", 4, "--batch-size", 2,
+            "--sample-every", 0]
+    assert invoke("train", "--data", path, "--name", "a", "--hidden-size", 8, *tiny).exit_code == 0
+    (tmp_path / "more.txt").write_text(WORDS + "the cat sat\n" * 3)
+    result = invoke("train", "--data", tmp_path / "more.txt", "--name", "b", "--init-from", tmp_path / "a", *tiny)
+    assert result.exit_code == 0, result.output
+    assert Run(tmp_path / "b").vocab().tokens == Run(tmp_path / "a").vocab().tokens
+    assert Run(tmp_path / "b").config().data.max_vocab == 0
+
+
 def test_the_fixed_config_file_spells_out_the_fixed_settings():
     cfg = configs.resolve([CONFIGS / "fixed.yaml"])
     assert {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in RECIPE_KEYS} == recipe.FIXED
