@@ -151,7 +151,7 @@ LEVERS = [("untied", "tied embedding and output weights (against a 64-wide embed
           ("tm-16x32-novar", "variational dropout (one mask per sequence)", True, "untied"),
           ("tm-16x64", "BPTT length 32 (against 64)", True, "untied"),
           ("weight-decay", "weight decay 0.1 (AdamW)", False, "untied"),
-          ("no-weight-drop", "weight drop 0.2 on the recurrent weights, from 20 passes", True, "auto"),
+          ("no-weight-drop", "weight drop 0.2 on the recurrent weights", True, "auto"),
           ("ema-0.999", "an average over the last quarter of the updates (against EMA 0.999)", True, "auto")]
 
 
@@ -200,8 +200,9 @@ def budgets(text):
 
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     latest = {r["budget"]: r for r in rows if r["text"] == text and r["point"] == "auto"}
-    print("| budget | the recipe's choice | exposure | val loss | best epoch / epochs | below the shorter budget |")
-    print("|---|---|---|---|---|---|")
+    print("| budget | the recipe's choice | exposure | val loss | best epoch / epochs | val loss over the last quarter "
+          "of the epochs | below the shorter budget |")
+    print("|---|---|---|---|---|---|---|")
     before = None
     for budget, r in sorted(latest.items(), key=lambda item: duration(item[0])):
         m, t = (yaml.safe_load((RUNS / r["run"] / "config.yaml").read_text())[k] for k in ("model", "train"))
@@ -210,7 +211,10 @@ def budgets(text):
             f", weight decay {t['weight_decay']:g}" if t["weight_decay"] else "")
         exposure = r["first_line"].split("exposure ")[1].split(")")[0]
         below = f"{(before - r['val_loss']) / before:.1%}" if before else "-"
-        print(f"| {budget} | {choice} | {exposure} | {r['val_loss']:.4f} | {r['best_epoch']} / {r['epochs']} | {below} |")
+        records = [json.loads(line) for line in (RUNS / r["run"] / "metrics.jsonl").read_text().splitlines()]
+        last = [x["val_loss"] for x in records if x["epoch"] > 0.75 * r["epochs"]]
+        print(f"| {budget} | {choice} | {exposure} | {r['val_loss']:.4f} | {r['best_epoch']} / {r['epochs']} | "
+              f"{last[0]:.4f} to {last[-1]:.4f} | {below} |")
         before = r["val_loss"]
 
 
