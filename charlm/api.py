@@ -129,7 +129,9 @@ def choose(cfg, kvstore="local", devices=None, corpus=None):
     devices = devices if isinstance(devices, list) else [devices]
     # a cluster's workers must choose alike: they take the speed table's machine rather than each its own
     measure = None if kvstore.startswith("dist") else functools.partial(_tokens_per_second, ctx=devices[0])
-    return recipe.fill(cfg, len(devices), measure, None if corpus is None else corpus[1])
+    if corpus is None and cfg.train.init_from and cfg.data.level == "word":  # read with the source's vocabulary
+        corpus = _read_corpus(cfg)[1]
+    return recipe.fill(cfg, len(devices), measure, corpus)
 
 
 def _tokens_per_second(cfg, vocab_size, ctx=None):

@@ -76,11 +76,13 @@ def parameters(hidden, layers, vocab, embed=64, tied=False):
     return (0 if tied else vocab * embed) + lstm + (hidden + 1) * vocab
 
 
-def word_vocab(ids, specials=2):
+def word_vocab(ids, seen=2, specials=2):
     """The vocabulary the recipe gives a word-level text read as ids (specials first, then words by falling
-    frequency): the specials and the words seen at least twice, at most WORD_VOCAB tokens."""
+    frequency): the specials and the words seen at least `seen` times, at most WORD_VOCAB tokens; 0 (no cap)
+    when no word is."""
     counts = np.bincount(ids)
-    return min(WORD_VOCAB, len(counts), specials + int(np.count_nonzero(counts[specials:] >= 2)))
+    size = min(WORD_VOCAB, len(counts), specials + int(np.count_nonzero(counts[specials:] >= seen)))
+    return size if size > specials else 0
 
 
 def speed(hidden, vocab, layers=2, embed=64, scale=1.0, tied=False):
@@ -102,22 +104,22 @@ def _batches(tokens, devices):
     return seq_len, max(devices, batch - batch % devices)
 
 
-def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=None, level="char"):
+def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=None, level="char",
+           optimizer="adam"):
     """({key: value}, why) of the recipe for a text of `tokens` training tokens (characters or words), a budget in
     seconds, the settings already given and this machine's measured speed relative to SPEED's (scale; None:
     SPEED's)."""
     measured, scale = scale is not None, scale or 1.0
-    given, words = given or {}, level == "word"
+    given = given or {}
+    # a word model's embedding, when tied, is its output layer: counted once; a character model's is small
+    tie = level == "word" and given.get("model.tie_weights", True)
     layers = given.get("model.num_layers", 2)
-    # a word model's embedding is its output layer (tied), so it is counted once; a character model's is small
-    def weights(h):
-        return parameters(h, 2, vocab, h, tied=True) if words else parameters(h, 2, vocab)
-
-    fits = [h for h in SPEED if speed(h, vocab, 2, h if words else 64, scale, words) * seconds
-            >= TOKENS_PER_PARAM * weights(h) and weights(h) <= MAX_PARAMS * tokens]
+    weights = {h: parameters(h, 2, vocab, h, tie) if level == "word" else parameters(h, 2, vocab) for h in SPEED}
+    fits = [h for h in SPEED if speed(h, vocab, 2, h if level == "word" else 64, scale, tie) * seconds
+            >= TOKENS_PER_PARAM * weights[h] and weights[h] <= MAX_PARAMS * tokens]
     hidden = given.get("model.hidden_size", max(fits, default=min(SPEED)))
     embed = given.get("model.embed_size", hidden)  # tied to the output layer, so as wide as the hidden one
-    tied = words and embed == hidden
+    tied = tie and embed == hidden
     rate = speed(hidden, vocab, layers, embed, scale, tied)
     passes = rate * seconds / tokens
     passes = min(passes, given.get("train.epochs", passes))
@@ -129,26 +131,27 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
         "data.seq_len": seq_len, "data.batch_size": batch, "model.cell": "lstm", "model.embed_size": embed,
         "model.hidden_size": hidden, "model.num_layers": 2,
         "model.dropout": round(min(0.5, max(0.1, 0.4 + 0.1 * math.log2(max(exposure, 1e-9) / EXPOSURE))), 2),
-        "model.variational_dropout": True, "model.tie_weights": embed == hidden,
+        "model.variational_dropout": True,
+        "model.tie_weights": embed == hidden and given.get("model.cell", "lstm") not in configs.SCRATCH_CELLS,
         "model.weight_drop": 0.2 if exposure >= BY_HEART else 0.0,
         "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
-        "train.weight_decay": 0.1 if exposure >= DECAY else 0.0,
+        "train.weight_decay": 0.1 if exposure >= DECAY and optimizer == "adam" else 0.0,  # AdamW's, not SGD's L2
         # an average over about the last quarter of the updates, at most 2,000 (the starting weights it holds
         # fade by then); none without validation text to choose by
         "train.ema": round(min(0.9995, 1 - 4 / updates), 4) if validated and updates >= 500 else 0.0,
-        "data.max_vocab": vocab if words else 0}
-    unit = "word" if words else "character"
+        "data.max_vocab": 0}  # fill caps a word-level vocabulary
+    unit = "word" if level == "word" else "character"
     why = (f"{tokens / 1e3:,.0f}k training {unit}s, about {passes:,.0f} passes in the budget at "
            f"{rate / 1e3:.1f}k tokens/s ({'measured here' if measured else 'by the speed table'}; "
            f"{per_token:.1f} weights per {unit}, exposure {exposure:,.0f})")
     return settings, why
 
 
-def fill(cfg, devices=1, measure=None, ids=None):
+def fill(cfg, devices=1, measure=None, corpus=None):
     """Fill cfg's unset settings (the recipe's, or FIXED's in lines mode); what and why. measure(cfg, vocab_size)
     gives the tokens/s of a whole config on this machine; without it, the machine is taken to be as fast as
-    SPEED's. ids: the text as read, when it is (else it is read or counted from its file)."""
+    SPEED's. corpus: the text as read, (vocab, ids), when it is (else it is read or counted from its file)."""
     unset = configs.unset(cfg)
     if not unset:
         return None
@@ -158,12 +161,14 @@ def fill(cfg, devices=1, measure=None, ids=None):
         configs.validate(cfg)
         tokens = "words" if d.level == "word" else "characters"
         return f"fixed settings for {tokens} in lines mode (the recipe is for streams)"
+    seen, cap = d.min_freq if "min_freq" in d.given else 2, 0
     if d.level == "word":
-        ids = data.corpus_of(d)[1] if ids is None else ids
-        vocab = word_vocab(ids) if "data.max_vocab" in unset else int(ids.max()) + 1
+        read, ids = corpus or data.corpus_of(d)
+        cap = word_vocab(ids, seen) if "data.max_vocab" in unset else 0
+        vocab = cap or len(read)
         chars, tokens = None, len(ids) if d.valid_path else int(len(ids) * (1 - d.val_frac))
     else:
-        chars, tokens, vocab = text_size(d) if ids is None else size_of(d, ids)
+        chars, tokens, vocab = text_size(d) if corpus is None else size_of(d, corpus[1])
     tokens = max(tokens, 1)  # an empty text: the reader's error comes later, when training starts
     if t.time_limit is None and "train.epochs" in unset:
         chars = chars or text_size(d)[0]  # a word-level text's budget is its characters', as a character run's
@@ -177,15 +182,17 @@ def fill(cfg, devices=1, measure=None, ids=None):
     validated, scale = bool(d.val_frac or d.valid_path), None
     if measure and TIMED & set(unset) and vocab:  # an empty text: nothing to measure with
         chosen = choose(tokens, vocab, seconds, {"model.hidden_size": REFERENCE, **given}, validated, devices,
-                        level=d.level)[0]
+                        level=d.level, optimizer=t.optimizer)[0]
         scale = _scale(cfg, {key: chosen[key] for key in unset}, vocab, measure)
-    settings, why = choose(tokens, vocab, seconds, given, validated, devices, scale, d.level)
+    settings, why = choose(tokens, vocab, seconds, given, validated, devices, scale, d.level, t.optimizer)
     for key in unset:
         _set(cfg, key, settings[key])
+    if cap:
+        d.max_vocab = cap
     configs.validate(cfg)
     m = cfg.model
-    words = (f", a vocabulary of {d.max_vocab:,} (the words seen at least twice, at most {WORD_VOCAB:,})"
-             if "data.max_vocab" in unset and d.level == "word" else "")
+    kept = {1: "every word", 2: "the words seen at least twice"}.get(seen, f"the words seen at least {seen} times")
+    words = f", a vocabulary of {cap:,} ({kept}, at most {WORD_VOCAB:,})" if cap else ""
     regularised = (f", weight drop {m.weight_drop:g}" if m.weight_drop else "") + (
         f", weight decay {t.weight_decay:g}" if t.weight_decay else "")
     return (f"recipe: {m.cell} {m.num_layers} x {m.hidden_size}, dropout {m.dropout:g}{regularised}, "

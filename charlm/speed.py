@@ -9,7 +9,7 @@ import numpy as np
 from . import parallel, training
 from .engine import nd
 from .errors import Interrupted, TrainingDiverged
-from .vocab import Vocab
+from .vocab import UNK, WORD_EOS, Vocab, WordVocab
 
 WARMUP = 3  # batches before the clock starts: the graph is built and memory allocated in the first
 STRETCH = 4  # batches between readings of the clock (each a host sync)
@@ -72,6 +72,8 @@ def _timed(cfg, vocab_size, ctx, seconds):
     t.on_divergence = "stop"
     d.val_frac, d.valid_path, d.test_path = 0.0, None, None
     ids = np.random.default_rng(0).integers(vocab_size, size=(WARMUP + 16 * STRETCH) * d.batch_size * d.seq_len + 1)
-    s = training.setup(cfg, ctx, parallel.Workers([ctx]), corpus=(Vocab([chr(i) for i in range(vocab_size)]), ids))
+    vocab = WordVocab([UNK, WORD_EOS, *map(str, range(vocab_size - 2))]) if d.level == "word" else Vocab(
+        [chr(i) for i in range(vocab_size)])  # a word vocabulary may be larger than there are characters
+    s = training.setup(cfg, ctx, parallel.Workers([ctx]), corpus=(vocab, ids))
     # a stretch slowed by another process's burst does not move the median
     return float(np.median(time_loop(s, Stopwatch(seconds=seconds)).rates))

@@ -209,7 +209,7 @@ def budgets(text):
         choice = f"{m['num_layers']} x {m['hidden_size']}, dropout {m['dropout']:g}" + (
             f", weight drop {m['weight_drop']:g}" if m["weight_drop"] else "") + (
             f", weight decay {t['weight_decay']:g}" if t["weight_decay"] else "")
-        exposure = r["first_line"].split("exposure ")[1].split(")")[0]
+        exposure = r["first_line"].split("exposure ")[1].split(")")[0] if "exposure " in r["first_line"] else "-"
         below = f"{(before - r['val_loss']) / before:.1%}" if before else "-"
         records = [json.loads(line) for line in (RUNS / r["run"] / "metrics.jsonl").read_text().splitlines()]
         last = [x["val_loss"] for x in records if x["epoch"] > 0.75 * r["epochs"]]

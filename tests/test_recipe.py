@@ -1,6 +1,7 @@
 """The automatic recipe: what it chooses for a text and a budget, that given settings win, that a run records
 its choice and repeats it, and variational dropout."""
 import collections
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,39 @@ def test_a_word_level_text_gets_a_tied_model_and_the_words_seen_twice(tmp_path):
     assert "training words" in why and f"a vocabulary of {cfg.data.max_vocab}" in why
 
 
+def test_a_word_level_text_with_no_word_seen_twice_keeps_every_word(tmp_path):
+    path = tmp_path / "once.txt"
+    path.write_text(" ".join(f"w{i}" for i in range(50)) + "\n")
+    cfg, why = resolved(**{"data.path": str(path), "data.level": "word", "train.time_limit": "1m"})
+    assert cfg.data.max_vocab == 0 and "vocabulary" not in why
+
+
+def test_given_settings_shape_the_word_recipe(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text(WORDS)
+    cfg, why = resolved(**{"data.path": str(path), "data.level": "word", "data.min_freq": 1,
+                           "train.time_limit": "5m"})
+    assert cfg.data.max_vocab == 2 + len(set(WORDS.split())) and "(every word," in why
+    untied = recipe.choose(100_000, 10_000, 300, {"model.hidden_size": 256, "model.tie_weights": False},
+                           level="word")[1]
+    tied = recipe.choose(100_000, 10_000, 300, {"model.hidden_size": 256}, level="word")[1]
+    per_word = [float(re.search(r"([\d.]+) weights per word", why)[1]) for why in (untied, tied)]
+    assert per_word[0] == pytest.approx(per_word[1] + 10_000 * 256 / 100_000, abs=0.1)  # its own embedding
+
+
+def test_sgd_and_the_scratch_cells_get_no_setting_they_cannot_use():
+    sgd, _ = recipe.choose(160_000, 60, 300, optimizer="sgd")
+    adam, _ = recipe.choose(160_000, 60, 300)
+    assert sgd["train.weight_decay"] == 0 < adam["train.weight_decay"]
+    scratch, _ = recipe.choose(160_000, 60, 300, {"model.cell": "scratch-lstm"})
+    assert not scratch["model.tie_weights"]
+
+
 def test_a_word_level_vocabulary_is_capped_at_penn_treebanks_size():
     ids = np.repeat(np.arange(2 * recipe.WORD_VOCAB), 2)
     assert recipe.word_vocab(ids) == recipe.WORD_VOCAB
     assert recipe.word_vocab(np.array([0, 1, 2, 2, 3, 4, 4, 4])) == 4  # 3, seen once, is left out
+    assert recipe.word_vocab(np.array([0, 1, 2, 3, 4])) == 0  # no word seen twice: no cap
 
 
 def test_a_word_level_run_reads_the_words_seen_once_as_unk(tmp_path):
