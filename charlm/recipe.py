@@ -105,18 +105,19 @@ def _batches(tokens, devices):
 
 
 def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=None, level="char",
-           optimizer="adam"):
-    """({key: value}, why) of the recipe for a text of `tokens` training tokens (characters or words), a budget in
-    seconds, the settings already given and this machine's measured speed relative to SPEED's (scale; None:
-    SPEED's)."""
+           optimizer="adam", chars=None):
+    """({key: value}, why) of the recipe for a text of `tokens` training tokens (characters or words; `chars`
+    training characters, when words), a budget in seconds, the settings already given and this machine's
+    measured speed relative to SPEED's (scale; None: SPEED's)."""
     measured, scale = scale is not None, scale or 1.0
-    given = given or {}
+    given, chars = given or {}, chars or tokens
     # a word model's embedding, when tied, is its output layer: counted once; a character model's is small
     tie = level == "word" and given.get("model.tie_weights", True)
     layers = given.get("model.num_layers", 2)
     weights = {h: parameters(h, 2, vocab, h, tie) if level == "word" else parameters(h, 2, vocab) for h in SPEED}
-    fits = [h for h in SPEED if speed(h, vocab, 2, h if level == "word" else 64, scale, tie) * seconds
-            >= TOKENS_PER_PARAM * weights[h] and weights[h] <= MAX_PARAMS * tokens]
+    # the size rules count characters read and characters of text, words or not: a word holds several
+    fits = [h for h in SPEED if speed(h, vocab, 2, h if level == "word" else 64, scale, tie) * seconds * chars / tokens
+            >= TOKENS_PER_PARAM * weights[h] and weights[h] <= MAX_PARAMS * chars]
     hidden = given.get("model.hidden_size", max(fits, default=min(SPEED)))
     embed = given.get("model.embed_size", hidden)  # tied to the output layer, so as wide as the hidden one
     tied = tie and embed == hidden
@@ -166,25 +167,27 @@ def fill(cfg, devices=1, measure=None, corpus=None):
         read, ids = corpus or data.corpus_of(d)
         cap = word_vocab(ids, seen) if "data.max_vocab" in unset else 0
         vocab = cap or len(read)
-        chars, tokens = None, len(ids) if d.valid_path else int(len(ids) * (1 - d.val_frac))
+        tokens = len(ids) if d.valid_path else int(len(ids) * (1 - d.val_frac))
+        chars, train_chars, _ = text_size(d)  # its characters, a second pass over it
     else:
         chars, tokens, vocab = text_size(d) if corpus is None else size_of(d, corpus[1])
+        train_chars = tokens
     tokens = max(tokens, 1)  # an empty text: the reader's error comes later, when training starts
     if t.time_limit is None and "train.epochs" in unset:
-        chars = chars or text_size(d)[0]  # a word-level text's budget is its characters', as a character run's
         t.time_limit = _duration_text(default_budget(chars))
         budget = f"{t.time_limit}, the default budget for {chars / 1e3:,.0f}k characters"
     else:
         budget = t.time_limit or f"{t.epochs} epochs"
     # given epochs and no limit: sized for the default budget
-    seconds = configs.duration(t.time_limit) if t.time_limit else default_budget(chars or text_size(d)[0])
+    seconds = configs.duration(t.time_limit) if t.time_limit else default_budget(chars)
     given = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in FIXED if key not in unset}
     validated, scale = bool(d.val_frac or d.valid_path), None
     if measure and TIMED & set(unset) and vocab:  # an empty text: nothing to measure with
         chosen = choose(tokens, vocab, seconds, {"model.hidden_size": REFERENCE, **given}, validated, devices,
-                        level=d.level, optimizer=t.optimizer)[0]
+                        level=d.level, optimizer=t.optimizer, chars=train_chars)[0]
         scale = _scale(cfg, {key: chosen[key] for key in unset}, vocab, measure)
-    settings, why = choose(tokens, vocab, seconds, given, validated, devices, scale, d.level, t.optimizer)
+    settings, why = choose(tokens, vocab, seconds, given, validated, devices, scale, d.level, t.optimizer,
+                           max(train_chars, 1))
     for key in unset:
         _set(cfg, key, settings[key])
     if cap:
