@@ -108,6 +108,12 @@ def test_given_settings_shape_the_word_recipe(tmp_path):
     assert per_word[0] == pytest.approx(per_word[1] + 10_000 * 256 / 100_000, abs=0.1)  # its own embedding
 
 
+def test_a_word_level_model_is_sized_by_the_characters_of_its_words():
+    by_words = recipe.choose(124_000, 6_000, 300, level="word")[0]["model.hidden_size"]
+    by_chars = recipe.choose(124_000, 6_000, 300, level="word", chars=570_000)[0]["model.hidden_size"]
+    assert by_words < by_chars  # five characters a word: more text than its words count
+
+
 def test_sgd_and_the_scratch_cells_get_no_setting_they_cannot_use():
     sgd, _ = recipe.choose(160_000, 60, 300, optimizer="sgd")
     adam, _ = recipe.choose(160_000, 60, 300)
