@@ -1,5 +1,6 @@
 """Training: fit (epochs, evaluation, checkpoints) -> train_epoch (batches) -> train_step (one update on every
 device); evaluate; losses in nats per token. Where a run stands is one printable State."""
+import gc
 import logging
 import math
 import time
@@ -14,6 +15,9 @@ from .run import checkpoint_metric, scores
 
 log = logging.getLogger(__name__)
 MAX_ROLLBACKS = 3
+# MXNet's calls leave reference cycles that outlive Python's young generations, holding their arrays until a
+# full collection, which a training loop's few Python objects rarely trigger: collect every this many batches
+COLLECT_EVERY = 100
 
 
 @dataclass
@@ -203,6 +207,8 @@ def train_epoch(s, state, run, clock, calls):
         total, norm, states = train_step(s, objective, grads, batch, states, drop)
         state.sums.add(total, norm, real_targets(y, batches))
         i += 1
+        if i % COLLECT_EVERY == 0:
+            gc.collect()
         calls("on_batch", i, len(batches), state.sums.tokens, state.sums.mean_loss)
         if i % every == 0 or i == len(batches):
             _end_stretch(s, state, run, clock, batches, states, start, i)
@@ -261,6 +267,7 @@ def end_epoch(s, state, run, clock, done, total):
     if len(s.val_ids):
         val, chosen = validation(s)
         record.update(val)
+        gc.collect()  # validation's cycles too (COLLECT_EVERY)
     record["elapsed_s"] = clock.elapsed()
     if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss") if k in record):
         raise TrainingDiverged(f"training diverged in epoch {number} (validation loss {record.get('val_loss')}); "
