@@ -21,6 +21,7 @@ work done in it. To measure two runs at once on two cores, give each one core:
 `taskset -c 0 env OMP_NUM_THREADS=1 python scripts/recipes.py run ...` and `taskset -c 1 ...` beside it."""
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -130,8 +131,8 @@ def table():
     for (text, budget), group in groups.items():
         print(f"\n{text}, --time-limit {budget} ({group[0]['date']}, {group[0]['machine']}):\n")
         unit = "word" if text.endswith(", words") else "char"
-        print(f"| point | val loss (nats/{unit}) | best epoch / epochs | tokens/s | settings |")
-        print("|---|---|---|---|---|")
+        print(f"| point | val loss (nats/{unit}) | val ppl per {unit} | best epoch / epochs | tokens/s | settings |")
+        print("|---|---|---|---|---|---|")
         for r in sorted(group, key=lambda r: r["val_loss"]):
             if r["sets"] is None:
                 sets = "the recipe"
@@ -139,8 +140,8 @@ def table():
                 sets = "the recipe with " + ", ".join(f"{k}={v}" for k, v in r["sets"].items())
             else:
                 sets = ", ".join(f"{k}={v}" for k, v in r["sets"].items() if HAND.get(k, "-") != v)
-            print(f"| {r['point']} | {r['val_loss']:.4f} | {r['best_epoch']} / {r['epochs']} "
-                  f"| {r['tokens_per_s'] / 1e3:.1f}k | {sets} |")
+            print(f"| {r['point']} | {r['val_loss']:.4f} | {math.exp(r['val_loss']):.3f} | {r['best_epoch']} / "
+                  f"{r['epochs']} | {r['tokens_per_s'] / 1e3:.1f}k | {sets} |")
 
 
 # the lever table's rows: the point that changes one setting, what it changes, whether the recipe has the lever

@@ -78,10 +78,15 @@ def test_lines_mode_gets_the_fixed_settings(corpus):
 WORDS = "the cat sat on the mat and the dog sat by the door\nof the house where a cat once was\n" * 3 + "zebra yak\n"
 
 
-def test_a_word_level_text_gets_a_tied_model_and_the_words_seen_twice(tmp_path):
+@pytest.fixture
+def words(tmp_path):
     path = tmp_path / "words.txt"
     path.write_text(WORDS)
-    cfg, why = resolved(**{"data.path": str(path), "data.level": "word", "train.time_limit": "5m"})
+    return path
+
+
+def test_a_word_level_text_gets_a_tied_model_and_the_words_seen_twice(words):
+    cfg, why = resolved(**{"data.path": str(words), "data.level": "word", "train.time_limit": "5m"})
     counts = collections.Counter(WORDS.split())
     assert cfg.data.max_vocab == 2 + sum(c >= 2 for c in counts.values())  # <unk>, <eos> and those words
     assert cfg.model.tie_weights and cfg.model.embed_size == cfg.model.hidden_size and cfg.model.dropout >= 0.1
@@ -95,10 +100,8 @@ def test_a_word_level_text_with_no_word_seen_twice_keeps_every_word(tmp_path):
     assert cfg.data.max_vocab == 0 and "vocabulary" not in why
 
 
-def test_given_settings_shape_the_word_recipe(tmp_path):
-    path = tmp_path / "words.txt"
-    path.write_text(WORDS)
-    cfg, why = resolved(**{"data.path": str(path), "data.level": "word", "data.min_freq": 1,
+def test_given_settings_shape_the_word_recipe(words):
+    cfg, why = resolved(**{"data.path": str(words), "data.level": "word", "data.min_freq": 1,
                            "train.time_limit": "5m"})
     assert cfg.data.max_vocab == 2 + len(set(WORDS.split())) and "(every word," in why
     untied = recipe.choose(100_000, 10_000, 300, {"model.hidden_size": 256, "model.tie_weights": False},
@@ -129,22 +132,18 @@ def test_a_word_level_vocabulary_is_capped_at_penn_treebanks_size():
     assert recipe.word_vocab(np.array([0, 1, 2, 3, 4])) == 0  # no word seen twice: no cap
 
 
-def test_a_word_level_run_reads_the_words_seen_once_as_unk(tmp_path):
-    path = tmp_path / "words.txt"
-    path.write_text(WORDS)
-    result = invoke("train", "--data", path, "--level", "word", "--runs-dir", tmp_path, "--name", "w", "--epochs", 1,
+def test_a_word_level_run_reads_the_words_seen_once_as_unk(tmp_path, words):
+    result = invoke("train", "--data", words, "--level", "word", "--runs-dir", tmp_path, "--name", "w", "--epochs", 1,
                     "--hidden-size", 8, "--seq-len", 4, "--batch-size", 2, "--sample-every", 0)
     assert result.exit_code == 0, result.output
     counts = collections.Counter(WORDS.split())
     assert set(Run(tmp_path / "w").vocab().tokens) == {"<unk>", "<eos>"} | {w for w, c in counts.items() if c >= 2}
 
 
-def test_a_word_level_run_from_another_keeps_the_sources_vocabulary(tmp_path):
-    path = tmp_path / "words.txt"
-    path.write_text(WORDS)
+def test_a_word_level_run_from_another_keeps_the_sources_vocabulary(tmp_path, words):
     tiny = ["--level", "word", "--runs-dir", tmp_path, "--epochs", 1, "--seq-len", 4, "--batch-size", 2,
             "--sample-every", 0]
-    assert invoke("train", "--data", path, "--name", "a", "--hidden-size", 8, *tiny).exit_code == 0
+    assert invoke("train", "--data", words, "--name", "a", "--hidden-size", 8, *tiny).exit_code == 0
     (tmp_path / "more.txt").write_text(WORDS + "the cat sat\n" * 3)
     result = invoke("train", "--data", tmp_path / "more.txt", "--name", "b", "--init-from", tmp_path / "a", *tiny)
     assert result.exit_code == 0, result.output
