@@ -27,6 +27,7 @@ TIMED = {"model.hidden_size", "model.dropout", "model.weight_drop", "train.weigh
 # Exposure: the passes over the text times the weights per training token, how much a model can learn the text
 # by heart. Dropout 0.4 at EXPOSURE, 0.1 more for each doubling; weight decay from DECAY, weight drop from BY_HEART.
 EXPOSURE, DECAY, BY_HEART = 42, 32, 64
+AVERAGE = 0.99999  # the average's decay at most: a float32 average keeps smaller steps only roughly
 WORD_VOCAB = 10_000  # a word-level text's vocabulary at most, as Penn Treebank's: words past it are rare
 
 
@@ -138,9 +139,9 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
         "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
         "train.weight_decay": 0.1 if exposure >= DECAY and optimizer == "adam" else 0.0,  # AdamW's, not SGD's L2
-        # an average over about the last quarter of the updates, at most 2,000 (the starting weights it holds
-        # fade by then); none without validation text to choose by
-        "train.ema": round(min(0.9995, 1 - 4 / updates), 4) if validated and updates >= 500 else 0.0,
+        # an average over about the last third of the updates: a longer one keeps too much of the first
+        # weights, a shorter one holds only weights that learn the text by heart; none without validation text
+        "train.ema": round(min(AVERAGE, 1 - 3 / updates), 6) if validated and updates >= 500 else 0.0,
         "data.max_vocab": 0}  # fill caps a word-level vocabulary
     unit = "word" if level == "word" else "character"
     why = (f"{tokens / 1e3:,.0f}k training {unit}s, about {passes:,.0f} passes in the budget at "

@@ -197,7 +197,7 @@ def test_without_validation_text_there_is_no_average_to_choose_by(corpus):
     assert cfg.train.ema == 0.0
 
 
-def test_regularisation_grows_with_the_passes_and_the_weights_per_character_and_the_average_spans_a_quarter():
+def test_regularisation_grows_with_the_passes_and_the_weights_per_character_and_the_average_spans_a_third():
     levers = ("model.dropout", "model.weight_drop", "train.weight_decay")
     for hidden in (128, 256, 512):
         chosen = [recipe.choose(160_000, 60, 10**6, {"model.hidden_size": hidden, "train.epochs": passes})[0]
@@ -208,7 +208,7 @@ def test_regularisation_grows_with_the_passes_and_the_weights_per_character_and_
         for passes, settings in zip((1, 2, 4, 8, 16, 32, 64), chosen):
             updates = passes * 160_000 / (settings["data.batch_size"] * settings["data.seq_len"])
             if updates >= 500:  # the window: the updates averaged
-                assert 1 / (1 - settings["train.ema"]) == pytest.approx(min(updates / 4, 2000), rel=0.1)
+                assert 1 / (1 - settings["train.ema"]) == pytest.approx(updates / 3, rel=0.1)
     by_size = [recipe.choose(160_000, 60, 10**6, {"model.hidden_size": h, "train.epochs": 4})[0] for h in (128, 512)]
     assert [s["model.dropout"] for s in by_size] == sorted(s["model.dropout"] for s in by_size)
     assert all(0.1 <= s["model.dropout"] <= 0.5 for s in chosen + by_size)
