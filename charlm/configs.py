@@ -119,7 +119,8 @@ class TrainConfig(_Section):
                                     "time limit or the epochs, whichever ends the run first",
                              choices=("exp", "cosine"))
     warmup: int = _auto(0, "raise the learning rate linearly from 0 over the first N updates (0 = off)")
-    patience: int = _auto(0, "stop after N epochs without a better validation loss (0 = off)")
+    patience: int = _auto(0, "stop after N epochs that lower neither the validation loss of the weights nor that "
+                                "of their average (0 = off)")
     weight_decay: float = _auto(0.0, "weight decay: decoupled (AdamW) for adam, L2 for sgd (0 = off)")
     ema: float = _auto(0.0, "keep a moving average of the weights with this decay, e.g. 0.999, and save it as the "
                             "best model when its validation loss is lower (0 = off)")

@@ -18,6 +18,9 @@ MAX_ROLLBACKS = 3
 # MXNet's calls leave reference cycles that outlive Python's young generations, holding their arrays until a
 # full collection, which a training loop's few Python objects rarely trigger: collect every this many batches
 COLLECT_EVERY = 100
+# Patience waits for the average as well as the best: a long average keeps improving, from behind the weights,
+# after the weights have stopped.
+PATIENT = ("val_loss_raw", "val_loss_ema")
 
 
 @dataclass
@@ -84,6 +87,8 @@ class State:
     hidden: list = field(default=None, repr=False)  # whole, on the first device
     best: float = math.inf
     best_epoch: int = 0
+    lowest: dict = field(default_factory=dict)  # the lowest of each loss patience watches (PATIENT)
+    improved: int = 0  # the last epoch that lowered one of them
     elapsed: float = 0.0
     lr_scale: float = 1.0
     rollbacks: int = 0
@@ -92,7 +97,19 @@ class State:
 def restore(s, run):
     """Load the run's last checkpoint into the setup (model, trainer, average); the State it stands at."""
     where = checkpoint.restore(run, s.model, s.trainer, s.workers.ctxs, s.ema)
-    return State(sums=Sums.of(where.pop("partial", None)), **where)
+    state = State(sums=Sums.of(where.pop("partial", None)), **where)
+    for record in run.metrics():  # those up to the checkpoint
+        if "step" not in record and lowered(state.lowest, record):
+            state.improved = record["epoch"]
+    return state
+
+
+def lowered(lowest, record):
+    """Whether an epoch's record lowers one of the losses patience watches, each lowest kept in `lowest`."""
+    losses = {"best": checkpoint_metric(record), **{k: record[k] for k in PATIENT if k in record}}
+    fell = {k: v for k, v in losses.items() if v < lowest.get(k, math.inf)}
+    lowest.update(fell)
+    return bool(fell)
 
 
 def real_targets(y, batches):
@@ -285,6 +302,8 @@ def end_epoch(s, state, run, clock, done, total):
                                   best=chosen, ema=s.ema)
         state.epoch, state.step, state.sums, state.hidden = number, 0, Sums(), None
         state.elapsed = record["elapsed_s"]
+        if lowered(state.lowest, record):
+            state.improved = number
     if better:
         state.best, state.best_epoch = checkpoint_metric(record), number
     return record
@@ -321,10 +340,11 @@ def base_lr(t, state):
 
 
 def _patience_spent(t, state):
-    """Whether train.patience epochs have passed without a better checkpoint metric (early stopping)."""
-    if not (t.patience and state.epoch - state.best_epoch >= t.patience):
+    """Whether train.patience epochs have passed without lowering the checkpoint metric, the weights' validation
+    loss or their average's (early stopping)."""
+    if not (t.patience and state.epoch - state.improved >= t.patience):
         return False
-    log.info("stopping early: no better loss in the %d epochs since epoch %d, the best", t.patience, state.best_epoch)
+    log.info("stopping early: no lower validation loss in the %d epochs since epoch %d", t.patience, state.improved)
     return True
 
 

@@ -151,6 +151,27 @@ def test_patience_stops_after_epochs_without_improvement_and_keeps_the_best_epoc
         np.testing.assert_array_equal(got, want)
 
 
+# (weights, average) validation losses per epoch: the weights' best is epoch 2, the average's lowest epoch 4
+WEIGHTS_THEN_AVERAGE = [3.0, 4.0, 2.0, 3.5, 2.5, 3.0, 2.6, 2.8, 2.7, 2.9, 2.8, 3.0]
+
+
+def test_patience_waits_for_an_average_still_improving_after_the_weights_stopped(tiny_cfg, tmp_path, monkeypatch):
+    tiny_cfg.train.patience, tiny_cfg.train.epochs, tiny_cfg.train.ema = 2, 10, 0.9
+    scripted_validation(monkeypatch, WEIGHTS_THEN_AVERAGE)
+    run, _ = train_in(tiny_cfg, tmp_path / "r")
+    assert [r["epoch"] for r in run.metrics()] == [1, 2, 3, 4, 5, 6]  # 5 and 6 lower neither: stop
+    assert run.read_state()["best_epoch"] == 2
+
+
+def test_a_resumed_run_keeps_counting_its_patience_from_the_average(tiny_cfg, tmp_path, monkeypatch):
+    tiny_cfg.train.patience, tiny_cfg.train.epochs, tiny_cfg.train.ema = 2, 5, 0.9
+    scripted_validation(monkeypatch, WEIGHTS_THEN_AVERAGE)
+    train_in(tiny_cfg, tmp_path / "r")
+    tiny_cfg.train.epochs = 10
+    run, _ = train_in(tiny_cfg, tmp_path / "r")  # resumes at epoch 5, two epochs after the average's lowest
+    assert [r["epoch"] for r in run.metrics()] == [1, 2, 3, 4, 5, 6]
+
+
 def test_patience_off_trains_every_epoch(tiny_cfg, tmp_path, monkeypatch):
     tiny_cfg.train.epochs = 4
     scripted_validation(monkeypatch, [3.0, 3.0, 3.0, 3.0])
