@@ -153,7 +153,7 @@ LEVERS = [("untied", "tied embedding and output weights (against a 64-wide embed
           ("tm-16x64", "BPTT length 32 (against 64)", True, "untied"),
           ("weight-decay", "weight decay 0.1 (AdamW)", False, "untied"),
           ("no-weight-drop", "weight drop 0.2 on the recurrent weights", True, "auto"),
-          ("ema-0.999", "an average over the last quarter of the updates (against EMA 0.999)", True, "auto")]
+          ("ema-0.999", "an average over the last third of the updates (against EMA 0.999)", True, "auto")]
 
 
 def levers(text):
