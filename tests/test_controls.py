@@ -168,7 +168,7 @@ def test_a_resumed_run_keeps_counting_its_patience_from_the_average(tiny_cfg, tm
     scripted_validation(monkeypatch, WEIGHTS_THEN_AVERAGE)
     train_in(tiny_cfg, tmp_path / "r")
     tiny_cfg.train.epochs = 10
-    run, _ = train_in(tiny_cfg, tmp_path / "r")  # resumes at epoch 5, two epochs after the average's lowest
+    run, _ = train_in(tiny_cfg, tmp_path / "r")  # resumes after epoch 5, one after the average's lowest: one more
     assert [r["epoch"] for r in run.metrics()] == [1, 2, 3, 4, 5, 6]
 
 
