@@ -150,7 +150,7 @@ def load_model(run, ctx):
 def restore(run, model, trainer, ctx, ema=None):
     """Load the run's last checkpoint into model, trainer and ema (the averaged weights, when kept); where it
     stands: {lr_scale} before any checkpoint, else also epoch, step, partial (the epoch's saved sums), hidden,
-    best, best_epoch and elapsed. metrics.jsonl loses any line written past the checkpoint."""
+    best and elapsed. metrics.jsonl loses any line written past the checkpoint."""
     state = run.read_state()
     done, step, partial = state.get("epoch", 0), state.get("step", 0), state.get("partial")
     # the records up to the checkpoint: of the epochs it finished, and a time limit's within the next, to its step
@@ -165,11 +165,10 @@ def restore(run, model, trainer, ctx, ema=None):
         try:
             elapsed = partial["elapsed_s"] if partial else ends[-1]["elapsed_s"]
             best = run.best(records)
-            best, best_epoch = (checkpoint_metric(best), best["epoch"]) if best else (math.inf, 0)
+            best = checkpoint_metric(best) if best else math.inf
         except (KeyError, TypeError):
             raise CharlmError(f"{run.path / METRICS} or {run.path / STATE} is damaged: a loss or elapsed time "
                               f"is missing") from None
-        where.update(epoch=done, step=step, partial=partial, hidden=hidden, best=best, best_epoch=best_epoch,
-                     elapsed=elapsed)
+        where.update(epoch=done, step=step, partial=partial, hidden=hidden, best=best, elapsed=elapsed)
     run.write_metrics(records)  # without lines past the checkpoint: a kill after an epoch's line, before its own
     return where

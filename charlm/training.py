@@ -80,13 +80,13 @@ def make_trainer(s):
 @dataclass
 class State:
     """Where a run stands: epochs done; batches done of the next, their sums and carried state; the best
-    checkpoint metric and its epoch; training seconds; the learning-rate factor and rollbacks so far."""
+    checkpoint metric; the losses patience watches and the last epoch that lowered one; training seconds; the
+    learning-rate factor and rollbacks so far."""
     epoch: int = 0
     step: int = 0
     sums: Sums = field(default_factory=Sums)
     hidden: list = field(default=None, repr=False)  # whole, on the first device
     best: float = math.inf
-    best_epoch: int = 0
     lowest: dict = field(default_factory=dict)  # the lowest of each loss patience watches (PATIENT)
     improved: int = 0  # the last epoch that lowered one of them
     elapsed: float = 0.0
@@ -305,7 +305,7 @@ def end_epoch(s, state, run, clock, done, total):
         if lowered(state.lowest, record):
             state.improved = number
     if better:
-        state.best, state.best_epoch = checkpoint_metric(record), number
+        state.best = checkpoint_metric(record)
     return record
 
 
@@ -344,7 +344,7 @@ def _patience_spent(t, state):
     loss or their average's (early stopping)."""
     if not (t.patience and state.epoch - state.improved >= t.patience):
         return False
-    log.info("stopping early: no lower validation loss in the %d epochs since epoch %d", t.patience, state.improved)
+    log.info("stopping early: no lower loss in the %d epochs since epoch %d", t.patience, state.improved)
     return True
 
 
