@@ -11,6 +11,7 @@ and time budget.
     python scripts/recipes.py study --data FILE --budget 5m               # the recipe, then its neighbours
     python scripts/recipes.py study-table                                 # the recipe against its neighbours
     python scripts/recipes.py budgets --text pride_and_prejudice.txt      # the recipe's runs by budget
+    python scripts/recipes.py parts --at "End of the Project Gutenberg"   # their held-out text in two parts
     python scripts/recipes.py table                                       # the results so far, as Markdown
     python scripts/recipes.py levers                                      # the lever table, from those results
 
@@ -194,18 +195,23 @@ def study(data, budget):
         yield run(data, budget, name, sets)
 
 
-def budgets(text):
-    """The recipe at each budget it ran for one text: what it chose, where its best epoch fell, and how far below
-    the next shorter budget it ended."""
+def by_budget(text):
+    """(budget, record) of the recipe's latest run at each budget for one text, the shortest budget first."""
     from charlm.configs import duration
 
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     latest = {r["budget"]: r for r in rows if r["text"] == text and r["point"] == "auto"}
+    return sorted(latest.items(), key=lambda item: duration(item[0]))
+
+
+def budgets(text):
+    """The recipe at each budget it ran for one text: what it chose, where its best epoch fell, and how far below
+    the next shorter budget it ended."""
     print("| budget | the recipe's choice | exposure | val loss | best epoch / epochs | val loss over the last quarter "
           "of the epochs | below the shorter budget |")
     print("|---|---|---|---|---|---|---|")
     before = None
-    for budget, r in sorted(latest.items(), key=lambda item: duration(item[0])):
+    for budget, r in by_budget(text):
         m, t = (yaml.safe_load((RUNS / r["run"] / "config.yaml").read_text())[k] for k in ("model", "train"))
         choice = f"{m['num_layers']} x {m['hidden_size']}, dropout {m['dropout']:g}" + (
             f", weight drop {m['weight_drop']:g}" if m["weight_drop"] else "") + (
@@ -217,6 +223,24 @@ def budgets(text):
         print(f"| {budget} | {choice} | {exposure} | {r['val_loss']:.4f} | {r['best_epoch']} / {r['epochs']} | "
               f"{last[0]:.4f} to {last[-1]:.4f} | {below} |")
         before = r["val_loss"]
+
+
+def parts(text, marker):
+    """The recipe's runs by budget for one text, their best weights scored on the held-out text in two parts:
+    before the first `marker` in it, and from there on."""
+    from charlm import api, data
+
+    print(f"| budget | val loss | before \"{marker}\" | from there on |\n|---|---|---|---|")
+    for budget, r in by_budget(text):
+        lm = api.load(RUNS / r["run"])
+        held_out = lm.vocab.decode(data.split_corpus(lm.config, lm.vocab, data.corpus_of(lm.config.data,
+                                                                                          vocab=lm.vocab)[1])[1])
+        at = held_out.find(marker)
+        if at < 0:
+            raise SystemExit(f"{marker!r} is not in {text}'s held-out text")
+        head, tail = lm.score(held_out[:at]), lm.score(held_out[at:])
+        print(f"| {budget} | {r['val_loss']:.4f} | {head['loss']:.4f} ({head['tokens']:,} characters) | "
+              f"{tail['loss']:.4f} ({tail['tokens']:,} characters) |")
 
 
 def study_table():
@@ -262,6 +286,9 @@ def main():
     sub.add_parser("study-table")
     bu = sub.add_parser("budgets")
     bu.add_argument("--text", default="pride_and_prejudice.txt")
+    pa = sub.add_parser("parts")
+    pa.add_argument("--text", default="pride_and_prejudice.txt")
+    pa.add_argument("--at", required=True, help="where the second part of the held-out text starts")
     sub.add_parser("table")
     lv = sub.add_parser("levers")
     lv.add_argument("--text", default="the bundled Time Machine (lowercased)")
@@ -281,6 +308,8 @@ def main():
         return study_table()
     if a.command == "budgets":
         return budgets(a.text)
+    if a.command == "parts":
+        return parts(a.text, a.at)
     if a.command == "levers":
         return levers(a.text)
     if a.command == "speed":
