@@ -229,10 +229,14 @@ def parts(text, marker):
     """The recipe's runs by budget for one text, their best weights scored on the held-out text in two parts:
     before the first `marker` in it, and from there on."""
     from charlm import api, data
+    from charlm.errors import CharlmError
 
     print(f"| budget | val loss | before \"{marker}\" | from there on |\n|---|---|---|---|")
     for budget, r in by_budget(text):
-        lm = api.load(RUNS / r["run"])
+        try:
+            lm = api.load(RUNS / r["run"])
+        except CharlmError as e:  # a run directory moved or cleared since it was measured
+            raise SystemExit(f"{budget}: {e}") from None
         held_out = lm.vocab.decode(data.split_corpus(lm.config, lm.vocab, data.corpus_of(lm.config.data,
                                                                                           vocab=lm.vocab)[1])[1])
         at = held_out.find(marker)
