@@ -116,8 +116,9 @@ class TrainConfig(_Section):
                                                   "for the text, or no limit when epochs is set)",
                                                   metavar="DURATION")
     lr_schedule: str = _auto("exp", "exp: lr_decay after each epoch; cosine: from lr to 0 per update over the "
-                                    "time limit or the epochs, whichever ends the run first",
-                             choices=("exp", "cosine"))
+                                    "time limit or the epochs, whichever ends the run first; constant: lr "
+                                    "throughout, for a run whose average (ema) does the annealing",
+                             choices=("exp", "cosine", "constant"))
     warmup: int = _auto(0, "raise the learning rate linearly from 0 over the first N updates (0 = off)")
     patience: int = _auto(0, "stop after N epochs that lower neither the validation loss of the weights nor that "
                                 "of their average (0 = off)")

@@ -23,7 +23,7 @@ MAX_PARAMS = 8.0
 BATCHES = 300  # a short text gets batches small enough for this many per pass: more, noisier updates
 REFERENCE = 256  # the hidden size whose speed on this machine is measured, unless one is given
 TIMED = {"model.hidden_size", "model.dropout", "model.weight_drop", "train.weight_decay", "train.warmup",
-         "train.ema"}  # by the speed
+         "train.ema", "train.lr_schedule"}  # by the speed
 # Exposure: the passes over the text times the weights per training token, how much a model can learn the text
 # by heart. Dropout 0.4 at EXPOSURE, 0.1 more for each doubling; weight decay from DECAY, weight drop from BY_HEART.
 EXPOSURE, DECAY, BY_HEART = 42, 32, 64
@@ -129,6 +129,9 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
     exposure = passes * per_token
     seq_len, batch = _batches(tokens, devices)
     updates = passes * tokens / (given.get("data.batch_size", batch) * given.get("data.seq_len", seq_len))
+    # an average over about the last third of the updates: a longer one keeps too much of the first weights, a
+    # shorter one holds only weights that learn the text by heart; none without validation text
+    ema = round(min(AVERAGE, 1 - 3 / updates), 6) if validated and updates >= 500 else 0.0
     settings = {
         "data.seq_len": seq_len, "data.batch_size": batch, "model.cell": "lstm", "model.embed_size": embed,
         "model.hidden_size": hidden, "model.num_layers": 2,
@@ -136,12 +139,11 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
         "model.variational_dropout": True,
         "model.tie_weights": embed == hidden and given.get("model.cell", "lstm") not in configs.SCRATCH_CELLS,
         "model.weight_drop": 0.2 if exposure >= BY_HEART else 0.0,
-        "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "cosine",
+        # with an average, a constant rate: the average anneals, and the weights keep learning to the end
+        "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "constant" if given.get("train.ema", ema) else "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
         "train.weight_decay": 0.1 if exposure >= DECAY and optimizer == "adam" else 0.0,  # AdamW's, not SGD's L2
-        # an average over about the last third of the updates: a longer one keeps too much of the first
-        # weights, a shorter one holds only weights that learn the text by heart; none without validation text
-        "train.ema": round(min(AVERAGE, 1 - 3 / updates), 6) if validated and updates >= 500 else 0.0,
+        "train.ema": ema,
         "data.max_vocab": 0}  # fill caps a word-level vocabulary
     unit = "word" if level == "word" else "character"
     why = (f"{tokens / 1e3:,.0f}k training {unit}s, about {passes:,.0f} passes in the budget at "
