@@ -94,6 +94,13 @@ def test_the_default_schedule_decays_per_epoch_and_warmup_ramps_it(tiny_cfg):
     assert seen.lrs == pytest.approx(ramp + [3e-3] * (per_epoch - 5) + [1.5e-3] * per_epoch, rel=1e-12)
 
 
+def test_the_constant_schedule_holds_the_rate_after_warmup_and_ignores_the_per_epoch_decay(tiny_cfg):
+    tiny_cfg.train.lr_schedule, tiny_cfg.train.warmup, tiny_cfg.train.lr_decay = "constant", 5, 0.5
+    _, seen = fit_seen(tiny_cfg)
+    assert len(seen.lrs) > 10
+    assert seen.lrs == pytest.approx([3e-3 * u / 5 for u in range(1, 6)] + [3e-3] * (len(seen.lrs) - 5), rel=1e-12)
+
+
 def test_the_average_is_numpys_moving_average_of_the_weights_over_the_steps(tiny_cfg):
     tiny_cfg.train.ema, tiny_cfg.train.epochs = 0.9, 1
     s, seen = fit_seen(tiny_cfg)

@@ -194,7 +194,16 @@ def test_variational_dropout_drops_the_same_units_at_every_time_step(tiny_model)
 
 def test_without_validation_text_there_is_no_average_to_choose_by(corpus):
     cfg, _ = resolved(**{"data.path": str(corpus), "data.val_frac": 0.0, "train.time_limit": "30m"})
-    assert cfg.train.ema == 0.0
+    assert cfg.train.ema == 0.0 and cfg.train.lr_schedule == "cosine"
+
+
+@pytest.mark.parametrize("ema", [None, 0.0, 0.999])
+def test_a_run_that_averages_keeps_a_constant_rate_and_one_that_does_not_anneals_it(corpus, ema):
+    cfg, why = resolved(**{"data.path": str(corpus), "train.time_limit": "30m",
+                           **({} if ema is None else {"train.ema": ema})})
+    assert (cfg.train.ema > 0) == (ema != 0.0)
+    assert cfg.train.lr_schedule == ("constant" if cfg.train.ema else "cosine")
+    assert f" {cfg.train.lr_schedule} over 30m" in why
 
 
 def test_regularisation_grows_with_the_passes_and_the_weights_per_character_and_the_average_spans_a_third():
