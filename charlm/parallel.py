@@ -177,10 +177,10 @@ def connect(cfg, ctx, kvstore="local"):
     if dist and cfg.train.on_divergence == "rollback":
         raise CharlmError(f"--on-divergence rollback reloads a checkpoint that only rank 0 has: with --kvstore "
                           f"{kvstore} use --on-divergence stop")
-    if kvstore == "dist_async" and cfg.train.lr_schedule == "exp" and cfg.train.lr_decay != 1:
-        raise CharlmError("--kvstore dist_async runs the optimizer on the servers, where charlm cannot decay the "
-                          "learning rate: pass --lr-decay 1")
     t = cfg.train
+    if kvstore == "dist_async" and t.lr_schedule == "exp" and t.lr_decay != 1:
+        raise CharlmError("--kvstore dist_async runs the optimizer on the servers, where charlm cannot decay the "
+                          "learning rate: pass --lr-decay 1 or --lr-schedule constant")
     if kvstore == "dist_async" and (t.lr_schedule == "cosine" or t.warmup or t.weight_decay):
         raise CharlmError("--kvstore dist_async runs the optimizer on the servers, where charlm cannot schedule the "
                           "learning rate or decay weights: drop --lr-schedule, --warmup and --weight-decay")
