@@ -11,6 +11,7 @@ and time budget.
     python scripts/recipes.py study --data FILE --budget 5m               # the recipe, then its neighbours
     python scripts/recipes.py study-table                                 # the recipe against its neighbours
     python scripts/recipes.py budgets --text pride_and_prejudice.txt      # the recipe's runs by budget
+    python scripts/recipes.py budgets --point cosine                      # a --custom point's, by budget
     python scripts/recipes.py parts --at "End of the Project Gutenberg"   # their held-out text in two parts
     python scripts/recipes.py table                                       # the results so far, as Markdown
     python scripts/recipes.py levers                                      # the lever table, from those results
@@ -195,23 +196,23 @@ def study(data, budget):
         yield run(data, budget, name, sets)
 
 
-def by_budget(text):
-    """(budget, record) of the recipe's latest run at each budget for one text, the shortest budget first."""
+def by_budget(text, point="auto"):
+    """(budget, record) of a point's latest run at each budget for one text, the shortest budget first."""
     from charlm.configs import duration
 
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
-    latest = {r["budget"]: r for r in rows if r["text"] == text and r["point"] == "auto"}
+    latest = {r["budget"]: r for r in rows if r["text"] == text and r["point"] == point}
     return sorted(latest.items(), key=lambda item: duration(item[0]))
 
 
-def budgets(text):
-    """The recipe at each budget it ran for one text: what it chose, where its best epoch fell, and how far below
-    the next shorter budget it ended."""
+def budgets(text, point="auto"):
+    """A point (the recipe: auto) at each budget it ran for one text: what it chose, where its best epoch fell,
+    and how far below the next shorter budget it ended."""
     print("| budget | the recipe's choice | exposure | val loss | best epoch / epochs | val loss over the last quarter "
           "of the epochs | below the shorter budget |")
     print("|---|---|---|---|---|---|---|")
     before = None
-    for budget, r in by_budget(text):
+    for budget, r in by_budget(text, point):
         m, t = (yaml.safe_load((RUNS / r["run"] / "config.yaml").read_text())[k] for k in ("model", "train"))
         choice = f"{m['num_layers']} x {m['hidden_size']}, dropout {m['dropout']:g}" + (
             f", weight drop {m['weight_drop']:g}" if m["weight_drop"] else "") + (
@@ -225,14 +226,14 @@ def budgets(text):
         before = r["val_loss"]
 
 
-def parts(text, marker):
-    """The recipe's runs by budget for one text, their best weights scored on the held-out text in two parts:
-    before the first `marker` in it, and from there on."""
+def parts(text, marker, point="auto"):
+    """A point's runs by budget for one text, their best weights scored on the held-out text in two parts: before
+    the first `marker` in it, and from there on."""
     from charlm import api, data
     from charlm.errors import CharlmError
 
     print(f"| budget | val loss | before \"{marker}\" | from there on |\n|---|---|---|---|")
-    for budget, r in by_budget(text):
+    for budget, r in by_budget(text, point):
         try:
             lm = api.load(RUNS / r["run"])
         except CharlmError as e:  # a run directory moved or cleared since it was measured
@@ -289,10 +290,11 @@ def main():
     st.add_argument("--budget", required=True)
     sub.add_parser("study-table")
     bu = sub.add_parser("budgets")
-    bu.add_argument("--text", default="pride_and_prejudice.txt")
     pa = sub.add_parser("parts")
-    pa.add_argument("--text", default="pride_and_prejudice.txt")
     pa.add_argument("--at", required=True, help="where the second part of the held-out text starts")
+    for parser_ in (bu, pa):
+        parser_.add_argument("--text", default="pride_and_prejudice.txt")
+        parser_.add_argument("--point", default="auto", help="auto (the recipe) or a --custom point's name")
     sub.add_parser("table")
     lv = sub.add_parser("levers")
     lv.add_argument("--text", default="the bundled Time Machine (lowercased)")
@@ -311,9 +313,9 @@ def main():
     if a.command == "study-table":
         return study_table()
     if a.command == "budgets":
-        return budgets(a.text)
+        return budgets(a.text, a.point)
     if a.command == "parts":
-        return parts(a.text, a.at)
+        return parts(a.text, a.at, a.point)
     if a.command == "levers":
         return levers(a.text)
     if a.command == "speed":
