@@ -139,8 +139,9 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
         "model.variational_dropout": True,
         "model.tie_weights": embed == hidden and given.get("model.cell", "lstm") not in configs.SCRATCH_CELLS,
         "model.weight_drop": 0.2 if exposure >= BY_HEART else 0.0,
+        "train.lr": 2e-3 if hidden >= 512 else 3e-3,
         # with an average, a constant rate: the average anneals, and the weights keep learning to the end
-        "train.lr": 2e-3 if hidden >= 512 else 3e-3, "train.lr_schedule": "constant" if given.get("train.ema", ema) else "cosine",
+        "train.lr_schedule": "constant" if given.get("train.ema", ema) else "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
         "train.weight_decay": 0.1 if exposure >= DECAY and optimizer == "adam" else 0.0,  # AdamW's, not SGD's L2
         "train.ema": ema,
