@@ -28,6 +28,9 @@ TIMED = {"model.hidden_size", "model.dropout", "model.weight_drop", "train.weigh
 # by heart. Dropout 0.4 at EXPOSURE, 0.1 more for each doubling; weight decay from DECAY, weight drop from BY_HEART.
 EXPOSURE, DECAY, BY_HEART = 42, 32, 64
 AVERAGE = 0.99999  # the average's decay at most: a float32 average keeps smaller steps only roughly
+# Under the average, a constant learning rate below ANNEAL passes (the weights keep learning to the budget's end,
+# where a cosine would have slowed them), a cosine from there (a text read this often needs its rate annealed).
+ANNEAL = 60
 WORD_VOCAB = 10_000  # a word-level text's vocabulary at most, as Penn Treebank's: words past it are rare
 
 
@@ -140,8 +143,7 @@ def choose(tokens, vocab, seconds, given=None, validated=True, devices=1, scale=
         "model.tie_weights": embed == hidden and given.get("model.cell", "lstm") not in configs.SCRATCH_CELLS,
         "model.weight_drop": 0.2 if exposure >= BY_HEART else 0.0,
         "train.lr": 2e-3 if hidden >= 512 else 3e-3,
-        # with an average, a constant rate: the average anneals, and the weights keep learning to the end
-        "train.lr_schedule": "constant" if given.get("train.ema", ema) else "cosine",
+        "train.lr_schedule": "constant" if given.get("train.ema", ema) and passes < ANNEAL else "cosine",
         "train.warmup": int(min(100, updates // 20)), "train.epochs": 10_000, "train.patience": 10,
         "train.weight_decay": 0.1 if exposure >= DECAY and optimizer == "adam" else 0.0,  # AdamW's, not SGD's L2
         "train.ema": ema,

@@ -199,11 +199,18 @@ def test_without_validation_text_there_is_no_average_to_choose_by(corpus):
 
 @pytest.mark.parametrize("ema", [None, 0.0, 0.999])
 def test_a_run_that_averages_keeps_a_constant_rate_and_one_that_does_not_anneals_it(corpus, ema):
-    cfg, why = resolved(**{"data.path": str(corpus), "train.time_limit": "30m",
+    cfg, why = resolved(**{"data.path": str(corpus), "train.time_limit": "30m", "train.epochs": 40,
                            **({} if ema is None else {"train.ema": ema})})
     assert (cfg.train.ema > 0) == (ema != 0.0)
     assert cfg.train.lr_schedule == ("constant" if cfg.train.ema else "cosine")
     assert f" {cfg.train.lr_schedule} over 30m" in why
+
+
+def test_an_average_keeps_a_constant_rate_only_for_a_text_read_fewer_times_than_anneal():
+    for passes in (10, recipe.ANNEAL - 1, recipe.ANNEAL, 4 * recipe.ANNEAL):  # 500 updates or more
+        settings = recipe.choose(160_000, 60, 10**6, {"model.hidden_size": 128, "train.epochs": passes})[0]
+        assert settings["train.ema"] > 0
+        assert settings["train.lr_schedule"] == ("constant" if passes < recipe.ANNEAL else "cosine"), passes
 
 
 def test_regularisation_grows_with_the_passes_and_the_weights_per_character_and_the_average_spans_a_third():
