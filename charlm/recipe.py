@@ -30,7 +30,7 @@ EXPOSURE, DECAY, BY_HEART = 42, 32, 64
 AVERAGE = 0.99999  # the average's decay at most: a float32 average keeps smaller steps only roughly
 # Under the average, a constant learning rate below ANNEAL passes (the weights keep learning to the budget's end,
 # where a cosine would have slowed them), a cosine from there (a text read this often needs its rate annealed).
-ANNEAL = 60
+ANNEAL = 50
 WORD_VOCAB = 10_000  # a word-level text's vocabulary at most, as Penn Treebank's: words past it are rare
 
 
