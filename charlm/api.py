@@ -124,7 +124,9 @@ def choose(cfg, kvstore="local", devices=None, corpus=None):
     if cfg.train.init_from and "data.max_vocab" in unset:  # the vocabulary is the source's
         recipe.set_fixed(cfg, "data.max_vocab")
     if kvstore == "dist_async":  # its servers update with a constant rate and no decay
-        for key in {"train.lr_schedule", "train.warmup", "train.weight_decay"} & unset:
+        if "train.lr_schedule" in unset:
+            cfg.train.lr_schedule = "constant"
+        for key in {"train.warmup", "train.weight_decay"} & unset:
             recipe.set_fixed(cfg, key)
     devices = devices if isinstance(devices, list) else [devices]
     # a cluster's workers must choose alike: they take the speed table's machine rather than each its own

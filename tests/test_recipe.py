@@ -295,3 +295,14 @@ def test_a_clusters_workers_choose_by_the_speed_table_so_they_choose_alike(corpu
 
     assert "by the speed table" in choose(given(**{"data.path": str(corpus)}), "dist_sync")
     assert "measured here" in choose(given(**{"data.path": str(corpus), "model.hidden_size": 16}))
+
+
+def test_dist_async_workers_get_a_constant_rate_without_warmup_or_decay_unless_given(corpus):
+    from charlm.api import choose
+
+    cfg = given(**{"data.path": str(corpus)})
+    assert " lr 0.003 constant over " in choose(cfg, "dist_async")
+    assert (cfg.train.lr_schedule, cfg.train.warmup, cfg.train.weight_decay) == ("constant", 0, 0.0)
+    cfg = given(**{"data.path": str(corpus), "train.lr_schedule": "exp"})
+    choose(cfg, "dist_async")
+    assert cfg.train.lr_schedule == "exp"
